@@ -1,0 +1,1 @@
+"""Triton paged dequant-attention kernels (not built yet: see the kernels issue)."""

@@ -1,0 +1,195 @@
+"""GEMM kernels for breccia linear layers, chosen from a description of the layer.
+
+Each kernel says whether it ``can_implement`` a ``LinearSpec`` (recipe, layout, shapes,
+device); ``choose_kernel`` takes the highest-priority kernel that can. The emulated
+kernel (dequantize with breccia, then a plain matmul) can implement everything we load,
+on any device, so a layer always has a kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import breccia
+import torch
+import torch.nn.functional as F
+from breccia.layouts import PerBlockK, PerTensor
+from breccia.recipes import DelayedScaling, Float8BlockScaling, Float8CurrentScaling
+
+PER_TENSOR_FP8 = (Float8CurrentScaling, DelayedScaling)
+
+
+@dataclass(frozen=True)
+class LinearSpec:
+    """What a kernel needs to know to decide whether it can run one linear layer."""
+
+    prefix: str
+    recipe: object
+    layout: object
+    input_size_per_partition: int
+    output_partition_sizes: tuple[int, ...]
+    params_dtype: torch.dtype
+    device_type: str  # "cuda", "cpu", ...
+    capability: int | None  # e.g. 90 for sm_90; None off CUDA
+
+    @property
+    def fp8_format(self) -> str | None:
+        return getattr(self.recipe, "fp8_format", None)
+
+
+def current_device_spec() -> tuple[str, int | None]:
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return "cuda", major * 10 + minor
+    return "cpu", None
+
+
+def scale_param_name(layout) -> str:
+    """SGLang's parameter name for a weight scale of this layout."""
+    return "weight_scale" if isinstance(layout, PerTensor) else "weight_scale_inv"
+
+
+class GemmKernel:
+    """One way to run a breccia linear layer. Subclasses set ``name`` and ``priority``."""
+
+    name: ClassVar[str]
+    priority: ClassVar[int]
+
+    @classmethod
+    def why_not(cls, spec: LinearSpec) -> str | None:
+        """None if this kernel can implement ``spec``, else the reason it cannot."""
+        raise NotImplementedError
+
+    def create_weights(self, layer, spec: LinearSpec, weight_loader: Callable) -> None:
+        raise NotImplementedError
+
+    def process_weights_after_loading(self, layer) -> None:
+        pass
+
+    def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _fp8_params(layer, spec: LinearSpec, weight_loader: Callable) -> None:
+    # SGLang's own FP8 parameter factory: the same weight/scale parameters, shard-aware
+    # weight loaders and TP narrowing as its native FP8 checkpoints.
+    from sglang.srt.layers.quantization.fp8 import Fp8LinearMethod
+
+    block = isinstance(spec.layout, PerBlockK)
+    Fp8LinearMethod.create_fp8_weight_(
+        layer,
+        block_quant=block,
+        # breccia's PerBlockK(B) is one scale per row and K-block: SGLang's [1, B] blocks.
+        quant_config=_Fp8Params([1, spec.layout.block_size] if block else None),
+        use_mxfp8=False,
+        output_size_per_partition=sum(spec.output_partition_sizes),
+        input_size_per_partition=spec.input_size_per_partition,
+        output_partition_sizes=list(spec.output_partition_sizes),
+        input_size=spec.input_size_per_partition,
+        output_size=sum(spec.output_partition_sizes),
+        params_dtype=spec.params_dtype,
+        weight_loader=weight_loader,
+        is_checkpoint_fp8_serialized=True,
+    )
+
+
+@dataclass
+class _Fp8Params:
+    """The two settings ``Fp8LinearMethod.create_fp8_weight_`` reads from its config."""
+
+    weight_block_size: list | None
+    activation_scheme: str = "dynamic"
+
+
+class EmulatedDequantKernel(GemmKernel):
+    """Dequantize the weight with breccia's own semantics, then ``F.linear``.
+
+    Runs anywhere (CPU included) and is the numerical reference for every other kernel.
+    The weight stays FP8 in memory; it is dequantized per call, so memory use is that of
+    the quantized model and speed is not the point.
+    """
+
+    name = "emulated"
+    priority = 0
+
+    @classmethod
+    def why_not(cls, spec):
+        if not isinstance(spec.recipe, PER_TENSOR_FP8 + (Float8BlockScaling,)):
+            return f"recipe {spec.recipe.name!r} is not served yet (FP8 per-tensor and FP8 block are)"
+        if spec.fp8_format != "E4M3":
+            return "FP8 E5M2 weights have no SGLang weight path; re-quantize with E4M3"
+        return None
+
+    def create_weights(self, layer, spec, weight_loader):
+        _fp8_params(layer, spec, weight_loader)
+        self.recipe, self.layout = spec.recipe, spec.layout
+
+    def dequantized_weight(self, layer) -> torch.Tensor:
+        """The full-precision (fp32) weight, ``(out_features, in_features)``."""
+        if isinstance(self.layout, PerTensor):
+            # A merged layer (qkv, gate_up) keeps one scale per logical shard.
+            shards = torch.split(layer.weight, layer.logical_widths, dim=0)
+            return torch.cat(
+                [
+                    breccia.dequantize(breccia.from_buffer(w, s, self.recipe, self.layout))
+                    for w, s in zip(shards, layer.weight_scale)
+                ]
+            )
+        st = breccia.from_buffer(layer.weight, layer.weight_scale_inv, self.recipe, self.layout)
+        return breccia.dequantize(st)
+
+    def apply(self, layer, x, bias):
+        return F.linear(x, self.dequantized_weight(layer).to(x.dtype), bias)
+
+
+class SglangFp8PerTensorKernel(GemmKernel):
+    """SGLang's native FP8 linear (``Fp8LinearMethod``: cutlass / torch._scaled_mm).
+
+    Needs FP8 tensor cores (sm_89+). Merged layers are requantized to one max scale by
+    SGLang, exactly as for its own FP8 checkpoints.
+    """
+
+    name = "sglang-fp8"
+    priority = 100
+
+    @classmethod
+    def why_not(cls, spec):
+        if not isinstance(spec.recipe, PER_TENSOR_FP8) or spec.fp8_format != "E4M3":
+            return "needs per-tensor FP8 E4M3"
+        if spec.device_type != "cuda" or (spec.capability or 0) < 89:
+            return "needs a CUDA GPU with FP8 tensor cores (sm_89+)"
+        return None
+
+    def create_weights(self, layer, spec, weight_loader):
+        from sglang.srt.layers.quantization.fp8 import Fp8Config, Fp8LinearMethod
+
+        self.native = Fp8LinearMethod(
+            Fp8Config(is_checkpoint_fp8_serialized=True, activation_scheme="dynamic")
+        )
+        _fp8_params(layer, spec, weight_loader)
+
+    def process_weights_after_loading(self, layer):
+        self.native.process_weights_after_loading(layer)
+
+    def apply(self, layer, x, bias):
+        return self.native.apply(layer, x, bias)
+
+
+KERNELS: list[type[GemmKernel]] = [SglangFp8PerTensorKernel, EmulatedDequantKernel]
+
+
+def kernel_report(spec: LinearSpec) -> list[tuple[str, str | None]]:
+    """Every kernel with the reason it cannot run ``spec`` (None: it can), best first."""
+    ranked = sorted(KERNELS, key=lambda k: -k.priority)
+    return [(k.name, k.why_not(spec)) for k in ranked]
+
+
+def choose_kernel(spec: LinearSpec) -> type[GemmKernel]:
+    for kernel in sorted(KERNELS, key=lambda k: -k.priority):
+        if kernel.why_not(spec) is None:
+            return kernel
+    reasons = "; ".join(f"{name}: {why}" for name, why in kernel_report(spec))
+    from ..errors import BrecciaCheckpointError
+
+    raise BrecciaCheckpointError(f"{spec.prefix}: no kernel can serve this layer ({reasons})")

@@ -1,0 +1,61 @@
+"""Map breccia checkpoint tensor names onto SGLang's FP8 parameter names while loading.
+
+``NAME.data`` -> ``NAME`` (the ``...weight`` parameter), ``NAME.scale`` -> the scale
+parameter SGLang's FP8 path uses for the layout (``weight_scale`` or ``weight_scale_inv``),
+``NAME.zero_point`` -> ``weight_zero_point``. Tensors are streamed one at a time from
+SGLang's own safetensors iterator; nothing is read twice or held whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from ..errors import BrecciaCheckpointError
+from .gemm import scale_param_name
+
+FP8_STORAGE = {"F8_E4M3", "U8"}  # native e4m3, or its bytes as uint8 codes
+
+
+def check_data_dtype(entry) -> None:
+    """Refuse FP8 data stored in anything but e4m3 or its raw bytes (checked from headers)."""
+    if hasattr(entry.recipe, "fp8_format") and entry.data.dtype not in FP8_STORAGE:
+        raise BrecciaCheckpointError(
+            f"{entry.data.file}: '{entry.name}.data' is {entry.data.dtype}; recipe "
+            f"{entry.recipe.name!r} stores FP8 codes as F8_E4M3 or U8"
+        )
+
+
+def rename_breccia_tensors(
+    weights: Iterable[tuple[str, torch.Tensor]], config
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield SGLang-named tensors; refuse up front if a breccia tensor has no layer."""
+    unclaimed = config.unclaimed()
+    if unclaimed:
+        shown = ", ".join(unclaimed[:5]) + (" ..." if len(unclaimed) > 5 else "")
+        raise BrecciaCheckpointError(
+            f"{len(unclaimed)} breccia tensor(s) have no quantizable linear layer in the "
+            f"SGLang model and would be silently dropped: {shown}"
+        )
+    entries = config.checkpoint.entries
+    for name, tensor in weights:
+        base, _, part = name.rpartition(".")
+        entry = entries.get(base)
+        if entry is None:
+            yield name, tensor
+            continue
+        module = base[: -len(".weight")]
+        if part == "data":
+            yield base, _as_fp8(tensor) if hasattr(entry.recipe, "fp8_format") else tensor
+        elif part == "scale":
+            yield f"{module}.{scale_param_name(entry.layout)}", tensor
+        elif part == "zero_point":
+            yield f"{module}.weight_zero_point", tensor
+        else:
+            yield name, tensor
+
+
+def _as_fp8(tensor: torch.Tensor) -> torch.Tensor:
+    # uint8 codes are the FP8 bytes: re-view them, never convert numerically.
+    return tensor.view(torch.float8_e4m3fn) if tensor.dtype == torch.uint8 else tensor
