@@ -162,9 +162,26 @@ def _assemble_entries(stored: dict, configs: dict) -> dict:
                     f"breccia tensor, so '{name}.data' and '{name}.scale' must both exist)"
                 )
         entry = BrecciaEntry(name, recipe, layout, parts["data"], parts["scale"], parts["zero_point"])
+        _validate_servable(entry, where)
         _validate_shapes(entry, where)
         entries[name] = entry
     return entries
+
+
+FP8_STORAGE = {"F8_E4M3", "U8"}  # native e4m3, or its bytes as uint8 codes
+
+
+def _validate_servable(entry: BrecciaEntry, where: str) -> None:
+    if not entry.name.endswith(".weight") or len(entry.data.shape) != 2:
+        raise BrecciaCheckpointError(
+            f"{where}: only 2-D linear weights ('<module>.weight') can be breccia tensors in "
+            f"SGLang; got data shape {list(entry.data.shape)}"
+        )
+    if hasattr(entry.recipe, "fp8_format") and entry.data.dtype not in FP8_STORAGE:
+        raise BrecciaCheckpointError(
+            f"{where}: '{entry.name}.data' is {entry.data.dtype}; recipe {entry.recipe.name!r} "
+            "stores FP8 codes as F8_E4M3 (or their bytes as U8)"
+        )
 
 
 def _validate_shapes(entry: BrecciaEntry, where: str) -> None:

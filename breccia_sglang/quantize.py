@@ -85,6 +85,7 @@ def quantize_checkpoint(
     report = QuantizeReport(recipe_label=describe(recipe, _layout_of(recipe)))
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
     try:
         writer = _ShardWriter(tmp)
         names = _all_names(src, files)

@@ -82,10 +82,7 @@ class BrecciaConfig(QuantizationConfig):
         if not entries:
             return UnquantizedLinearMethod()
         from .linear_method import BrecciaLinearMethod
-        from .loading import check_data_dtype
 
-        for entry in entries:
-            check_data_dtype(entry)
         self.claimed.update(e.name for e in entries)
         return BrecciaLinearMethod(prefix, entries)
 

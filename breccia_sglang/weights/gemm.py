@@ -45,9 +45,10 @@ def current_device_spec() -> tuple[str, int | None]:
     return "cpu", None
 
 
-def scale_param_name(layout) -> str:
-    """SGLang's parameter name for a weight scale of this layout."""
-    return "weight_scale" if isinstance(layout, PerTensor) else "weight_scale_inv"
+# breccia's ``NAME.scale`` always loads into ``weight_scale``: SGLang's FP8 block path calls
+# its parameter ``weight_scale_inv``, but model loaders (e.g. Llama's) rename every
+# ``*.weight_scale_inv`` to ``*.weight_scale`` before looking parameters up.
+SCALE_PARAM = "weight_scale"
 
 
 class GemmKernel:
@@ -73,15 +74,15 @@ class GemmKernel:
 
 def _fp8_params(layer, spec: LinearSpec, weight_loader: Callable) -> None:
     # SGLang's own FP8 parameter factory: the same weight/scale parameters, shard-aware
-    # weight loaders and TP narrowing as its native FP8 checkpoints.
+    # weight loaders and TP narrowing as its native FP8 checkpoints. Block scales are
+    # registered as ``weight_scale_inv`` there; see SCALE_PARAM for why we re-home them.
     from sglang.srt.layers.quantization.fp8 import Fp8LinearMethod
 
     block = isinstance(spec.layout, PerBlockK)
     Fp8LinearMethod.create_fp8_weight_(
         layer,
         block_quant=block,
-        # breccia's PerBlockK(B) is one scale per row and K-block: SGLang's [1, B] blocks.
-        quant_config=_Fp8Params([1, spec.layout.block_size] if block else None),
+        quant_config=fp8_param_config(spec.layout),
         use_mxfp8=False,
         output_size_per_partition=sum(spec.output_partition_sizes),
         input_size_per_partition=spec.input_size_per_partition,
@@ -92,14 +93,26 @@ def _fp8_params(layer, spec: LinearSpec, weight_loader: Callable) -> None:
         weight_loader=weight_loader,
         is_checkpoint_fp8_serialized=True,
     )
+    if block:
+        layer.register_parameter(SCALE_PARAM, layer.weight_scale_inv)
+        del layer.weight_scale_inv
 
 
 @dataclass
-class _Fp8Params:
-    """The two settings ``Fp8LinearMethod.create_fp8_weight_`` reads from its config."""
+class Fp8ParamConfig:
+    """The settings SGLang's FP8 parameter factory and weight loaders read from a config.
+
+    ``create_fp8_weight_`` reads both; the merged-layer weight loaders read
+    ``layer.quant_method.quant_config.weight_block_size``.
+    """
 
     weight_block_size: list | None
     activation_scheme: str = "dynamic"
+
+
+def fp8_param_config(layout) -> Fp8ParamConfig:
+    # breccia's PerBlockK(B) is one scale per row and K-block: SGLang's [1, B] blocks.
+    return Fp8ParamConfig([1, layout.block_size] if isinstance(layout, PerBlockK) else None)
 
 
 class EmulatedDequantKernel(GemmKernel):
@@ -127,17 +140,19 @@ class EmulatedDequantKernel(GemmKernel):
 
     def dequantized_weight(self, layer) -> torch.Tensor:
         """The full-precision (fp32) weight, ``(out_features, in_features)``."""
+        # Plain tensors (.data): breccia picks its torch path from the type's module name,
+        # and SGLang's parameter subclasses live in sglang.*, which it would treat as NumPy.
+        weight, scale = layer.weight.data, layer.weight_scale.data
         if isinstance(self.layout, PerTensor):
             # A merged layer (qkv, gate_up) keeps one scale per logical shard.
-            shards = torch.split(layer.weight, layer.logical_widths, dim=0)
+            shards = torch.split(weight, layer.logical_widths, dim=0)
             return torch.cat(
                 [
                     breccia.dequantize(breccia.from_buffer(w, s, self.recipe, self.layout))
-                    for w, s in zip(shards, layer.weight_scale)
+                    for w, s in zip(shards, scale)
                 ]
             )
-        st = breccia.from_buffer(layer.weight, layer.weight_scale_inv, self.recipe, self.layout)
-        return breccia.dequantize(st)
+        return breccia.dequantize(breccia.from_buffer(weight, scale, self.recipe, self.layout))
 
     def apply(self, layer, x, bias):
         return F.linear(x, self.dequantized_weight(layer).to(x.dtype), bias)

@@ -13,7 +13,7 @@ import functools
 from sglang.srt.layers.quantization.base_config import LinearMethodBase
 
 from ..errors import BrecciaCheckpointError
-from .gemm import LinearSpec, choose_kernel, current_device_spec
+from .gemm import LinearSpec, choose_kernel, current_device_spec, fp8_param_config
 
 
 class BrecciaLinearMethod(LinearMethodBase):
@@ -29,6 +29,8 @@ class BrecciaLinearMethod(LinearMethodBase):
         self.recipe = entries[0].recipe
         self.layout = entries[0].layout
         self.kernel = None
+        # SGLang's weight loaders look up layer.quant_method.quant_config.weight_block_size.
+        self.quant_config = fp8_param_config(self.layout)
 
     def create_weights(
         self,

