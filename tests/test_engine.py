@@ -24,10 +24,13 @@ def served(request, demo_model, demo_fp8, chat_prompt_ids, tmp_path_factory):
         checkpoint = tmp_path_factory.mktemp("blk") / "ckpt"
         report = quantize_checkpoint(demo_model, checkpoint, make_recipe("fp8-block", block_k=64), progress=False)
         assert len(report.quantized) == 210
+    engine = {"model_path": str(checkpoint), "device": "cpu", "max_total_tokens": 8192, "log_level": "error"}
+    if request.param == "fp8-block-64":
+        engine["breccia_format"] = True  # the keyword, after breccia_sglang.enable()
+    # else: no flag at all; config.json's quant_method "breccia" selects breccia loading.
     spec = {
         "enable": True,
-        "engine": {"model_path": str(checkpoint), "device": "cpu", "max_total_tokens": 8192,
-                   "breccia_format": True, "log_level": "error"},
+        "engine": engine,
         "requests": [{"input_ids": chat_prompt_ids, "sampling_params": GREEDY}] * 2,
     }
     result = run_engine(spec, tmp_path_factory.mktemp("engine"))
