@@ -12,6 +12,8 @@ nothing heavy itself and is idempotent. What the hooks do:
 - Model construction: ``--breccia-format`` and a config.json with
   ``quant_method: breccia`` both build ``BrecciaConfig`` from the checkpoint's headers.
 - Weight loading: breccia tensor names are mapped onto SGLang's FP8 parameters.
+- KV cache: a breccia model gets the scale-aware FP8 KV pool, its memory sizing and its
+  attention backend (``paged/sglang_hooks.py``).
 """
 
 from __future__ import annotations
@@ -112,6 +114,17 @@ def _load_weights_only(original, model, weights, target_device):
     return original(model, weights, target_device)
 
 
+def _kv_hook(name):
+    # The KV-cache hooks live in paged/sglang_hooks.py; imported when first called.
+    def hook(*args, **kwargs):
+        from .paged import sglang_hooks
+
+        return getattr(sglang_hooks, name)(*args, **kwargs)
+
+    hook.__name__ = name
+    return hook
+
+
 _HOOKS = (
     ("sglang.srt.server_args.ServerArgs.add_cli_args", _add_cli_flag, "AFTER"),
     ("sglang.srt.server_args.ServerArgs.from_cli_args", _from_cli_args, "AROUND"),
@@ -119,4 +132,10 @@ _HOOKS = (
     ("sglang.srt.configs.model_config.ModelConfig._verify_quantization", _ensure_quant_method_known, "BEFORE"),
     ("sglang.srt.model_loader.weight_utils.get_quant_config", _get_quant_config, "AROUND"),
     ("sglang.srt.model_loader.loader.DefaultModelLoader.load_weights_only", _load_weights_only, "AROUND"),
+    ("sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._resolve_kv_pool_class",
+     _kv_hook("resolve_kv_pool_class"), "AROUND"),
+    ("sglang.srt.model_executor.pool_configurator.DefaultPoolConfigurator._compute_cell_size",
+     _kv_hook("compute_cell_size"), "AFTER"),
+    ("sglang.srt.model_executor.model_runner_components.attention_backend_setup."
+     "_build_full_attention_backend_from_str", _kv_hook("build_attention_backend"), "AROUND"),
 )

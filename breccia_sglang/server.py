@@ -30,7 +30,7 @@ class SGLangServer:
     """A launch_server subprocess on 127.0.0.1; a context manager that always cleans up."""
 
     def __init__(self, model_path, *extra_args: str, log_path: str | Path, port: int | None = None,
-                 startup_timeout: float = 300.0):
+                 startup_timeout: float = 300.0, env: dict | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path)
@@ -39,6 +39,7 @@ class SGLangServer:
             "--host", "127.0.0.1", "--port", str(self.port), *extra_args,
         ]
         self.startup_timeout = startup_timeout
+        self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "SGLangServer":
@@ -52,7 +53,8 @@ class SGLangServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "w")
         # A new session, so stop() can end the server and every scheduler it spawned.
-        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=self.env)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

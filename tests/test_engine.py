@@ -30,6 +30,9 @@ def served(request, demo_model, demo_fp8, chat_prompt_ids, tmp_path_factory):
     # else: no flag at all; config.json's quant_method "breccia" selects breccia loading.
     spec = {
         "enable": True,
+        # KV in the model's dtype, so the only difference from HF is the breccia weights
+        # (the FP8 KV cache has its own tests).
+        "env": {"BRECCIA_SGLANG_FP8_KV": "0"},
         "engine": engine,
         "requests": [{"input_ids": chat_prompt_ids, "sampling_params": GREEDY}] * 2,
     }

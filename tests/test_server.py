@@ -13,7 +13,9 @@ pytestmark = pytest.mark.engine
 @pytest.fixture(scope="module")
 def server(demo_fp8, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with SGLangServer(demo_fp8, "--breccia-format", *CPU_ARGS, "--enable-cache-report", log_path=log) as srv:
+    # KV in the model's dtype, so the answer can be compared with HF transformers exactly.
+    with SGLangServer(demo_fp8, "--breccia-format", *CPU_ARGS, "--enable-cache-report", log_path=log,
+                      env={"BRECCIA_SGLANG_FP8_KV": "0"}) as srv:
         yield srv
 
 

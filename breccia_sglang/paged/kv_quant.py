@@ -1,0 +1,42 @@
+"""Per-(token, kv head) dynamic FP8 quantization of K and V, in breccia's terms.
+
+One head's ``head_dim`` values of one token form one block: breccia's
+``Float8BlockScaling(block_k=head_dim)`` with ``PerBlockK(head_dim)``. The scale is
+computed when the token is written (amax / 448), so there is no calibration file and no
+1.0 default; a page's scales are fixed once its tokens are written.
+"""
+
+from __future__ import annotations
+
+import breccia
+import torch
+
+FP8 = torch.float8_e4m3fn
+
+
+def kv_recipe(head_dim: int) -> breccia.Float8BlockScaling:
+    return breccia.Float8BlockScaling(fp8_format="E4M3", block_k=head_dim)
+
+
+def quantize_kv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize K or V for the cache.
+
+    Parameters
+    ----------
+    x : (num_tokens, num_kv_heads, head_dim), any float dtype.
+
+    Returns
+    -------
+    data : (num_tokens, num_kv_heads, head_dim) float8_e4m3fn
+    scale : (num_tokens, num_kv_heads) float32, the dequant multiplier of each (token, head).
+    """
+    if x.ndim != 3:
+        raise ValueError(f"quantize_kv expects (tokens, heads, head_dim), got shape {tuple(x.shape)}")
+    scaled = breccia.cast(x, kv_recipe(x.shape[-1]))
+    return scaled.data, scaled.scale.squeeze(-1)
+
+
+def dequantize_kv(data: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``quantize_kv``: (T, H, D) fp8 + (T, H) fp32 -> (T, H, D) fp32."""
+    scaled = breccia.from_buffer(data, scale.unsqueeze(-1), kv_recipe(data.shape[-1]), breccia.PerBlockK(data.shape[-1]))
+    return breccia.dequantize(scaled)
