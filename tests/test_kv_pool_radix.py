@@ -20,7 +20,7 @@ from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams, Ma
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey
 
-from breccia_sglang.paged import dequantize_kv, quantize_kv
+from breccia_sglang.paged import PagedScaledTensor, dequantize_kv, quantize_kv
 from breccia_sglang.paged.kv_pool import BrecciaFP8KVPool, breccia_cell_bytes
 
 HEADS, HEAD_DIM, SIZE = 2, 16, 48  # a small pool, so inserts must evict
@@ -61,6 +61,15 @@ def _free_slots(allocator, page_size):
     if page_size == 1:
         return set(pages.tolist())
     return {p * page_size + o for p in pages.tolist() for o in range(page_size)}
+
+
+def _path(node):
+    """The tree nodes from the root's child down to ``node``."""
+    path = []
+    while node.parent is not None:
+        path.append(node)
+        node = node.parent
+    return path[::-1]
 
 
 def _walk(node, prefix=()):
@@ -131,7 +140,13 @@ class Model:
         assert free | set(tree_slots) | padding == set(range(SIZE + self.page_size)), "a page leaked"
         for node in self.locked:
             assert not node.evicted, "a locked node was evicted"
+        views = {}  # node -> its own K view; a prefix's view is the cat of its path's views
         for node, prefix, tokens in _walk(self.tree.root_node):
+            views[node] = self.pool.key_view(0, node.value)
+            path = [views[n] for n in _path(node)]
+            matched_k, _ = self.pool.prefix_views(self.tree, node, 0)
+            assert matched_k.shares_storage_with(path[0])
+            assert torch.equal(PagedScaledTensor.cat(path).slots, matched_k.slots)
             slots = node.value
             expected = torch.stack([_kv_for(tokens[: len(prefix) + i + 1]) for i in range(len(slots))])
             k = self.pool.key_view(0, slots)

@@ -72,6 +72,15 @@ class BrecciaFP8KVPool(MHATokenToKVPool):
         idx = layer_id - self.start_layer
         return PagedScaledTensor(self.v_buffer[idx], self.v_scale_buffer[idx], slots, self.page_size)
 
+    def prefix_views(self, tree_cache, node, layer_id: int) -> tuple[PagedScaledTensor, PagedScaledTensor]:
+        """K and V of the prefix SGLang's prefix cache holds up to ``node``, as views.
+
+        Works with any SGLang prefix cache: its ``path_device_indices(node)`` is the block
+        table (slot ids) of the cached tokens. No KV or scale byte is copied.
+        """
+        slots = tree_cache.path_device_indices(node)
+        return self.key_view(layer_id, slots), self.value_view(layer_id, slots)
+
     def scale_of(self, buffer: torch.Tensor) -> torch.Tensor:
         """The scale buffer stored beside ``buffer`` (a K or V buffer of this pool, or a view of it)."""
         ptr = buffer.data_ptr()

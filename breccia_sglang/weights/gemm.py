@@ -1,9 +1,10 @@
 """GEMM kernels for breccia linear layers, chosen from a description of the layer.
 
-Each kernel says whether it ``can_implement`` a ``LinearSpec`` (recipe, layout, shapes,
-device); ``choose_kernel`` takes the highest-priority kernel that can. The emulated
-kernel (dequantize with breccia, then a plain matmul) can implement everything we load,
-on any device, so a layer always has a kernel.
+Each kernel says whether it can implement a ``LinearSpec`` (recipe, layout, shapes,
+device): ``why_not(spec)`` is None when it can, else the reason. ``choose_kernel`` takes the
+highest-priority kernel that can. The emulated kernel (dequantize with breccia, then a
+plain matmul) can implement everything we load, on any device, so a layer always has a
+kernel; ``breccia-sglang inspect`` prints the choice per layer.
 """
 
 from __future__ import annotations

@@ -1,0 +1,74 @@
+"""Run a real ``sgl.Engine`` in its own process: ``python -m breccia_sglang.engine_runner SPEC.json OUT.json``.
+
+Tests and benchmarks use it because a failing engine start kills its parent process.
+
+SPEC: {"enable": bool, "env": {...}, "engine": {...Engine kwargs...}, "requests": [{"input_ids": [...],
+"sampling_params": {...}} | {"flush": true}, ...]}. OUT: {"ok": true, "results": [...]} or
+{"ok": false, "error_type": ..., "error": ...} when constructing the Engine raised.
+"""
+
+import json
+import os
+import sys
+import time
+
+
+def run_engine(spec: dict, workdir, timeout: float = 900) -> dict:
+    """Run ``spec`` in a fresh Python process; return its OUT dict (+ "returncode", "stderr")."""
+    import subprocess
+    from pathlib import Path
+
+    spec_path, out_path = Path(workdir) / "spec.json", Path(workdir) / "out.json"
+    spec_path.write_text(json.dumps(spec))
+    done = subprocess.run([sys.executable, "-m", "breccia_sglang.engine_runner", str(spec_path), str(out_path)],
+                          capture_output=True, text=True, timeout=timeout)
+    if not out_path.exists():
+        raise RuntimeError(f"engine process failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
+    result = json.loads(out_path.read_text())
+    result.update(returncode=done.returncode, stderr=done.stderr)
+    return result
+
+
+def _flush(engine, attempts: int = 100) -> None:
+    # SGLang refuses to flush while the previous request is still being finalized.
+    for _ in range(attempts):
+        if engine.flush_cache().success:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"flush_cache() refused {attempts} times")
+
+
+def main(spec_path: str, out_path: str) -> None:
+    spec = json.loads(open(spec_path).read())
+    os.environ.update(spec.get("env", {}))  # scheduler processes inherit it
+    import sglang as sgl
+
+    if spec.get("enable"):
+        import breccia_sglang
+
+        breccia_sglang.enable()
+    try:
+        engine = sgl.Engine(**spec["engine"])
+    except Exception as exc:  # reported to the test, which decides whether it was expected
+        json.dump({"ok": False, "error_type": type(exc).__name__, "error": str(exc)}, open(out_path, "w"))
+        return
+    try:
+        results = []
+        for request in spec["requests"]:
+            if request.get("flush"):  # drop the prefix cache, so the next request recomputes
+                _flush(engine)
+                continue
+            out = engine.generate(input_ids=request["input_ids"], sampling_params=request["sampling_params"])
+            results.append(
+                {"output_ids": out["output_ids"], "text": out["text"],
+                 "cached_tokens": out["meta_info"].get("cached_tokens", 0)}
+            )
+        info = engine.get_server_info()
+        json.dump({"ok": True, "results": results, "max_total_num_tokens": info["max_total_num_tokens"],
+                   "memory_usage": info["internal_states"][0]["memory_usage"]}, open(out_path, "w"), default=float)
+    finally:
+        engine.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
