@@ -170,6 +170,11 @@ def _assemble_entries(stored: dict, configs: dict) -> dict:
 
 FP8_STORAGE = {"F8_E4M3", "U8"}  # native e4m3, or its bytes as uint8 codes
 
+TORCH_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "U8": torch.uint8, "I8": torch.int8,
+}
+
 
 def _validate_servable(entry: BrecciaEntry, where: str) -> None:
     if not entry.name.endswith(".weight") or len(entry.data.shape) != 2:
@@ -177,11 +182,15 @@ def _validate_servable(entry: BrecciaEntry, where: str) -> None:
             f"{where}: only 2-D linear weights ('<module>.weight') can be breccia tensors in "
             f"SGLang; got data shape {list(entry.data.shape)}"
         )
-    if hasattr(entry.recipe, "fp8_format") and entry.data.dtype not in FP8_STORAGE:
+    fp8 = hasattr(entry.recipe, "fp8_format")
+    if entry.data.dtype not in (FP8_STORAGE if fp8 else {"U8"}):
+        stored = "FP8 codes as F8_E4M3 (or their bytes as U8)" if fp8 else "one 4-bit code per U8 byte"
         raise BrecciaCheckpointError(
-            f"{where}: '{entry.name}.data' is {entry.data.dtype}; recipe {entry.recipe.name!r} "
-            "stores FP8 codes as F8_E4M3 (or their bytes as U8)"
+            f"{where}: '{entry.name}.data' is {entry.data.dtype}; recipe {entry.recipe.name!r} stores {stored}"
         )
+    for part in (entry.scale, entry.zero_point):
+        if part is not None and part.dtype not in TORCH_DTYPES:
+            raise BrecciaCheckpointError(f"{where}: '{part.name}' has unsupported dtype {part.dtype}")
 
 
 def _validate_shapes(entry: BrecciaEntry, where: str) -> None:

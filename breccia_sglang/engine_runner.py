@@ -20,6 +20,7 @@ def run_engine(spec: dict, workdir, timeout: float = 900) -> dict:
 
     spec_path, out_path = Path(workdir) / "spec.json", Path(workdir) / "out.json"
     spec_path.write_text(json.dumps(spec))
+    out_path.unlink(missing_ok=True)  # a result left from an earlier run must not be read as this one's
     done = subprocess.run([sys.executable, "-m", "breccia_sglang.engine_runner", str(spec_path), str(out_path)],
                           capture_output=True, text=True, timeout=timeout)
     if not out_path.exists():
@@ -60,7 +61,7 @@ def main(spec_path: str, out_path: str) -> None:
                 continue
             out = engine.generate(input_ids=request["input_ids"], sampling_params=request["sampling_params"])
             results.append(
-                {"output_ids": out["output_ids"], "text": out["text"],
+                {"output_ids": out["output_ids"], "text": out.get("text"),  # no text without a tokenizer
                  "cached_tokens": out["meta_info"].get("cached_tokens", 0)}
             )
         info = engine.get_server_info()

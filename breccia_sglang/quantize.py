@@ -27,6 +27,7 @@ from tqdm import tqdm
 from .checkpoint import INDEX_FILE, _weight_files
 from .errors import BrecciaCheckpointError
 from .recipe_json import describe
+from .weights.gemm import PER_TENSOR_FP8
 
 # Embeddings and the LM head stay high precision by default: SGLang serves them through
 # embedding layers, not its quantized GEMM paths.
@@ -119,13 +120,31 @@ def _quantize_one(name, tensor, recipe, keep, writer, report):
         report.kept.append((name, "kept by --keep rule"))
         return
     try:
-        scaled = breccia.cast(tensor.to(torch.float32), recipe)
+        scaled = _cast(tensor.to(torch.float32), recipe)
     except ValueError as exc:  # breccia refuses shapes its layout cannot take
         writer.add_plain(name, tensor)
         report.kept.append((name, f"shape {list(tensor.shape)} not supported: {exc}"))
         return
     writer.add_scaled(name, scaled)
     report.quantized.append((name, tuple(tensor.shape)))
+
+
+# breccia 0.1.3 encodes MXFP8 (and FP8 on its NumPy path) by a brute-force search over all
+# 256 codes: 1 KiB of temporaries per element, ~17 GB for one 4096 x 4096 weight. Every
+# recipe but per-tensor FP8 scales each row on its own, so casting a few rows at a time is
+# the same breccia cast with bounded memory (~256 MiB).
+CAST_CHUNK_ELEMENTS = 2**18
+
+
+def _cast(x: torch.Tensor, recipe) -> breccia.ScaledTensor:
+    rows = max(1, CAST_CHUNK_ELEMENTS // max(1, x.shape[-1]))
+    if isinstance(recipe, PER_TENSOR_FP8) or x.shape[0] <= rows:
+        return breccia.cast(x, recipe)
+    parts = [breccia.cast(chunk, recipe) for chunk in torch.split(x, rows)]
+    zero_point = None if parts[0].zero_point is None else torch.cat([p.zero_point for p in parts])
+    return breccia.from_buffer(
+        torch.cat([p.data for p in parts]), torch.cat([p.scale for p in parts]), recipe, parts[0].layout, zero_point
+    )
 
 
 def _is_linear_weight(name: str, tensor: torch.Tensor) -> bool:

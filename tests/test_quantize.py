@@ -106,3 +106,19 @@ def test_cli_prints_the_report_and_a_progress_bar(tiny_llama, tmp_path):
     assert "quantized: 14 weights" in done.stdout
     assert "model.embed_tokens.weight: kept by --keep rule" in done.stdout
     assert "quantize" in done.stderr and "tensor" in done.stderr  # tqdm's bar
+
+
+@pytest.mark.parametrize("recipe", ["mxfp8", "nvfp4", "int4", "int4-asym", "fp8-block"])
+def test_row_chunked_cast_is_bit_identical_to_breccias_whole_tensor_cast(recipe, monkeypatch):
+    from breccia_sglang import quantize
+
+    monkeypatch.setattr(quantize, "CAST_CHUNK_ELEMENTS", 7 * 96)  # 7-row chunks: an odd split
+    x = torch.randn(50, 96)
+    r = make_recipe(recipe.removesuffix("-asym"), block_k=32, group_size=32, symmetric=not recipe.endswith("asym"))
+    chunked, whole = quantize._cast(x, r), breccia.cast(x, r)
+    assert chunked.layout == whole.layout
+    assert torch.equal(chunked.data.view(torch.uint8), whole.data.view(torch.uint8))
+    assert torch.equal(chunked.scale, whole.scale)
+    assert (chunked.zero_point is None) == (whole.zero_point is None)
+    if whole.zero_point is not None:
+        assert torch.equal(chunked.zero_point, whole.zero_point)

@@ -15,10 +15,27 @@ from typing import Callable, ClassVar
 import breccia
 import torch
 import torch.nn.functional as F
-from breccia.layouts import PerBlockK, PerTensor
+from breccia.layouts import PerBlockK, PerBlockMN, PerTensor
 from breccia.recipes import DelayedScaling, Float8BlockScaling, Float8CurrentScaling
 
 PER_TENSOR_FP8 = (Float8CurrentScaling, DelayedScaling)
+
+
+def stores_native_fp8(recipe) -> bool:
+    """Recipes whose data SGLang holds as float8_e4m3fn weights (per-tensor and block FP8).
+
+    Every other recipe (MXFP8, NVFP4, INT4) keeps breccia's one-code-per-byte uint8 data.
+    """
+    return isinstance(recipe, PER_TENSOR_FP8 + (Float8BlockScaling,))
+
+
+def block_width(layout) -> int | None:
+    """K elements per scale for row-local layouts (one scale row per weight row), else None."""
+    if isinstance(layout, PerBlockK):
+        return layout.block_size
+    if isinstance(layout, PerBlockMN) and layout.block_m == 1:
+        return layout.block_n
+    return None
 
 
 @dataclass(frozen=True)
@@ -33,6 +50,8 @@ class LinearSpec:
     params_dtype: torch.dtype
     device_type: str  # "cuda", "cpu", ...
     capability: int | None  # e.g. 90 for sm_90; None off CUDA
+    scale_dtype: torch.dtype = torch.float32  # as stored in the checkpoint
+    has_zero_point: bool = False
 
     @property
     def fp8_format(self) -> str | None:
@@ -116,12 +135,33 @@ def fp8_param_config(layout) -> Fp8ParamConfig:
     return Fp8ParamConfig([1, layout.block_size] if isinstance(layout, PerBlockK) else None)
 
 
+def _code_params(layer, spec: LinearSpec, weight_loader: Callable) -> None:
+    # MXFP8 / NVFP4 / INT4 as breccia stores them: one uint8 code per element, one scale (and
+    # zero-point) per row and K block. Rows concatenate for merged layers and K narrows per
+    # block under row-parallel TP, so SGLang's plain ModelWeightParameter loaders fit all three.
+    from sglang.srt.layers.parameter import ModelWeightParameter
+
+    rows, k = sum(spec.output_partition_sizes), spec.input_size_per_partition
+    blocks = k // block_width(spec.layout)
+
+    def param(shape, dtype):
+        data = torch.zeros(shape, dtype=dtype)
+        return ModelWeightParameter(data=data, input_dim=1, output_dim=0, weight_loader=weight_loader)
+
+    layer.register_parameter("weight", param((rows, k), torch.uint8))
+    layer.register_parameter(SCALE_PARAM, param((rows, blocks), spec.scale_dtype))
+    if spec.has_zero_point:
+        layer.register_parameter("weight_zero_point", param((rows, blocks), spec.scale_dtype))
+    layer.logical_widths = list(spec.output_partition_sizes)
+
+
 class EmulatedDequantKernel(GemmKernel):
     """Dequantize the weight with breccia's own semantics, then ``F.linear``.
 
     Runs anywhere (CPU included) and is the numerical reference for every other kernel.
-    The weight stays FP8 in memory; it is dequantized per call, so memory use is that of
-    the quantized model and speed is not the point.
+    Weights stay quantized in memory and are dequantized per call, so memory use is that of
+    the quantized model and speed is not the point (breccia dequantizes MXFP8 / NVFP4 /
+    INT4 through NumPy).
     """
 
     name = "emulated"
@@ -129,14 +169,22 @@ class EmulatedDequantKernel(GemmKernel):
 
     @classmethod
     def why_not(cls, spec):
-        if not isinstance(spec.recipe, PER_TENSOR_FP8 + (Float8BlockScaling,)):
-            return f"recipe {spec.recipe.name!r} is not served yet (FP8 per-tensor and FP8 block are)"
-        if spec.fp8_format != "E4M3":
+        if isinstance(spec.layout, PerTensor):
+            if not isinstance(spec.recipe, PER_TENSOR_FP8):
+                return f"recipe {spec.recipe.name!r} with a per-tensor scale is not served"
+        elif block_width(spec.layout) is None:
+            return f"layout {spec.layout.name!r} is not served (per-tensor, per-K-block and 1xN blocks are)"
+        elif spec.input_size_per_partition % block_width(spec.layout):
+            return f"K={spec.input_size_per_partition} splits a {block_width(spec.layout)}-wide scale block"
+        if stores_native_fp8(spec.recipe) and spec.fp8_format != "E4M3":
             return "FP8 E5M2 weights have no SGLang weight path; re-quantize with E4M3"
         return None
 
     def create_weights(self, layer, spec, weight_loader):
-        _fp8_params(layer, spec, weight_loader)
+        if stores_native_fp8(spec.recipe):
+            _fp8_params(layer, spec, weight_loader)
+        else:
+            _code_params(layer, spec, weight_loader)
         self.recipe, self.layout = spec.recipe, spec.layout
 
     def dequantized_weight(self, layer) -> torch.Tensor:
@@ -153,7 +201,8 @@ class EmulatedDequantKernel(GemmKernel):
                     for w, s in zip(shards, scale)
                 ]
             )
-        return breccia.dequantize(breccia.from_buffer(weight, scale, self.recipe, self.layout))
+        zero_point = layer.weight_zero_point.data if hasattr(layer, "weight_zero_point") else None
+        return breccia.dequantize(breccia.from_buffer(weight, scale, self.recipe, self.layout, zero_point))
 
     def apply(self, layer, x, bias):
         return F.linear(x, self.dequantized_weight(layer).to(x.dtype), bias)

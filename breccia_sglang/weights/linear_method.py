@@ -12,6 +12,7 @@ import functools
 
 from sglang.srt.layers.quantization.base_config import LinearMethodBase
 
+from ..checkpoint import TORCH_DTYPES
 from ..errors import BrecciaCheckpointError
 from .gemm import LinearSpec, choose_kernel, current_device_spec, fp8_param_config
 
@@ -52,6 +53,8 @@ class BrecciaLinearMethod(LinearMethodBase):
             params_dtype=params_dtype,
             device_type=device_type,
             capability=capability,
+            scale_dtype=TORCH_DTYPES[self.entries[0].scale.dtype],
+            has_zero_point=self.entries[0].zero_point is not None,
         )
         self.kernel = choose_kernel(spec)()
         self.expected_loads = len(output_partition_sizes)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from ..errors import BrecciaCheckpointError
-from .gemm import SCALE_PARAM
+from .gemm import SCALE_PARAM, stores_native_fp8
 
 def rename_breccia_tensors(
     weights: Iterable[tuple[str, torch.Tensor]], config
@@ -34,7 +34,7 @@ def rename_breccia_tensors(
             continue
         module = base[: -len(".weight")]
         if part == "data":
-            yield base, _as_fp8(tensor) if hasattr(entry.recipe, "fp8_format") else tensor
+            yield base, _as_stored(tensor, entry.recipe)
         elif part == "scale":
             yield f"{module}.{SCALE_PARAM}", tensor
         elif part == "zero_point":
@@ -43,6 +43,8 @@ def rename_breccia_tensors(
             yield name, tensor
 
 
-def _as_fp8(tensor: torch.Tensor) -> torch.Tensor:
-    # uint8 codes are the FP8 bytes: re-view them, never convert numerically.
-    return tensor.view(torch.float8_e4m3fn) if tensor.dtype == torch.uint8 else tensor
+def _as_stored(tensor: torch.Tensor, recipe) -> torch.Tensor:
+    # Codes are re-viewed, never converted numerically: per-tensor / block FP8 live in SGLang's
+    # float8_e4m3fn weights, every other recipe in breccia's uint8 codes.
+    want = torch.float8_e4m3fn if stores_native_fp8(recipe) else torch.uint8
+    return tensor.view(want) if tensor.dtype in (torch.uint8, torch.float8_e4m3fn) else tensor
