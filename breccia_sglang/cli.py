@@ -1,4 +1,4 @@
-"""``breccia-sglang`` command line: demo, demo-model, quantize, inspect."""
+"""``breccia-sglang`` command line: demo, demo-model, quantize, convert, export-sglang-fp8, inspect."""
 
 from __future__ import annotations
 
@@ -30,6 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--asymmetric", action="store_true", help="int4: unsigned codes with zero-points")
     p.add_argument("--keep", action="append", metavar="PATTERN",
                    help=f"keep matching weights high precision (fnmatch; default {' '.join(DEFAULT_KEEP)})")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("convert", help="convert a DeepSeek-V3 or compressed-tensors FP8 checkpoint to breccia")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--from", dest="source_format", required=True, choices=["deepseek-fp8", "compressed-tensors-fp8"])
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("export-sglang-fp8", help="write a breccia FP8 checkpoint in SGLang's native FP8 layout")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--block-n", type=int, default=128, help="rows per block scale for block FP8 (default 128)")
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("inspect", help="validate a breccia checkpoint; list its layers and kernels")
@@ -81,7 +93,29 @@ def _inspect(args) -> int:
     return 0
 
 
-_COMMANDS = {"demo": _demo, "demo-model": _demo_model, "quantize": _quantize, "inspect": _inspect}
+def _print_convert_report(dst, report) -> None:
+    print(f"{dst}: {len(report.converted)} weights converted, {report.copied} tensors copied")
+    for title, rows in (("kept high precision", report.kept), ("dropped", report.dropped)):
+        for name, reason in rows:
+            print(f"  {title}: {name}: {reason}")
+
+
+def _convert(args) -> int:
+    from .convert import convert_to_breccia
+
+    _print_convert_report(args.dst, convert_to_breccia(args.src, args.dst, args.source_format, overwrite=args.overwrite))
+    return 0
+
+
+def _export(args) -> int:
+    from .convert import export_sglang_fp8
+
+    _print_convert_report(args.dst, export_sglang_fp8(args.src, args.dst, block_n=args.block_n, overwrite=args.overwrite))
+    return 0
+
+
+_COMMANDS = {"demo": _demo, "demo-model": _demo_model, "quantize": _quantize, "inspect": _inspect,
+             "convert": _convert, "export-sglang-fp8": _export}
 
 if __name__ == "__main__":
     sys.exit(main())

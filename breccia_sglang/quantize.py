@@ -10,6 +10,7 @@ half-written behind.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import shutil
@@ -77,18 +78,11 @@ def quantize_checkpoint(
     progress: bool = True,
 ) -> QuantizeReport:
     """Quantize the linear weights of ``src`` with ``recipe`` into a new checkpoint ``dst``."""
-    src, dst = Path(src), Path(dst)
-    if not (src / "config.json").is_file():
-        raise BrecciaCheckpointError(f"{src}: no config.json; expected a Hugging Face checkpoint")
-    if dst.exists() and any(dst.iterdir()) and not overwrite:
-        raise BrecciaCheckpointError(f"{dst}: exists and is not empty (pass --overwrite)")
+    src, dst = check_paths(src, dst, overwrite)
     files = _weight_files(src)
     report = QuantizeReport(recipe_label=describe(recipe, _layout_of(recipe)))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
-    try:
-        writer = _ShardWriter(tmp)
+    with atomic_output_dir(dst) as tmp:
+        writer = ShardWriter(tmp)
         names = _all_names(src, files)
         bar = tqdm(total=len(names), desc="quantize", unit="tensor", disable=not progress)
         for file in files:
@@ -101,13 +95,32 @@ def quantize_checkpoint(
         bar.close()
         report.bytes_out = writer.finish()
         _write_metadata_files(src, tmp, report)
+    return report
+
+
+def check_paths(src, dst, overwrite: bool) -> tuple[Path, Path]:
+    src, dst = Path(src), Path(dst)
+    if not (src / "config.json").is_file():
+        raise BrecciaCheckpointError(f"{src}: no config.json; expected a Hugging Face checkpoint")
+    if dst.exists() and any(dst.iterdir()) and not overwrite:
+        raise BrecciaCheckpointError(f"{dst}: exists and is not empty (pass --overwrite)")
+    return src, dst
+
+
+@contextlib.contextmanager
+def atomic_output_dir(dst: Path):
+    """A temporary directory beside ``dst`` that becomes ``dst`` only if the block succeeds."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
+    try:
+        yield tmp
         if dst.exists():
             shutil.rmtree(dst)
         tmp.rename(dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return report
 
 
 def _quantize_one(name, tensor, recipe, keep, writer, report):
@@ -167,7 +180,7 @@ def _all_names(src: Path, files: list[str]) -> list[str]:
     return names
 
 
-class _ShardWriter:
+class ShardWriter:
     """Accumulates tensors and writes ~2 GiB shards: breccia shards and plain shards."""
 
     def __init__(self, out: Path, shard_bytes: int = SHARD_BYTES):
@@ -230,16 +243,23 @@ def _nbytes(t) -> int:
 
 
 def _write_metadata_files(src: Path, out: Path, report: QuantizeReport) -> None:
-    # Tokenizer, chat template, generation config ...: everything that is not weights.
-    for path in src.iterdir():
-        if path.is_file() and not path.name.endswith(".safetensors") and path.name != INDEX_FILE:
-            shutil.copy2(path, out / path.name)
-    config = json.loads((src / "config.json").read_text())
-    config["quantization_config"] = {
+    write_metadata_files(src, out, {
         "quant_method": "breccia",
         # For people reading config.json; loading reads the recipe of every tensor from
         # its own safetensors metadata, which is the single source of truth.
         "recipe": report.recipe_label,
         "kept_high_precision": [name for name, _ in report.kept],
-    }
+    })
+
+
+def write_metadata_files(src: Path, out: Path, quantization_config: dict | None) -> None:
+    """Copy everything that is not weights (tokenizer, chat template, generation config, ...)
+    and write config.json with ``quantization_config`` (removed when None)."""
+    for path in src.iterdir():
+        if path.is_file() and not path.name.endswith(".safetensors") and path.name != INDEX_FILE:
+            shutil.copy2(path, out / path.name)
+    config = json.loads((src / "config.json").read_text())
+    config.pop("quantization_config", None)
+    if quantization_config is not None:
+        config["quantization_config"] = quantization_config
     (out / "config.json").write_text(json.dumps(config, indent=2))
