@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--asymmetric", action="store_true", help="int4: unsigned codes with zero-points")
     p.add_argument("--keep", action="append", metavar="PATTERN",
                    help=f"keep matching weights high precision (fnmatch; default {' '.join(DEFAULT_KEEP)})")
+    p.add_argument("--override", action="append", metavar="PATTERN=RECIPE", default=[],
+                   help="per-layer recipe, e.g. '*.mlp.*=int4' (first match wins; same recipe options)")
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("convert", help="convert a DeepSeek-V3 or compressed-tensors FP8 checkpoint to breccia")
@@ -72,12 +74,20 @@ def _demo_model(args) -> int:
 def _quantize(args) -> int:
     from .quantize import DEFAULT_KEEP, make_recipe, quantize_checkpoint
 
-    recipe = make_recipe(args.recipe, block_k=args.block_k, group_size=args.group_size,
-                         symmetric=not args.asymmetric)
-    report = quantize_checkpoint(args.src, args.dst, recipe, keep=tuple(args.keep or DEFAULT_KEEP),
+    options = dict(block_k=args.block_k, group_size=args.group_size, symmetric=not args.asymmetric)
+    overrides = []
+    for item in args.override:
+        pattern, sep, name = item.rpartition("=")
+        if not sep or not pattern:
+            raise SystemExit(f"breccia-sglang: error: --override {item!r}: expected PATTERN=RECIPE")
+        overrides.append((pattern, make_recipe(name, **options)))
+    report = quantize_checkpoint(args.src, args.dst, make_recipe(args.recipe, **options),
+                                 keep=tuple(args.keep or DEFAULT_KEEP), overrides=tuple(overrides),
                                  overwrite=args.overwrite)
     print(f"{args.dst}: {report.recipe_label}")
     print(f"  quantized: {len(report.quantized)} weights")
+    for label in sorted(set(report.labels.values())):
+        print(f"    {label}: {sum(1 for v in report.labels.values() if v == label)}")
     print(f"  kept high precision: {len(report.kept)}")
     for name, reason in report.kept:
         print(f"    {name}: {reason}")

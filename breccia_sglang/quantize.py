@@ -64,6 +64,7 @@ class QuantizeReport:
     quantized: list = field(default_factory=list)  # (name, shape)
     kept: list = field(default_factory=list)  # (name, reason)
     copied: list = field(default_factory=list)  # non-weight tensors (norms, biases, ...)
+    labels: dict = field(default_factory=dict)  # quantized name -> recipe/layout label
     bytes_in: int = 0
     bytes_out: int = 0
 
@@ -74,10 +75,16 @@ def quantize_checkpoint(
     recipe,
     *,
     keep: tuple[str, ...] = DEFAULT_KEEP,
+    overrides: tuple[tuple[str, object], ...] = (),
     overwrite: bool = False,
     progress: bool = True,
 ) -> QuantizeReport:
-    """Quantize the linear weights of ``src`` with ``recipe`` into a new checkpoint ``dst``."""
+    """Quantize the linear weights of ``src`` with ``recipe`` into a new checkpoint ``dst``.
+
+    ``overrides`` are ``(fnmatch pattern, recipe)`` pairs; the first pattern a weight's name
+    matches picks its recipe (``--keep`` patterns win over both). SGLang runs q/k/v and
+    gate/up as one GEMM, so give each merged group one recipe (loading says so otherwise).
+    """
     src, dst = check_paths(src, dst, overwrite)
     files = _weight_files(src)
     report = QuantizeReport(recipe_label=describe(recipe, _layout_of(recipe)))
@@ -90,7 +97,8 @@ def quantize_checkpoint(
                 for name in f.keys():
                     tensor = f.get_tensor(name)
                     report.bytes_in += tensor.numel() * tensor.element_size()
-                    _quantize_one(name, tensor, recipe, keep, writer, report)
+                    chosen = next((r for pattern, r in overrides if fnmatch.fnmatch(name, pattern)), recipe)
+                    _quantize_one(name, tensor, chosen, keep, writer, report)
                     bar.update(1)
         bar.close()
         report.bytes_out = writer.finish()
@@ -140,6 +148,7 @@ def _quantize_one(name, tensor, recipe, keep, writer, report):
         return
     writer.add_scaled(name, scaled)
     report.quantized.append((name, tuple(tensor.shape)))
+    report.labels[name] = describe(scaled.recipe, scaled.layout)
 
 
 # breccia 0.1.3 encodes MXFP8 (and FP8 on its NumPy path) by a brute-force search over all
@@ -247,7 +256,7 @@ def _write_metadata_files(src: Path, out: Path, report: QuantizeReport) -> None:
         "quant_method": "breccia",
         # For people reading config.json; loading reads the recipe of every tensor from
         # its own safetensors metadata, which is the single source of truth.
-        "recipe": report.recipe_label,
+        "recipe": sorted(set(report.labels.values())) if len(set(report.labels.values())) > 1 else report.recipe_label,
         "kept_high_precision": [name for name, _ in report.kept],
     })
 

@@ -122,3 +122,23 @@ def test_row_chunked_cast_is_bit_identical_to_breccias_whole_tensor_cast(recipe,
     assert (chunked.zero_point is None) == (whole.zero_point is None)
     if whole.zero_point is not None:
         assert torch.equal(chunked.zero_point, whole.zero_point)
+
+
+def test_per_layer_overrides_pick_the_recipe_and_keep_rules_still_win(tiny_llama, tmp_path):
+    dst = tmp_path / "mixed"
+    done = subprocess.run(
+        [sys.executable, "-m", "breccia_sglang.cli", "quantize", str(tiny_llama), str(dst), "--recipe", "fp8",
+         "--override", "*.mlp.*=int4", "--group-size", "32", "--override", "*embed_tokens*=int4"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    scaled = _breccia_tensors(dst)
+    mlp = [n for n in scaled if ".mlp." in n]
+    attn = [n for n in scaled if ".self_attn." in n]
+    assert len(mlp) == 6 and len(attn) == 8
+    assert all(scaled[n].recipe == breccia.INT4Scaling(group_size=32) for n in mlp)
+    assert all(scaled[n].recipe == breccia.Float8CurrentScaling() for n in attn)
+    assert "model.embed_tokens.weight" not in scaled  # --keep's default rule beats the override
+    assert "int4(g=32,sym)/per_block_k: 6" in done.stdout and "current(E4M3)/per_tensor: 8" in done.stdout
+    config = json.loads((dst / "config.json").read_text())["quantization_config"]
+    assert config["recipe"] == ["current(E4M3)/per_tensor", "int4(g=32,sym)/per_block_k"]

@@ -98,3 +98,12 @@ def test_a_shard_that_would_split_a_scale_block_is_refused(tiny_llama, tmp_path)
         _serve(checkpoint, tmp_path, tp_size=2)
     assert "self_attn.o_proj: no kernel can serve this layer" in str(failure.value)
     assert "K=32 splits a 64-wide scale block" in str(failure.value)
+
+
+def test_a_checkpoint_mixing_recipes_per_layer_serves_like_hf(tiny_llama, tmp_path):
+    checkpoint = tmp_path / "mixed"
+    quantize_checkpoint(tiny_llama, checkpoint, make_recipe("fp8"), progress=False,
+                        overrides=(("*.mlp.*", make_recipe("nvfp4")), ("*.self_attn.o_proj.*", make_recipe("mxfp8"))))
+    result = _serve(checkpoint, tmp_path)
+    assert result["ok"], result
+    assert result["results"][0]["output_ids"] == _hf_greedy(tiny_llama, checkpoint)
