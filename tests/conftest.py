@@ -8,6 +8,27 @@ from pathlib import Path
 
 import pytest
 
+def stored_tensors(path: Path) -> dict:
+    """Every tensor of every safetensors file in ``path``, by stored name."""
+    from safetensors import safe_open
+
+    out = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys()})
+    return out
+
+
+def breccia_tensors(path: Path) -> dict:
+    """The breccia ScaledTensors of a checkpoint written by us, read back by breccia itself."""
+    from breccia.bridges import load_safetensors
+
+    out = {}
+    for file in sorted(Path(path).glob("model-breccia-*.safetensors")):
+        out.update(load_safetensors(str(file)))
+    return out
+
+
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
     from breccia_sglang.demo_model import fetch_demo_model
@@ -61,17 +82,13 @@ def hf_reference_ids(demo_model, breccia_checkpoint, prompt_ids) -> list[int]:
     """Greedy tokens from HF transformers with the breccia weights dequantized by breccia."""
     import breccia
     import torch
-    from breccia.bridges import load_safetensors
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32)
-    replaced = 0
-    for file in sorted(Path(breccia_checkpoint).glob("model-breccia-*.safetensors")):
-        for name, scaled in load_safetensors(str(file)).items():
-            weight = model.get_submodule(name.removesuffix(".weight")).weight
-            weight.data.copy_(breccia.dequantize(scaled))
-            replaced += 1
-    assert replaced == 210  # every linear of SmolLM2's 30 layers (7 each)
+    scaled_tensors = breccia_tensors(breccia_checkpoint)
+    assert len(scaled_tensors) == 210  # every linear of SmolLM2's 30 layers (7 each)
+    for name, scaled in scaled_tensors.items():
+        model.get_submodule(name.removesuffix(".weight")).weight.data.copy_(breccia.dequantize(scaled))
     with torch.no_grad():
         out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
     return strip_eos(out[0, len(prompt_ids):].tolist(), model.generation_config.eos_token_id)

@@ -9,23 +9,15 @@ import shutil
 import breccia
 import pytest
 import torch
-from breccia.bridges import load_safetensors
-from safetensors import safe_open
 from safetensors.torch import save_file
+
+from conftest import breccia_tensors, stored_tensors
 
 from breccia_sglang.convert import convert_to_breccia, export_sglang_fp8
 from breccia_sglang.errors import BrecciaCheckpointError
 
 FP8 = torch.float8_e4m3fn
 BLOCK = [64, 32]  # rows x K per scale; the tiny model's 96- and 32-row weights leave partial edge blocks
-
-
-def _tensors(path):
-    out = {}
-    for file in path.glob("*.safetensors"):
-        with safe_open(str(file), framework="pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
 
 
 def _is_linear(name, t):
@@ -40,7 +32,7 @@ def _fp8_checkpoint(tiny_llama, dst, scales_for, quant_config, extra=None):
     """Write tiny_llama with every linear as FP8 codes + the scales ``scales_for`` computes."""
     dst.mkdir()
     out = {}
-    for name, t in _tensors(tiny_llama).items():
+    for name, t in stored_tensors(tiny_llama).items():
         if not _is_linear(name, t):
             out[name] = t
             continue
@@ -77,10 +69,8 @@ def deepseek_fp8(tiny_llama, tmp_path):
 def test_deepseek_blocks_become_per_row_k_blocks_exactly(deepseek_fp8, tmp_path):
     report = convert_to_breccia(deepseek_fp8, tmp_path / "breccia", "deepseek-fp8")
     assert len(report.converted) == 14 and report.kept == []
-    src = _tensors(deepseek_fp8)
-    scaled = {}
-    for file in (tmp_path / "breccia").glob("model-breccia-*.safetensors"):
-        scaled.update(load_safetensors(str(file)))
+    src = stored_tensors(deepseek_fp8)
+    scaled = breccia_tensors(tmp_path / "breccia")
     assert len(scaled) == 14
     for name, st in scaled.items():
         data, block_scale = src[name], src[name.removesuffix(".weight") + ".weight_scale_inv"]
@@ -93,7 +83,7 @@ def test_deepseek_blocks_become_per_row_k_blocks_exactly(deepseek_fp8, tmp_path)
 def test_deepseek_round_trip_through_breccia_back_to_sglang_fp8_is_bit_exact(deepseek_fp8, tmp_path):
     convert_to_breccia(deepseek_fp8, tmp_path / "breccia", "deepseek-fp8")
     export_sglang_fp8(tmp_path / "breccia", tmp_path / "native", block_n=BLOCK[0])
-    before, after = _tensors(deepseek_fp8), _tensors(tmp_path / "native")
+    before, after = stored_tensors(deepseek_fp8), stored_tensors(tmp_path / "native")
     assert set(before) == set(after)
     for name, t in before.items():
         assert after[name].dtype == t.dtype and torch.equal(after[name].view(torch.uint8), t.view(torch.uint8)), name
@@ -138,16 +128,15 @@ def test_compressed_tensors_fp8_converts_bit_exactly(tiny_llama, tmp_path, strat
     report = convert_to_breccia(src, tmp_path / "breccia", "compressed-tensors-fp8")
     assert len(report.converted) == 14
     assert [name for name, _ in report.dropped] == ["model.layers.0.self_attn.q_proj.input_scale"]
-    before = _tensors(src)
-    for file in (tmp_path / "breccia").glob("model-breccia-*.safetensors"):
-        for name, st in load_safetensors(str(file)).items():
-            scale = before[name.removesuffix(".weight") + ".weight_scale"]
-            assert torch.equal(st.data.view(torch.uint8), before[name].view(torch.uint8))
-            assert torch.equal(st.scale.flatten(), scale.flatten())
-            assert torch.equal(breccia.dequantize(st), before[name].to(torch.float32) * scale)
+    before = stored_tensors(src)
+    for name, st in breccia_tensors(tmp_path / "breccia").items():
+        scale = before[name.removesuffix(".weight") + ".weight_scale"]
+        assert torch.equal(st.data.view(torch.uint8), before[name].view(torch.uint8))
+        assert torch.equal(st.scale.flatten(), scale.flatten())
+        assert torch.equal(breccia.dequantize(st), before[name].to(torch.float32) * scale)
     if strategy == "tensor":
         export_sglang_fp8(tmp_path / "breccia", tmp_path / "native")
-        after = _tensors(tmp_path / "native")
+        after = stored_tensors(tmp_path / "native")
         for name, t in before.items():
             if "input_scale" not in name:  # scales go from shape [1] to breccia's scalar: compare bytes
                 assert torch.equal(after[name].reshape(-1).view(torch.uint8), t.reshape(-1).view(torch.uint8)), name

@@ -9,33 +9,17 @@ import sys
 import breccia
 import pytest
 import torch
-from breccia.bridges import load_safetensors
-from safetensors import safe_open
+from conftest import breccia_tensors, stored_tensors
 
 from breccia_sglang.errors import BrecciaCheckpointError
 from breccia_sglang.quantize import make_recipe, quantize_checkpoint
 
 
-def _source_tensors(path):
-    out = {}
-    for file in path.glob("*.safetensors"):
-        with safe_open(str(file), framework="pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
-
-
-def _breccia_tensors(path):
-    out = {}
-    for file in path.glob("model-breccia-*.safetensors"):
-        out.update(load_safetensors(str(file)))
-    return out
-
-
 def test_fp8_checkpoint_matches_breccia_cast_bit_for_bit(tiny_llama, tmp_path):
     dst = tmp_path / "fp8"
     report = quantize_checkpoint(tiny_llama, dst, make_recipe("fp8"), progress=False)
-    src = _source_tensors(tiny_llama)
-    scaled = _breccia_tensors(dst)
+    src = stored_tensors(tiny_llama)
+    scaled = breccia_tensors(dst)
     linear = {n for n, t in src.items() if n.endswith(".weight") and t.ndim == 2 and "embed" not in n and "lm_head" not in n}
     assert set(scaled) == linear == {n for n, _ in report.quantized}
     for name, st in scaled.items():
@@ -48,14 +32,14 @@ def test_fp8_checkpoint_matches_breccia_cast_bit_for_bit(tiny_llama, tmp_path):
 def test_nothing_is_dropped_and_config_names_breccia(tiny_llama, tmp_path):
     dst = tmp_path / "fp8"
     report = quantize_checkpoint(tiny_llama, dst, make_recipe("fp8"), progress=False)
-    src = _source_tensors(tiny_llama)
+    src = stored_tensors(tiny_llama)
     index = json.loads((dst / "model.safetensors.index.json").read_text())["weight_map"]
     stored = set(index)
     for name in src:
         assert name in stored or {f"{name}.data", f"{name}.scale"} <= stored, name
     kept = dict(report.kept)
     assert "model.embed_tokens.weight" in kept and "lm_head.weight" in kept
-    plain = _source_tensors(dst)
+    plain = stored_tensors(dst)
     for name in list(kept) + [n for n, _ in report.copied]:
         assert torch.equal(plain[name], src[name]), name
     config = json.loads((dst / "config.json").read_text())
@@ -71,7 +55,7 @@ def test_shapes_a_recipe_cannot_take_are_kept_and_reported(tiny_llama, tmp_path)
     reasons = [why for name, why in report.kept if "embed" not in name and "lm_head" not in name]
     assert reasons and all("not supported" in why and "divisible" in why for why in reasons)
     report32 = quantize_checkpoint(tiny_llama, tmp_path / "blk32", make_recipe("fp8-block", block_k=32), progress=False)
-    st = _breccia_tensors(tmp_path / "blk32")["model.layers.0.mlp.down_proj.weight"]
+    st = breccia_tensors(tmp_path / "blk32")["model.layers.0.mlp.down_proj.weight"]
     assert st.layout == breccia.PerBlockK(32) and tuple(st.scale.shape) == (64, 3)
     assert len(report32.quantized) == 14
 
@@ -132,7 +116,7 @@ def test_per_layer_overrides_pick_the_recipe_and_keep_rules_still_win(tiny_llama
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    scaled = _breccia_tensors(dst)
+    scaled = breccia_tensors(dst)
     mlp = [n for n in scaled if ".mlp." in n]
     attn = [n for n in scaled if ".self_attn." in n]
     assert len(mlp) == 6 and len(attn) == 8

@@ -6,8 +6,7 @@ from __future__ import annotations
 import breccia
 import pytest
 import torch
-from breccia.bridges import load_safetensors
-from conftest import run_engine
+from conftest import breccia_tensors, run_engine
 
 from breccia_sglang.quantize import make_recipe, quantize_checkpoint
 
@@ -29,12 +28,10 @@ def _hf_greedy(model_dir, checkpoint) -> list[int]:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    replaced = 0
-    for file in sorted(checkpoint.glob("model-breccia-*.safetensors")):
-        for name, scaled in load_safetensors(str(file)).items():
-            model.get_submodule(name.removesuffix(".weight")).weight.data.copy_(breccia.dequantize(scaled))
-            replaced += 1
-    assert replaced == 14  # 2 layers x 7 linears
+    scaled_tensors = breccia_tensors(checkpoint)
+    assert len(scaled_tensors) == 14  # 2 layers x 7 linears
+    for name, scaled in scaled_tensors.items():
+        model.get_submodule(name.removesuffix(".weight")).weight.data.copy_(breccia.dequantize(scaled))
     ids = torch.tensor([PROMPT])
     with torch.no_grad():
         for _ in range(NEW_TOKENS):  # plain argmax decoding: no EOS or generation-config rules
