@@ -17,6 +17,10 @@ if [ ! -f "$VENV/.complete" ]; then
     touch "$VENV/.complete"
 else
     # Point the editable install at this clone (cheap; dependencies are already there).
-    "$VENV/bin/python" -m pip install --quiet --no-deps -e "$ROOT"
+    # setuptools is chatty about editable installs: keep its output unless it fails.
+    if ! "$VENV/bin/python" -m pip install --quiet --no-deps -e "$ROOT" > "$VENV/last-install.log" 2>&1; then
+        cat "$VENV/last-install.log" >&2
+        exit 1
+    fi
 fi
 export VENV
