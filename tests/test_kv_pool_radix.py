@@ -198,3 +198,14 @@ def test_paths_that_would_drop_scales_refuse():
         pool.get_cpu_copy(torch.arange(4))
     with pytest.raises(NotImplementedError):
         pool.set_kv_buffer_prefix_valid()
+
+
+def test_writes_accept_flat_or_per_head_k_and_v():
+    pool = BrecciaFP8KVPool(SIZE, 1, torch.float32, HEADS, HEAD_DIM, 1, "cpu", False)
+    kv = torch.randn(5, HEADS, HEAD_DIM)
+    pool.set_kv_buffer(None, torch.arange(1, 6), kv, -kv, layer_id_override=0)
+    pool.set_kv_buffer(None, torch.arange(11, 16), kv.flatten(1), -kv.flatten(1), layer_id_override=0)
+    first, second = pool.key_view(0, torch.arange(1, 6)), pool.key_view(0, torch.arange(11, 16))
+    assert torch.equal(first.dequantize(), second.dequantize())
+    assert torch.equal(first.dequantize(), dequantize_kv(*quantize_kv(kv)))
+    assert torch.equal(pool.value_view(0, torch.arange(11, 16)).dequantize(), dequantize_kv(*quantize_kv(-kv)))

@@ -53,11 +53,12 @@ class BrecciaFP8KVPool(MHATokenToKVPool):
         # (token, head) gets its own scale here.
         loc, _, _ = unwrap_write_loc(loc_info)
         idx = (layer_id_override if layer_id_override is not None else layer.layer_id) - self.start_layer
-        for data_buf, scale_buf, x in (
-            (self.k_buffer[idx], self.k_scale_buffer[idx], cache_k),
-            (self.v_buffer[idx], self.v_scale_buffer[idx], cache_v),
+        for data_buf, scale_buf, x, head_dim in (
+            (self.k_buffer[idx], self.k_scale_buffer[idx], cache_k, self.head_dim),
+            (self.v_buffer[idx], self.v_scale_buffer[idx], cache_v, self.v_head_dim),
         ):
-            data, scale = quantize_kv(x.view(-1, self.head_num, x.shape[-1]))
+            # Callers pass (tokens, heads, head_dim) or (tokens, heads * head_dim).
+            data, scale = quantize_kv(x.reshape(-1, self.head_num, head_dim))
             data_buf[loc] = data.view(torch.uint8)
             scale_buf[loc] = scale
 
