@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .checkpoint import TORCH_DTYPES, BrecciaCheckpoint
+from .checkpoint import BrecciaCheckpoint
 from .weights.gemm import LinearSpec, choose_kernel, current_device_spec
 
 
@@ -16,8 +16,7 @@ def inspect_checkpoint(path) -> str:
     rows = [("tensor", "recipe/layout", "shape", "bytes", f"kernel on this machine ({here})")]
     for name, entry in sorted(ckpt.entries.items()):
         out_features, in_features = entry.data.shape[-2], entry.data.shape[-1]
-        spec = LinearSpec(name, entry.recipe, entry.layout, in_features, (out_features,), torch.bfloat16,
-                          device_type, capability, TORCH_DTYPES[entry.scale.dtype], entry.zero_point is not None)
+        spec = LinearSpec.for_entry(name, entry, in_features, (out_features,), torch.bfloat16)
         kernel = choose_kernel(spec).name
         rows.append((name, entry.label, "x".join(map(str, entry.data.shape)), _size(entry.nbytes), kernel))
     plain_bytes = sum(t.nbytes for t in ckpt.plain.values())

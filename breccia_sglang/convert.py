@@ -45,11 +45,12 @@ class ConvertReport:
 class _Tensors:
     """Every tensor of a checkpoint by name, read one at a time."""
 
-    def __init__(self, directory: Path):
-        self.directory, self.file_of, self.handles = directory, {}, {}
-        for file in _weight_files(directory):
-            with safe_open(str(directory / file), framework="pt") as f:
-                self.file_of.update({name: file for name in f.keys()})
+    def __init__(self, directory: Path, file_of: dict[str, str] | None = None):
+        self.directory, self.file_of, self.handles = directory, dict(file_of or {}), {}
+        if file_of is None:
+            for file in _weight_files(directory):
+                with safe_open(str(directory / file), framework="pt") as f:
+                    self.file_of.update({name: file for name in f.keys()})
 
     def __contains__(self, name):
         return name in self.file_of
@@ -149,7 +150,7 @@ def export_sglang_fp8(src, dst, *, block_n: int = 128, overwrite: bool = False) 
                 writer.add_plain(name, scaled.data.view(FP8))
                 writer.add_plain(name.removesuffix(".weight") + weight_scale_name, scale)
                 report.converted.append((name, _label(scaled)))
-        tensors = _Tensors(src)
+        tensors = _Tensors(src, {name: t.file for name, t in ckpt.plain.items()})  # headers already read
         for name in ckpt.plain:
             writer.add_plain(name, tensors[name])
             report.copied += 1

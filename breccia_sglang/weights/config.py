@@ -7,6 +7,7 @@ mixed recipes or kept-high-precision layers is described exactly.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from ..errors import BrecciaCheckpointError
 QUANT_METHOD = "breccia"
 
 
+@functools.cache
 def standard_fusions() -> dict[str, list[str]]:
     """SGLang's standard merged layers (qkv_proj, gate_up_proj) and their shards, in order.
 

@@ -53,6 +53,16 @@ class LinearSpec:
     scale_dtype: torch.dtype = torch.float32  # as stored in the checkpoint
     has_zero_point: bool = False
 
+    @classmethod
+    def for_entry(cls, prefix, entry, input_size_per_partition, output_partition_sizes, params_dtype):
+        """The spec of a layer served from checkpoint ``entry`` (a BrecciaEntry) on this machine."""
+        from ..checkpoint import TORCH_DTYPES
+
+        device_type, capability = current_device_spec()
+        return cls(prefix, entry.recipe, entry.layout, input_size_per_partition, tuple(output_partition_sizes),
+                   params_dtype, device_type, capability, TORCH_DTYPES[entry.scale.dtype],
+                   entry.zero_point is not None)
+
     @property
     def fp8_format(self) -> str | None:
         return getattr(self.recipe, "fp8_format", None)

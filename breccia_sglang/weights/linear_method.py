@@ -12,9 +12,8 @@ import functools
 
 from sglang.srt.layers.quantization.base_config import LinearMethodBase
 
-from ..checkpoint import TORCH_DTYPES
 from ..errors import BrecciaCheckpointError
-from .gemm import LinearSpec, choose_kernel, current_device_spec, fp8_param_config
+from .gemm import LinearSpec, choose_kernel, fp8_param_config
 
 
 class BrecciaLinearMethod(LinearMethodBase):
@@ -43,19 +42,8 @@ class BrecciaLinearMethod(LinearMethodBase):
         params_dtype,
         **extra_weight_attrs,
     ):
-        device_type, capability = current_device_spec()
-        spec = LinearSpec(
-            prefix=self.prefix,
-            recipe=self.recipe,
-            layout=self.layout,
-            input_size_per_partition=input_size_per_partition,
-            output_partition_sizes=tuple(output_partition_sizes),
-            params_dtype=params_dtype,
-            device_type=device_type,
-            capability=capability,
-            scale_dtype=TORCH_DTYPES[self.entries[0].scale.dtype],
-            has_zero_point=self.entries[0].zero_point is not None,
-        )
+        spec = LinearSpec.for_entry(self.prefix, self.entries[0], input_size_per_partition,
+                                    output_partition_sizes, params_dtype)
         self.kernel = choose_kernel(spec)()
         self.expected_loads = len(output_partition_sizes)
         loader = _counting(extra_weight_attrs["weight_loader"])
