@@ -1,0 +1,48 @@
+"""FP8 E4M3 encode/decode inside Triton kernels, with integer ops only.
+
+Why not ``x.to(tl.float8e4nv)``: under ``TRITON_INTERPRET=1`` (how CI runs the kernels)
+the fp32 -> fp8 cast drops the rounding carry (1.968 becomes -1.0), and on GPU the cast's
+saturation and NaN behaviour differ between Triton versions. Encoding the bits ourselves
+gives the same bytes everywhere: round to nearest even, saturate finite overflow and
+infinities to +-448, NaN -> 0x7F (what torch's ``float32 -> float8_e4m3fn`` cast does).
+"""
+
+import triton
+import triton.language as tl
+
+E4M3_MAX = 448.0
+
+
+@triton.jit
+def e4m3_encode(v):
+    """fp32 tensor -> uint8 E4M3 codes (round to nearest even, saturating)."""
+    bits = v.to(tl.int32, bitcast=True)
+    sign = ((bits >> 31) & 1) << 7
+    mag = bits & 0x7FFFFFFF
+    exponent = mag >> 23  # biased fp32 exponent
+
+    # Normal E4M3 range (|v| >= 2^-6): keep 3 of fp32's 23 mantissa bits, rounding to
+    # nearest even on the bits; a carry moves into the exponent by itself.
+    rounded = (mag + 0x7FFFF + ((mag >> 20) & 1)) & 0x7FF00000
+    normal_code = (((rounded >> 23) - 120) << 3) | ((rounded >> 20) & 7)  # E4M3 bias 7 = 127 - 120
+
+    # Subnormal range (|v| < 2^-6): the code is |v| / 2^-9 rounded to nearest even; 8 (a
+    # carry to 2^-6) is exactly the code of the smallest normal.
+    mantissa = (mag & 0x7FFFFF) | tl.where(exponent > 0, 0x800000, 0)
+    # |v| * 2^9 = mantissa >> shift; clamped so lanes that take the normal path shift sanely.
+    shift = tl.minimum(tl.maximum(141 - exponent, 1), 31)
+    quotient = mantissa >> shift
+    remainder = mantissa - (quotient << shift)
+    half = (1 << (shift - 1))
+    round_up = (remainder > half) | ((remainder == half) & ((quotient & 1) == 1))
+    subnormal_code = quotient + round_up.to(tl.int32)
+
+    code = tl.where(exponent < 121, subnormal_code, tl.minimum(normal_code, 0x7E))  # 0x7E = 448
+    code = tl.where(mag > 0x7F800000, 0x7F, code)  # NaN
+    return (code | sign).to(tl.uint8)
+
+
+@triton.jit
+def e4m3_decode(codes, dtype: tl.constexpr):
+    """uint8 E4M3 codes -> ``dtype`` (exact for fp16 / bf16 / fp32)."""
+    return codes.to(tl.float8e4nv, bitcast=True).to(dtype)

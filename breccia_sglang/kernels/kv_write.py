@@ -1,0 +1,74 @@
+"""Write kernel: quantize new K or V to FP8 E4M3 with one scale per (token, kv head) and
+store data and scale into their pool slots, in one pass.
+
+Bit for bit the same as the torch path (``paged.kv_quant.quantize_kv``, i.e. breccia's
+``Float8BlockScaling(block_k=head_dim)`` cast): scale = max(amax, 1e-10) / 448 with IEEE
+division, data = e4m3(x / scale) rounded to nearest even. Divisions use ``div_rn`` because
+Triton's default fp32 division on GPU is approximate.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..paged.kv_quant import quantize_kv
+from .fp8_codec import E4M3_MAX, e4m3_encode
+from .launch import check_tensor
+
+
+@triton.jit
+def _write_kv_fp8_kernel(
+    x_ptr, loc_ptr, data_ptr, scale_ptr,
+    stride_x_token, stride_x_head,
+    stride_data_slot, stride_data_head,
+    stride_scale_slot,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    token = tl.program_id(0)
+    head = tl.program_id(1)
+    d = tl.arange(0, BLOCK_D)
+    in_row = d < HEAD_DIM
+    x = tl.load(x_ptr + token * stride_x_token + head * stride_x_head + d, mask=in_row, other=0.0)
+    x = x.to(tl.float32)
+    amax = tl.maximum(tl.max(tl.abs(x), axis=0), 1e-10)  # breccia's floor, so a zero row stays finite
+    scale = tl.math.div_rn(amax, E4M3_MAX)
+    codes = e4m3_encode(tl.math.div_rn(x, scale))
+    slot = tl.load(loc_ptr + token).to(tl.int64)
+    tl.store(data_ptr + slot * stride_data_slot + head * stride_data_head + d, codes, mask=in_row)
+    tl.store(scale_ptr + slot * stride_scale_slot + head, scale)
+
+
+def write_kv_fp8(x: torch.Tensor, loc: torch.Tensor, data: torch.Tensor, scale: torch.Tensor) -> None:
+    """Quantize ``x`` and store it at slots ``loc`` of one layer's K (or V) buffers.
+
+    Parameters
+    ----------
+    x : (num_tokens, num_kv_heads, head_dim) float16 / bfloat16 / float32, last dim contiguous.
+    loc : (num_tokens,) int32 / int64, the pool slot of each token.
+    data : (num_slots, num_kv_heads, head_dim) uint8 (E4M3 bytes) or float8_e4m3fn, written in place.
+    scale : (num_slots, num_kv_heads) float32, written in place (dequant multiplier per row).
+    """
+    tokens, heads, head_dim = x.shape
+    check_tensor("x", x, dtypes=(torch.float16, torch.bfloat16, torch.float32), last_dim_contiguous=True)
+    check_tensor("loc", loc, shape=(tokens,), dtypes=(torch.int32, torch.int64))
+    check_tensor("data", data, shape=(None, heads, head_dim), dtypes=(torch.uint8, torch.float8_e4m3fn),
+                 last_dim_contiguous=True)
+    check_tensor("scale", scale, shape=(data.shape[0], heads), dtypes=(torch.float32,))
+    if tokens == 0:
+        return
+    _write_kv_fp8_kernel[(tokens, heads)](
+        x, loc, data.view(torch.uint8), scale,
+        x.stride(0), x.stride(1),
+        data.stride(0), data.stride(1),
+        scale.stride(0),
+        HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
+    )
+
+
+def write_kv_fp8_reference(x: torch.Tensor, loc: torch.Tensor, data: torch.Tensor, scale: torch.Tensor) -> None:
+    """The torch path the kernel must equal bit for bit (same arguments)."""
+    codes, row_scale = quantize_kv(x)
+    data.view(torch.uint8)[loc] = codes.view(torch.uint8)
+    scale[loc] = row_scale

@@ -1,0 +1,22 @@
+"""Argument checks shared by the kernel launchers: a wrong shape, dtype or device fails
+here with the argument's name, instead of as an out-of-bounds read inside a kernel."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_tensor(name: str, t: torch.Tensor, *, shape: tuple | None = None, dtypes: tuple = (),
+                 last_dim_contiguous: bool = False, device: torch.device | None = None) -> None:
+    """``shape`` may hold None for a dimension of any size."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if shape is not None and (t.ndim != len(shape) or any(w is not None and w != s for w, s in zip(shape, t.shape))):
+        wanted = tuple("*" if w is None else w for w in shape)
+        raise ValueError(f"{name}: expected shape {wanted}, got {tuple(t.shape)}")
+    if dtypes and t.dtype not in dtypes:
+        raise TypeError(f"{name}: expected dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if last_dim_contiguous and t.ndim and t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise ValueError(f"{name}: the last dimension must be contiguous (stride 1), got strides {t.stride()}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name}: expected a tensor on {device}, got {t.device}")
