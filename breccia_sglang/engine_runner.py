@@ -2,8 +2,8 @@
 
 Tests and benchmarks use it because a failing engine start kills its parent process.
 
-SPEC: {"enable": bool, "env": {...}, "engine": {...Engine kwargs...}, "requests": [{"input_ids": [...],
-"sampling_params": {...}} | {"flush": true}, ...]}. OUT: {"ok": true, "results": [...]} or
+SPEC: {"enable": bool, "env": {...}, "engine": {...Engine kwargs...}, "requests": [{"input_ids": [...] or
+[[...], ...] (a batch), "sampling_params": {...}} | {"flush": true}, ...]}. OUT: {"ok": true, "results": [...]} or
 {"ok": false, "error_type": ..., "error": ...} when constructing the Engine raised.
 """
 
@@ -39,6 +39,11 @@ def _flush(engine, attempts: int = 100) -> None:
     raise RuntimeError(f"flush_cache() refused {attempts} times")
 
 
+def _summary(out: dict) -> dict:
+    return {"output_ids": out["output_ids"], "text": out.get("text"),  # no text without a tokenizer
+            "cached_tokens": out["meta_info"].get("cached_tokens", 0)}
+
+
 def main(spec_path: str, out_path: str) -> None:
     spec = json.loads(open(spec_path).read())
     os.environ.update(spec.get("env", {}))  # scheduler processes inherit it
@@ -59,11 +64,9 @@ def main(spec_path: str, out_path: str) -> None:
             if request.get("flush"):  # drop the prefix cache, so the next request recomputes
                 _flush(engine)
                 continue
+            # A list of prompts is one batch (scheduled together); its result is a list.
             out = engine.generate(input_ids=request["input_ids"], sampling_params=request["sampling_params"])
-            results.append(
-                {"output_ids": out["output_ids"], "text": out.get("text"),  # no text without a tokenizer
-                 "cached_tokens": out["meta_info"].get("cached_tokens", 0)}
-            )
+            results.append([_summary(o) for o in out] if isinstance(out, list) else _summary(out))
         info = engine.get_server_info()
         json.dump({"ok": True, "results": results, "max_total_num_tokens": info["max_total_num_tokens"],
                    "memory_usage": info["internal_states"][0]["memory_usage"]}, open(out_path, "w"), default=float)

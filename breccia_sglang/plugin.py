@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 FLAG = "--breccia-format"
 QUANT_METHOD = "breccia"
+ATTENTION_BACKENDS = ("breccia_triton", "breccia_torch")  # built in paged/sglang_hooks.py
 
 _registered = False
 
@@ -33,11 +34,14 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    from sglang.srt.arg_groups.choices import QUANTIZATION_CHOICES
+    from sglang.srt.arg_groups.choices import ATTENTION_BACKEND_CHOICES, QUANTIZATION_CHOICES
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     if QUANT_METHOD not in QUANTIZATION_CHOICES:
         QUANTIZATION_CHOICES.append(QUANT_METHOD)  # so `--quantization breccia` parses too
+    for backend in ATTENTION_BACKENDS:  # `--attention-backend breccia_triton` parses
+        if backend not in ATTENTION_BACKEND_CHOICES:
+            ATTENTION_BACKEND_CHOICES.append(backend)
     for target, hook, kind in _HOOKS:
         HookRegistry.register(target, hook, HookType[kind])
     _registered = True

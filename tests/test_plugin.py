@@ -69,9 +69,11 @@ def test_register_twice_adds_each_hook_once():
     assert {t: len(h) for t, h in HookRegistry._hooks.items()} == first
     ours = [t for t, _, _ in plugin._HOOKS]
     assert all(first.get(t, 0) >= 1 for t in ours)
-    from sglang.srt.arg_groups.choices import QUANTIZATION_CHOICES
+    from sglang.srt.arg_groups.choices import ATTENTION_BACKEND_CHOICES, QUANTIZATION_CHOICES
 
     assert QUANTIZATION_CHOICES.count("breccia") == 1
+    assert ATTENTION_BACKEND_CHOICES.count("breccia_triton") == 1
+    assert ATTENTION_BACKEND_CHOICES.count("breccia_torch") == 1
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +93,20 @@ def test_cli_flag_sets_breccia_quantization(loaded_plugins, tmp_path):
     assert plain.quantization is None
     spelled = prepare_server_args(["--model-path", str(tmp_path), "--quantization", "breccia"])
     assert spelled.quantization == "breccia"
+
+
+def test_attention_backends_parse_and_enter_sglangs_registry(loaded_plugins, tmp_path):
+    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+    from sglang.srt.server_args import prepare_server_args
+
+    from breccia_sglang.paged.sglang_hooks import register_attention_backends
+
+    args = prepare_server_args(["--model-path", str(tmp_path), "--breccia-format",
+                                "--attention-backend", "breccia_triton"])
+    assert args.attention_backend == "breccia_triton"
+    register_attention_backends()
+    register_attention_backends()
+    assert {"breccia_triton", "breccia_torch"} <= set(ATTENTION_BACKENDS)
 
 
 def test_cli_flag_conflicting_with_other_quantization_is_refused(loaded_plugins, tmp_path):

@@ -159,11 +159,13 @@ def paged_decode_attention(
     _check_pool_layer(k_data, k_scale, v_data, v_scale, head_dim)
     if q_heads % kv_heads:
         raise ValueError(f"q: {q_heads} query heads is not a multiple of the pool's {kv_heads} kv heads")
-    check_tensor("kv_indptr", kv_indptr, shape=(batch + 1,), dtypes=(torch.int32, torch.int64))
+    # CUDA-graph replay passes SGLang's buffers sized for the largest captured batch: only
+    # the first ``batch`` rows are read or written.
+    check_tensor("kv_indptr", kv_indptr, shape=(None,), dtypes=(torch.int32, torch.int64), min_rows=batch + 1)
     check_tensor("kv_indices", kv_indices, shape=(None,), dtypes=(torch.int32, torch.int64))
     if num_kv_splits is None:
-        num_kv_splits = default_num_kv_splits(kv_indptr, max_kv_splits)
-    check_tensor("num_kv_splits", num_kv_splits, shape=(batch,), dtypes=(torch.int32,))
+        num_kv_splits = default_num_kv_splits(kv_indptr[:batch + 1], max_kv_splits)
+    check_tensor("num_kv_splits", num_kv_splits, shape=(None,), dtypes=(torch.int32,), min_rows=batch)
     if out is None:
         out = q.new_empty((batch, q_heads, v_head_dim))
     check_tensor("out", out, shape=(batch, q_heads, v_head_dim), dtypes=(q.dtype,), last_dim_contiguous=True)
@@ -171,10 +173,10 @@ def paged_decode_attention(
         part_out = q.new_empty((batch, q_heads, max_kv_splits, v_head_dim), dtype=torch.float32)
         part_lse = q.new_empty((batch, q_heads, max_kv_splits), dtype=torch.float32)
     max_kv_splits = part_out.shape[2]
-    check_tensor("part_out", part_out, shape=(batch, q_heads, max_kv_splits, v_head_dim), dtypes=(torch.float32,),
-                 last_dim_contiguous=True)
-    check_tensor("part_lse", part_lse, shape=(batch, q_heads, max_kv_splits), dtypes=(torch.float32,),
-                 last_dim_contiguous=True)
+    check_tensor("part_out", part_out, shape=(None, q_heads, max_kv_splits, v_head_dim), dtypes=(torch.float32,),
+                 last_dim_contiguous=True, min_rows=batch)
+    check_tensor("part_lse", part_lse, shape=(None, q_heads, max_kv_splits), dtypes=(torch.float32,),
+                 last_dim_contiguous=True, min_rows=batch)
     if batch == 0:
         return out
 

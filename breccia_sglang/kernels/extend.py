@@ -135,7 +135,7 @@ def paged_extend_attention(
     if q_heads % kv_heads:
         raise ValueError(f"q: {q_heads} query heads is not a multiple of the pool's {kv_heads} kv heads")
     check_tensor("qo_indptr", qo_indptr, shape=(batch + 1,), dtypes=(torch.int32, torch.int64))
-    check_tensor("prefix_indptr", prefix_indptr, shape=(batch + 1,), dtypes=(torch.int32, torch.int64))
+    check_tensor("prefix_indptr", prefix_indptr, shape=(None,), dtypes=(torch.int32, torch.int64), min_rows=batch + 1)
     check_tensor("prefix_indices", prefix_indices, shape=(None,), dtypes=(torch.int32, torch.int64))
     check_tensor("new_slots", new_slots, shape=(tokens,), dtypes=(torch.int32, torch.int64))
     if out is None:

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..paged.kv_quant import quantize_kv
+from ..paged.kv_quant import store_kv
 from .fp8_codec import E4M3_MAX, e4m3_encode
 from .launch import check_tensor
 
@@ -21,23 +21,27 @@ from .launch import check_tensor
 @triton.jit
 def _write_kv_fp8_kernel(
     x_ptr, loc_ptr, data_ptr, scale_ptr,
+    num_tokens,
     stride_x_token, stride_x_head,
     stride_data_slot, stride_data_head,
     stride_scale_slot,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    token = tl.program_id(0)
+    # One program: BLOCK_T tokens of one kv head; each (token, head) row gets its own scale.
+    tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     head = tl.program_id(1)
+    token_ok = tokens < num_tokens
     d = tl.arange(0, BLOCK_D)
-    in_row = d < HEAD_DIM
-    x = tl.load(x_ptr + token * stride_x_token + head * stride_x_head + d, mask=in_row, other=0.0)
+    in_row = token_ok[:, None] & (d < HEAD_DIM)[None, :]
+    x = tl.load(x_ptr + tokens[:, None].to(tl.int64) * stride_x_token + head * stride_x_head + d[None, :],
+                mask=in_row, other=0.0)
     x = x.to(tl.float32)
-    amax = tl.maximum(tl.max(tl.abs(x), axis=0), 1e-10)  # breccia's floor, so a zero row stays finite
-    scale = tl.math.div_rn(amax, E4M3_MAX)
-    codes = e4m3_encode(tl.math.div_rn(x, scale))
-    slot = tl.load(loc_ptr + token).to(tl.int64)
-    tl.store(data_ptr + slot * stride_data_slot + head * stride_data_head + d, codes, mask=in_row)
-    tl.store(scale_ptr + slot * stride_scale_slot + head, scale)
+    amax = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-10)  # breccia's floor, so a zero row stays finite
+    scale = tl.math.div_rn(amax, tl.full((BLOCK_T,), E4M3_MAX, tl.float32))
+    codes = e4m3_encode(tl.math.div_rn(x, scale[:, None]))
+    slots = tl.load(loc_ptr + tokens, mask=token_ok, other=0).to(tl.int64)
+    tl.store(data_ptr + slots[:, None] * stride_data_slot + head * stride_data_head + d[None, :], codes, mask=in_row)
+    tl.store(scale_ptr + slots * stride_scale_slot + head, scale, mask=token_ok)
 
 
 def write_kv_fp8(x: torch.Tensor, loc: torch.Tensor, data: torch.Tensor, scale: torch.Tensor) -> None:
@@ -58,17 +62,16 @@ def write_kv_fp8(x: torch.Tensor, loc: torch.Tensor, data: torch.Tensor, scale: 
     check_tensor("scale", scale, shape=(data.shape[0], heads), dtypes=(torch.float32,))
     if tokens == 0:
         return
-    _write_kv_fp8_kernel[(tokens, heads)](
+    block_t = 16
+    _write_kv_fp8_kernel[(triton.cdiv(tokens, block_t), heads)](
         x, loc, data.view(torch.uint8), scale,
+        tokens,
         x.stride(0), x.stride(1),
         data.stride(0), data.stride(1),
         scale.stride(0),
-        HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
+        HEAD_DIM=head_dim, BLOCK_T=block_t, BLOCK_D=triton.next_power_of_2(head_dim),
     )
 
 
-def write_kv_fp8_reference(x: torch.Tensor, loc: torch.Tensor, data: torch.Tensor, scale: torch.Tensor) -> None:
-    """The torch path the kernel must equal bit for bit (same arguments)."""
-    codes, row_scale = quantize_kv(x)
-    data.view(torch.uint8)[loc] = codes.view(torch.uint8)
-    scale[loc] = row_scale
+# The torch path the kernel must equal bit for bit (same arguments): breccia's cast.
+write_kv_fp8_reference = store_kv

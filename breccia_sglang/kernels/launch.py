@@ -1,4 +1,4 @@
-"""Argument checks shared by the kernel launchers: a wrong shape, dtype or device fails
+"""Argument checks shared by the kernel launchers: a wrong shape, dtype or stride fails
 here with the argument's name, instead of as an out-of-bounds read inside a kernel."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import torch
 
 
 def check_tensor(name: str, t: torch.Tensor, *, shape: tuple | None = None, dtypes: tuple = (),
-                 last_dim_contiguous: bool = False, device: torch.device | None = None) -> None:
-    """``shape`` may hold None for a dimension of any size."""
+                 last_dim_contiguous: bool = False, min_rows: int = 0) -> None:
+    """``shape`` may hold None for a dimension of any size; ``min_rows`` bounds dimension 0."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if shape is not None and (t.ndim != len(shape) or any(w is not None and w != s for w, s in zip(shape, t.shape))):
@@ -18,5 +18,5 @@ def check_tensor(name: str, t: torch.Tensor, *, shape: tuple | None = None, dtyp
         raise TypeError(f"{name}: expected dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
     if last_dim_contiguous and t.ndim and t.shape[-1] > 1 and t.stride(-1) != 1:
         raise ValueError(f"{name}: the last dimension must be contiguous (stride 1), got strides {t.stride()}")
-    if device is not None and t.device != device:
-        raise ValueError(f"{name}: expected a tensor on {device}, got {t.device}")
+    if t.ndim and t.shape[0] < min_rows:
+        raise ValueError(f"{name}: expected at least {min_rows} rows, got {t.shape[0]}")

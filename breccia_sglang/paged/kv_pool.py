@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, unwrap_write_loc
 
-from .kv_quant import FP8, quantize_kv
+from .kv_quant import FP8, store_kv
 from .paged_tensor import PagedScaledTensor
 
 SCALE_BYTES = 4  # fp32 scale per (token, kv head), for K and for V
@@ -31,6 +31,9 @@ class BrecciaFP8KVPool(MHATokenToKVPool):
         if kwargs.get("quant_method") is not None:
             raise ValueError("BrecciaFP8KVPool owns its quantization; SGLang passed a KV quant method")
         super().__init__(size, page_size, FP8, *args, **kwargs)
+        # How writes quantize: the torch path here; the Triton attention backend swaps in
+        # its write kernel (same bytes, one launch).
+        self.store_kv = store_kv
 
     def _create_buffers_normal(self):
         super()._create_buffers_normal()
@@ -58,9 +61,7 @@ class BrecciaFP8KVPool(MHATokenToKVPool):
             (self.v_buffer[idx], self.v_scale_buffer[idx], cache_v, self.v_head_dim),
         ):
             # Callers pass (tokens, heads, head_dim) or (tokens, heads * head_dim).
-            data, scale = quantize_kv(x.reshape(-1, self.head_num, head_dim))
-            data_buf[loc] = data.view(torch.uint8)
-            scale_buf[loc] = scale
+            self.store_kv(x.reshape(-1, self.head_num, head_dim), loc, data_buf, scale_buf)
 
     # --- reads ------------------------------------------------------------------------------
 

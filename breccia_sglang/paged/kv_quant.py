@@ -36,6 +36,18 @@ def quantize_kv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return scaled.data, scaled.scale.squeeze(-1)
 
 
+def store_kv(x: torch.Tensor, loc: torch.Tensor, data: torch.Tensor, scale: torch.Tensor) -> None:
+    """Quantize ``x`` (tokens, heads, head_dim) and store it at slots ``loc`` of one layer's
+    ``data`` (slots, heads, head_dim; uint8 or float8_e4m3fn) and ``scale`` (slots, heads; fp32).
+
+    The torch path of the pool's writes; ``kernels.kv_write.write_kv_fp8`` does the same in one
+    Triton kernel, bit for bit.
+    """
+    codes, row_scale = quantize_kv(x)
+    data.view(torch.uint8)[loc] = codes.view(torch.uint8)
+    scale[loc] = row_scale
+
+
 def dequantize_kv(data: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Inverse of ``quantize_kv``: (T, H, D) fp8 + (T, H) fp32 -> (T, H, D) fp32."""
     scaled = breccia.from_buffer(data, scale.unsqueeze(-1), kv_recipe(data.shape[-1]), breccia.PerBlockK(data.shape[-1]))

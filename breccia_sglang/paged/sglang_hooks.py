@@ -5,12 +5,19 @@ The cache is on when the model is served as breccia (``--breccia-format``,
 ``auto``. An explicit ``--kv-cache-dtype`` keeps SGLang's own KV cache, and
 ``BRECCIA_SGLANG_FP8_KV=0`` keeps SGLang's KV cache in the model's dtype (what you
 compare against; the environment reaches every scheduler process).
+
+Attention over the pool: ``breccia_triton`` (the Triton kernels; default on GPU) or
+``breccia_torch`` (the plain-torch reference path; default on CPU), both in SGLang's
+attention registry and selectable with ``--attention-backend``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+
+from ..plugin import ATTENTION_BACKENDS as BRECCIA_BACKENDS  # the backends that read this pool
+from .kv_pool import BrecciaFP8KVPool
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +40,6 @@ def breccia_kv_enabled(kvc) -> bool:
 
 def resolve_kv_pool_class(original, self, *, kind, default):
     if kind == "mha" and breccia_kv_enabled(self):
-        from .kv_pool import BrecciaFP8KVPool
-
         logger.info("breccia-sglang: FP8 KV cache with one scale per (token, kv head)")
         return BrecciaFP8KVPool
     return original(self, kind=kind, default=default)
@@ -53,16 +58,51 @@ def compute_cell_size(result, self, kvc, num_layers):
     return breccia_cell_bytes(heads, mc.head_dim, mc.v_head_dim, num_layers)
 
 
-def build_attention_backend(original, *, model_runner, backend_str, init_new_workspace):
-    from .kv_pool import BrecciaFP8KVPool
+TRITON_ON_CPU_ENV = "BRECCIA_SGLANG_TRITON_ATTENTION"
 
-    if not isinstance(getattr(model_runner, "token_to_kv_pool", None), BrecciaFP8KVPool):
-        return original(model_runner=model_runner, backend_str=backend_str, init_new_workspace=init_new_workspace)
-    from .attention import BACKEND_NAME, BrecciaTorchAttnBackend
 
+def register_attention_backends() -> None:
+    """Add breccia's backends to SGLang's attention registry (idempotent)."""
+    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS, register_attention_backend
+
+    if "breccia_triton" in ATTENTION_BACKENDS:
+        return
+
+    @register_attention_backend("breccia_triton")
+    def create_breccia_triton_backend(runner):
+        from ..kernels.backend import BrecciaTritonAttnBackend
+
+        return BrecciaTritonAttnBackend(runner)
+
+    @register_attention_backend("breccia_torch")
+    def create_breccia_torch_backend(runner):
+        from .attention import BrecciaTorchAttnBackend
+
+        if not isinstance(runner.token_to_kv_pool, BrecciaFP8KVPool):
+            raise ValueError("breccia_torch reads the breccia FP8 KV cache, but the KV pool is "
+                             f"{type(runner.token_to_kv_pool).__name__}")
+        return BrecciaTorchAttnBackend(runner)
+
+
+def choose_attention_backend(model_runner, requested: str) -> str:
+    """The backend that reads a breccia FP8 pool: the Triton kernels on GPU, the torch path
+    elsewhere unless BRECCIA_SGLANG_TRITON_ATTENTION=1 (e.g. under TRITON_INTERPRET=1).
+    An explicit ``--attention-backend breccia_*`` wins."""
+    if requested in BRECCIA_BACKENDS:
+        return requested
+    on_gpu = str(model_runner.device).startswith("cuda")
+    chosen = "breccia_triton" if on_gpu or os.environ.get(TRITON_ON_CPU_ENV) == "1" else "breccia_torch"
     # Any other backend would read the FP8 bytes without their per-(token, head) scales.
-    if backend_str != "torch_native":
-        logger.warning("breccia-sglang: the FP8 KV cache needs its own attention; using %s instead of %s",
-                       BACKEND_NAME, backend_str)
-    model_runner.init_new_workspace = init_new_workspace
-    return BrecciaTorchAttnBackend(model_runner)
+    logger.info("breccia-sglang: attention over the FP8 KV cache runs on %s (instead of %s)", chosen, requested)
+    return chosen
+
+
+def build_attention_backend(original, *, model_runner, backend_str, init_new_workspace):
+    register_attention_backends()
+    if isinstance(getattr(model_runner, "token_to_kv_pool", None), BrecciaFP8KVPool):
+        backend_str = choose_attention_backend(model_runner, backend_str)
+    elif backend_str in BRECCIA_BACKENDS:
+        raise ValueError(f"--attention-backend {backend_str} reads the breccia FP8 KV cache, which is on only "
+                         "for breccia checkpoints (--breccia-format) with --kv-cache-dtype auto "
+                         f"and without {OPT_OUT_ENV}=0")
+    return original(model_runner=model_runner, backend_str=backend_str, init_new_workspace=init_new_workspace)

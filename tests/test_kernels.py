@@ -1,0 +1,258 @@
+"""The Triton kernels under TRITON_INTERPRET=1, against their fp32 torch references.
+
+Shapes are chosen to be awkward: batch 1 and 17, context lengths that are not multiples of
+the page size, page sizes 1 / 16 / 64, GQA ratios 1 / 3 / 8, head_dim 64 and 128, fp32 and
+fp16 queries. The cases cover every pair of those values without the full product, which
+the interpreter could not finish in CI time.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
+
+import pytest
+import torch
+
+from breccia_sglang.kernels.decode import paged_decode_attention, paged_decode_attention_reference
+from breccia_sglang.kernels.extend import paged_extend_attention, paged_extend_attention_reference
+from breccia_sglang.kernels.kv_write import _write_kv_fp8_kernel, write_kv_fp8, write_kv_fp8_reference
+from breccia_sglang.paged import PagedScaledTensor, quantize_kv
+
+if not torch.cuda.is_available() and type(_write_kv_fp8_kernel).__name__ != "InterpretedFunction":
+    raise RuntimeError("test_kernels.py needs TRITON_INTERPRET=1 on CPU: a kernel module was imported before it was set")
+
+KV_HEADS = 2
+# (batch, page_size, gqa_group, head_dim, query dtype)
+CASES = [
+    (1, 1, 1, 64, torch.float32),
+    (17, 16, 3, 128, torch.float16),
+    (17, 64, 8, 64, torch.float32),
+    (1, 64, 3, 128, torch.float32),
+    (17, 1, 8, 128, torch.float16),
+    (1, 16, 1, 64, torch.float16),
+    (17, 16, 1, 128, torch.float32),
+]
+
+
+def assert_matches_reference(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    # fp32: only summation order and exp2 (log2(e) folded into the scale) differ from the
+    # reference, ~1e-7 relative per step. fp16: the kernel rounds the probabilities and the
+    # dequantized V tile to fp16 before P.V and the output to fp16, each 2^-11 relative, so a
+    # few 1e-3 of the output's magnitude.
+    tolerance = 2e-5 if dtype == torch.float32 else 4e-3
+    scale = max(1.0, ref.abs().max().item())
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert torch.isfinite(out).all()
+    assert (out.float() - ref).abs().max().item() <= tolerance * scale
+
+
+class PagedPool:
+    """One layer's FP8 K/V buffers with requests laid out on shuffled pages (page 0 unused,
+    as in SGLang), filled through the write kernel."""
+
+    def __init__(self, lengths: list[int], page_size: int, head_dim: int, gen: torch.Generator,
+                 shared_prefix_pages: int = 0):
+        self.page_size = page_size
+        pages_per_req = [-(-n // page_size) for n in lengths]
+        num_pages = sum(pages_per_req) + 2
+        order = (torch.randperm(num_pages - 1, generator=gen) + 1).tolist()
+        slots = num_pages * page_size
+        self.k_data = torch.zeros(slots, KV_HEADS, head_dim, dtype=torch.uint8)
+        self.v_data = torch.zeros_like(self.k_data)
+        self.k_scale = torch.zeros(slots, KV_HEADS)
+        self.v_scale = torch.zeros(slots, KV_HEADS)
+        self.views = []
+        for n, count in zip(lengths, pages_per_req):
+            pages, order = order[:count], order[count:]
+            if shared_prefix_pages and self.views and count > shared_prefix_pages:
+                # Like a radix-cache hit: this request's first pages are the previous one's.
+                pages[:shared_prefix_pages] = self.views[-1].page_ids()[:shared_prefix_pages].tolist()
+            self.views.append(PagedScaledTensor.from_pages(self.k_data, self.k_scale, torch.tensor(pages),
+                                                           page_size, length=n))
+        written = torch.cat([v.slots for v in self.views]).unique()
+        keys = torch.randn(len(written), KV_HEADS, head_dim, generator=gen) * 2
+        keys[:, :, 3] *= 30  # an outlier channel, as real keys have
+        write_kv_fp8(keys, written, self.k_data, self.k_scale)
+        write_kv_fp8(torch.randn(len(written), KV_HEADS, head_dim, generator=gen), written, self.v_data, self.v_scale)
+
+    @property
+    def buffers(self):
+        return self.k_data, self.k_scale, self.v_data, self.v_scale
+
+    @staticmethod
+    def indptr(lengths) -> torch.Tensor:
+        return torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)
+
+
+def context_lengths(batch: int, page_size: int, gen: torch.Generator, longest: int = 300) -> list[int]:
+    lengths = torch.randint(1, longest, (batch,), generator=gen).tolist()
+    if batch > 2:
+        lengths[:3] = [1, page_size * 2, page_size * 2 + 1]  # one token, a full page boundary, one past it
+    return lengths
+
+
+# --- write ---------------------------------------------------------------------------------
+
+def test_write_kernel_encodes_every_e4m3_value_tie_and_carry_like_torch():
+    # Every finite e4m3 value, the midpoints between neighbours (round-half-even ties) and the
+    # floats either side of them, times a scale, so x / scale lands exactly there. The
+    # interpreter's own fp32 -> fp8 cast gets the carries wrong (1.968 -> -1.0); ours may not.
+    grid = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    grid = grid[grid.isfinite() & (grid >= 0)].unique()
+    mids = (grid[1:] + grid[:-1]) / 2
+    values = torch.cat([grid, mids, torch.nextafter(mids, grid[1:]), torch.nextafter(mids, grid[:-1]),
+                        torch.tensor([1.968, 2.0**-10, 3 * 2.0**-11, 1e-30, 447.9])])
+    values = torch.cat([values, -values])
+    head_dim = 64
+    rows = -(-values.numel() // (head_dim - 1))
+    x = torch.zeros(rows * (head_dim - 1))
+    x[:values.numel()] = values
+    # Column 0 holds 448 in every row, so each row's scale is exactly 1.0.
+    x = torch.cat([torch.full((rows, 1), 448.0), x.view(rows, head_dim - 1)], dim=1).view(rows, 1, head_dim)
+    loc = torch.arange(rows)
+    data, scale = torch.zeros(rows, 1, head_dim, dtype=torch.uint8), torch.zeros(rows, 1)
+    write_kv_fp8(x, loc, data, scale)
+    assert torch.equal(scale, torch.ones(rows, 1))
+    assert torch.equal(data, x.to(torch.float8_e4m3fn).view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 128, 80])
+def test_write_kernel_equals_the_torch_path_bit_for_bit(dtype, head_dim):
+    gen = torch.Generator().manual_seed(head_dim)
+    tokens = 37
+    x = torch.randn(tokens, KV_HEADS, head_dim, generator=gen) * torch.logspace(-6, 3, tokens)[:, None, None]
+    x[5, 1] = 0.0  # an all-zero row: breccia floors amax at 1e-10, so the scale stays finite
+    x[6, 0, :4] = torch.tensor([1.968, -1.968, 2.0**-10, 0.0])
+    x = x.to(dtype)
+    loc = torch.randperm(100, generator=gen)[:tokens]
+    kernel = torch.zeros(100, KV_HEADS, head_dim, dtype=torch.uint8), torch.zeros(100, KV_HEADS)
+    torch_path = kernel[0].clone(), kernel[1].clone()
+    write_kv_fp8(x, loc, *kernel)
+    write_kv_fp8_reference(x, loc, *torch_path)
+    assert torch.equal(kernel[0], torch_path[0])
+    assert torch.equal(kernel[1], torch_path[1])
+    # Slots not written stay untouched.
+    untouched = torch.ones(100, dtype=torch.bool)
+    untouched[loc] = False
+    assert not kernel[0][untouched].any() and not kernel[1][untouched].any()
+
+
+def test_write_kernel_takes_flat_strided_input_and_float8_buffers():
+    # SGLang hands K as a slice of the fused qkv projection: rows are strided.
+    gen = torch.Generator().manual_seed(1)
+    qkv = torch.randn(9, (4 + 2 * KV_HEADS) * 64, generator=gen)
+    k = qkv[:, 4 * 64:(4 + KV_HEADS) * 64].view(9, KV_HEADS, 64)
+    assert not k.is_contiguous()
+    data = torch.zeros(16, KV_HEADS, 64, dtype=torch.float8_e4m3fn)
+    scale = torch.zeros(16, KV_HEADS)
+    loc = torch.arange(3, 12)
+    write_kv_fp8(k, loc, data, scale)
+    expected_data, expected_scale = quantize_kv(k.contiguous())
+    assert torch.equal(data[loc].view(torch.uint8), expected_data.view(torch.uint8))
+    assert torch.equal(scale[loc], expected_scale)
+
+
+def test_launchers_name_the_bad_argument():
+    data, scale = torch.zeros(8, KV_HEADS, 64, dtype=torch.uint8), torch.zeros(8, KV_HEADS)
+    with pytest.raises(ValueError, match="scale: expected shape"):
+        write_kv_fp8(torch.zeros(2, KV_HEADS, 64), torch.arange(2), data, scale[:, :1])
+    with pytest.raises(TypeError, match="loc: expected dtype"):
+        write_kv_fp8(torch.zeros(2, KV_HEADS, 64), torch.arange(2.0), data, scale)
+    q = torch.zeros(1, 3, 64)
+    with pytest.raises(ValueError, match="not a multiple"):
+        paged_decode_attention(q, data, scale, data, scale, torch.tensor([0, 1]), torch.tensor([1]))
+
+
+# --- decode --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch,page_size,group,head_dim,dtype", CASES)
+def test_decode_matches_fp32_reference(batch, page_size, group, head_dim, dtype):
+    gen = torch.Generator().manual_seed(batch * 1000 + page_size * 10 + group)
+    lengths = context_lengths(batch, page_size, gen)
+    pool = PagedPool(lengths, page_size, head_dim, gen, shared_prefix_pages=1 if batch > 1 else 0)
+    kv_indices = torch.cat([v.slots for v in pool.views]).to(torch.int32)
+    kv_indptr = PagedPool.indptr(lengths)
+    q = torch.randn(batch, KV_HEADS * group, head_dim, generator=gen).to(dtype)
+    # Uneven split counts, including more splits than a short context has tokens.
+    splits = torch.randint(1, 5, (batch,), generator=gen, dtype=torch.int32)
+    out = paged_decode_attention(q, *pool.buffers, kv_indptr, kv_indices, num_kv_splits=splits, max_kv_splits=4)
+    ref = paged_decode_attention_reference(q, *pool.buffers, kv_indptr, kv_indices)
+    assert_matches_reference(out, ref, dtype)
+
+
+def test_decode_split_count_does_not_change_the_result():
+    gen = torch.Generator().manual_seed(7)
+    lengths = [700, 5, 257]
+    pool = PagedPool(lengths, 16, 64, gen)
+    kv_indices = torch.cat([v.slots for v in pool.views])
+    q = torch.randn(3, KV_HEADS * 3, 64, generator=gen)
+    args = (q, *pool.buffers, PagedPool.indptr(lengths), kv_indices)
+    one = paged_decode_attention(*args, num_kv_splits=torch.ones(3, dtype=torch.int32), max_kv_splits=8)
+    many = paged_decode_attention(*args, num_kv_splits=torch.full((3,), 8, dtype=torch.int32), max_kv_splits=8)
+    default = paged_decode_attention(*args, max_kv_splits=8)  # 3, 1 and 2 splits by length
+    # Same math, merged in a different order: fp32 rounding only.
+    torch.testing.assert_close(one, many, rtol=0, atol=2e-6)
+    torch.testing.assert_close(one, default, rtol=0, atol=2e-6)
+
+
+def test_decode_reads_each_request_only_through_its_own_slots():
+    # Overwriting slots no request references must not change any output.
+    gen = torch.Generator().manual_seed(3)
+    lengths = [40, 23]
+    pool = PagedPool(lengths, 16, 64, gen)
+    kv_indices = torch.cat([v.slots for v in pool.views])
+    q = torch.randn(2, KV_HEADS, 64, generator=gen)
+    before = paged_decode_attention(q, *pool.buffers, PagedPool.indptr(lengths), kv_indices)
+    unused = torch.ones(pool.k_data.shape[0], dtype=torch.bool)
+    unused[kv_indices] = False
+    for buf in pool.buffers:
+        buf[unused] = 7 if buf.dtype == torch.uint8 else 1e6
+    after = paged_decode_attention(q, *pool.buffers, PagedPool.indptr(lengths), kv_indices)
+    assert torch.equal(before, after)
+
+
+# --- extend --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch,page_size,group,head_dim,dtype", CASES)
+def test_extend_matches_fp32_reference(batch, page_size, group, head_dim, dtype):
+    gen = torch.Generator().manual_seed(batch * 1000 + page_size * 10 + group + 1)
+    prefix = context_lengths(batch, page_size, gen, longest=120)
+    prefix[0] = 0  # a request with no cached prefix at all
+    new = torch.randint(1, 70, (batch,), generator=gen).tolist()
+    pool = PagedPool([p + n for p, n in zip(prefix, new)], page_size, head_dim, gen)
+    prefix_indices = torch.cat([v[:p].slots for v, p in zip(pool.views, prefix)])
+    new_slots = torch.cat([v[p:].slots for v, p in zip(pool.views, prefix)])
+    q = torch.randn(sum(new), KV_HEADS * group, head_dim, generator=gen).to(dtype)
+    args = (q, *pool.buffers, PagedPool.indptr(new), PagedPool.indptr(prefix), prefix_indices, new_slots)
+    out = paged_extend_attention(*args, max_new_tokens=max(new))
+    ref = paged_extend_attention_reference(*args)
+    assert_matches_reference(out, ref, dtype)
+
+
+def test_extend_over_a_cached_prefix_equals_extending_the_whole_sequence():
+    # A prefix hit (prefix from the cache, the rest new) and a recompute (everything new)
+    # see the same FP8 K/V, so the last tokens' outputs agree.
+    gen = torch.Generator().manual_seed(11)
+    pool = PagedPool([90], 16, 64, gen)
+    slots = pool.views[0].slots
+    q = torch.randn(90, KV_HEADS * 3, 64, generator=gen)
+    whole = paged_extend_attention(q, *pool.buffers, PagedPool.indptr([90]), PagedPool.indptr([0]),
+                                   slots[:0], slots, max_new_tokens=90)
+    hit = paged_extend_attention(q[64:], *pool.buffers, PagedPool.indptr([26]), PagedPool.indptr([64]),
+                                 slots[:64], slots[64:], max_new_tokens=26)
+    torch.testing.assert_close(hit, whole[64:], rtol=0, atol=2e-6)
+
+
+def test_decode_equals_the_last_row_of_extend():
+    gen = torch.Generator().manual_seed(5)
+    pool = PagedPool([77], 64, 128, gen)
+    slots = pool.views[0].slots
+    q = torch.randn(1, KV_HEADS * 8, 128, generator=gen)
+    decode = paged_decode_attention(q, *pool.buffers, PagedPool.indptr([77]), slots, max_kv_splits=3,
+                                    num_kv_splits=torch.tensor([3], dtype=torch.int32))
+    extend = paged_extend_attention(q, *pool.buffers, PagedPool.indptr([1]), PagedPool.indptr([76]),
+                                    slots[:76], slots[76:], max_new_tokens=1)
+    torch.testing.assert_close(decode, extend, rtol=0, atol=2e-6)
