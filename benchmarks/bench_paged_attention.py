@@ -1,0 +1,218 @@
+"""Paged decode attention: breccia's FP8 kernel vs SGLang's Triton decode on BF16 and FP8 KV.
+
+GPU (the numbers the kernels issue asks for):
+    python benchmarks/bench_paged_attention.py                      # batch 32/64 x context 4k-32k
+    python benchmarks/bench_paged_attention.py --batch 32 --context 8192 16384
+
+CPU smoke run (TRITON_INTERPRET=1 is set for you; correctness only, no timings):
+    python benchmarks/bench_paged_attention.py --smoke
+
+Side by side in one run, for each (batch, context):
+  breccia-fp8     paged_decode_attention: FP8 K/V + one fp32 scale per (token, kv head), read in place
+  sglang-bf16     SGLang's Triton decode_attention_fwd on a BF16 KV cache
+  sglang-fp8      the same kernel on SGLang's per-tensor FP8 KV cache (one k_scale / v_scale)
+FlashInfer's FP8 decode, the issue's third baseline, is not measured yet (it needs flashinfer
+carried onto the GPU machine and its page-table layout built from these slots).
+Each is checked against an fp32 attention on the K/V it reads before it is timed. Timing is the
+median of triton.testing.do_bench (CUDA events, warm-up first). Bandwidth counts the bytes each
+variant must read (K/V data, its scales, the slot indices) over its time, against this device's
+measured copy bandwidth (bytes read + written by a large device-to-device copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+if "--smoke" in sys.argv:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton compiles anything
+
+import torch
+
+from breccia_sglang.kernels.decode import default_num_kv_splits, paged_decode_attention, reference_attention
+from breccia_sglang.kernels.kv_write import write_kv_fp8
+
+FP8 = torch.float8_e4m3fn
+WIDE = "sglang-bf16"  # SGLang's kernel on the unquantized cache (fp16 in --smoke: the interpreter's bf16 is broken)
+PAGE = 16  # slots of a request sit on shuffled 16-token pages, as SGLang's allocator leaves them
+
+
+def build_cache(batch: int, context: int, kv_heads: int, head_dim: int, dtype, device, gen) -> dict:
+    """Random K/V for every request, stored three ways, and SGLang-style slot indices."""
+    pages_per_req = -(-context // PAGE)
+    pages = (torch.randperm(batch * pages_per_req, generator=gen) + 1).view(batch, pages_per_req)
+    slots = (pages[:, :, None] * PAGE + torch.arange(PAGE)).view(batch, -1)[:, :context].reshape(-1)
+    num_slots = (batch * pages_per_req + 1) * PAGE
+    kv_indices = slots.to(device=device, dtype=torch.int64)
+    kv_indptr = torch.arange(batch + 1, device=device, dtype=torch.int32) * context
+    cache = {"kv_indptr": kv_indptr, "kv_indices": kv_indices, "num_slots": num_slots}
+    for name in ("k", "v"):
+        x = torch.randn(batch * context, kv_heads, head_dim, generator=gen).to(device)
+        if name == "k":
+            x[:, :, 5] *= 20  # an outlier channel, as real keys have
+        data = torch.zeros(num_slots, kv_heads, head_dim, dtype=torch.uint8, device=device)
+        scale = torch.zeros(num_slots, kv_heads, device=device)
+        write_kv_fp8(x, kv_indices, data, scale)
+        wide = torch.zeros(num_slots, kv_heads, head_dim, dtype=dtype, device=device)  # the unquantized cache
+        wide[kv_indices] = x.to(dtype)
+        tensor_scale = float(x.abs().max() / 448.0)  # a calibrated per-tensor scale: SGLang's best case
+        fp8 = torch.zeros(num_slots, kv_heads, head_dim, dtype=FP8, device=device)
+        fp8[kv_indices] = (x / tensor_scale).to(FP8)
+        cache[name] = {"data": data, "scale": scale, "wide": wide, "fp8": fp8, "tensor_scale": tensor_scale}
+        del x
+    return cache
+
+
+def kv_read_bytes(variant: str, batch: int, context: int, kv_heads: int, head_dim: int) -> int:
+    rows = batch * context * kv_heads
+    element = 2 if variant == WIDE else 1
+    scales = 2 * rows * 4 if variant == "breccia-fp8" else 0
+    return 2 * rows * head_dim * element + scales + batch * context * 8  # K + V, scales, int64 slot ids
+
+
+def variants(q, cache, sm_scale: float, max_kv_splits: int) -> dict:
+    """name -> (run(), K/V as the variant reads them in fp32 for the correctness check)."""
+    batch, q_heads, head_dim = q.shape
+    splits = default_num_kv_splits(cache["kv_indptr"], max_kv_splits)
+    part_out = torch.empty(batch, q_heads, max_kv_splits, head_dim, device=q.device)
+    part_lse = torch.empty(batch, q_heads, max_kv_splits, device=q.device)
+    out = torch.empty_like(q)
+    k, v = cache["k"], cache["v"]
+    found = {}
+
+    def ours():
+        return paged_decode_attention(q, k["data"], k["scale"], v["data"], v["scale"], cache["kv_indptr"],
+                                      cache["kv_indices"], sm_scale, num_kv_splits=splits, out=out,
+                                      part_out=part_out, part_lse=part_lse)
+
+    def dequant(t):
+        return t["data"].view(FP8).float() * t["scale"][:, :, None]
+
+    found["breccia-fp8"] = (ours, dequant(k), dequant(v))
+    try:
+        from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd
+    except Exception as exc:  # sglang is not installed on the GPU machine unless carried
+        print(f"SGLang's decode kernel is unavailable here ({type(exc).__name__}: {exc}); skipping its baselines")
+    else:
+        for name, key, k_scale, v_scale in ((WIDE, "wide", 1.0, 1.0),
+                                            ("sglang-fp8", "fp8", k["tensor_scale"], v["tensor_scale"])):
+            def sglang(key=key, k_scale=k_scale, v_scale=v_scale):
+                decode_attention_fwd(q, k[key], v[key], out, cache["kv_indptr"], cache["kv_indices"], part_out,
+                                     part_lse, splits, max_kv_splits, sm_scale, k_scale, v_scale)
+                return out
+            found[name] = (sglang, k[key].float() * k_scale, v[key].float() * v_scale)
+    return found
+
+
+def check(run, k, v, q, cache, sm_scale) -> float:
+    """Relative L2 error of a variant's output against fp32 attention on the same K/V."""
+    out = run().float()
+    if not torch.isfinite(out).all():
+        raise RuntimeError("non-finite attention output")
+    indptr, indices = cache["kv_indptr"].tolist(), cache["kv_indices"]
+    errors, norms = 0.0, 0.0
+    for b in range(q.shape[0]):
+        slots = indices[indptr[b]:indptr[b + 1]]
+        ref = reference_attention(q[b:b + 1].float(), k[slots], v[slots], sm_scale)[0]
+        errors += float((out[b] - ref).pow(2).sum())
+        norms += float(ref.pow(2).sum())
+    return math.sqrt(errors / norms)
+
+
+def copy_bandwidth(device) -> float:
+    """Bytes read + written per second by a 1 GiB device-to-device copy (median of do_bench)."""
+    import triton
+
+    src = torch.randn(2**28, device=device)
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
+    return 2 * src.numel() * 4 / (ms * 1e-3)
+
+
+def run_case(batch, context, args, device, gen, peak) -> list[dict]:
+    import triton
+
+    q_heads = args.kv_heads * args.group
+    cache = build_cache(batch, context, args.kv_heads, args.head_dim, args.dtype, device, gen)
+    q = torch.randn(batch, q_heads, args.head_dim, generator=gen).to(device=device, dtype=args.dtype)
+    sm_scale = 1.0 / math.sqrt(args.head_dim)
+    rows = []
+    for name, (run, k, v) in variants(q, cache, sm_scale, args.max_kv_splits).items():
+        print(f"  {name}: batch {batch}, context {context}", flush=True)
+        row = {"variant": name, "batch": batch, "context": context, "rel_l2": check(run, k, v, q, cache, sm_scale)}
+        if device.type == "cuda":
+            ms = triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median")
+            moved = kv_read_bytes(name, batch, context, args.kv_heads, args.head_dim)
+            row.update(time_us=ms * 1e3, bytes=moved, gbps=moved / (ms * 1e-3) / 1e9,
+                       peak_fraction=moved / (ms * 1e-3) / peak)
+        rows.append(row)
+        del k, v
+    wide = next((r for r in rows if r["variant"] == WIDE and "time_us" in r), None)
+    for r in rows:
+        if wide and "time_us" in r:
+            r["time_vs_sglang_bf16"] = r["time_us"] / wide["time_us"]
+    del cache
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'variant':16} {'batch':>5} {'context':>7} {'rel L2':>8} {'time us':>9} {'GB/s':>7} {'% peak':>7} {'vs bf16':>7}")
+    for r in rows:
+        if "time_us" in r:
+            ratio = r.get("time_vs_sglang_bf16", float("nan"))
+            timing = f"{r['time_us']:9.1f} {r['gbps']:7.0f} {100 * r['peak_fraction']:6.1f}% {ratio:7.3f}"
+        else:
+            timing = "      n/a (CPU: correctness only)"
+        print(f"{r['variant']:16} {r['batch']:5d} {r['context']:7d} {r['rel_l2']:8.2e} {timing}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--context", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--group", type=int, default=4, help="query heads per kv head (GQA)")
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--max-kv-splits", type=int, default=16)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, correctness only (TRITON_INTERPRET=1)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "paged_attention.json")
+    args = parser.parse_args()
+    if args.smoke:  # the interpreter's bf16 is broken: fp16 there
+        args.batch, args.context, args.kv_heads, args.group, args.head_dim = [3], [100], 2, 2, 64
+        args.max_kv_splits, args.dtype = 4, "float16"
+    args.dtype = getattr(torch, args.dtype)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    if device.type == "cpu" and not args.smoke:
+        sys.exit("no GPU here: timings need CUDA (use --smoke for a CPU correctness run)")
+
+    gen = torch.Generator().manual_seed(0)
+    peak = copy_bandwidth(device) if device.type == "cuda" else None
+    started = time.time()
+    rows = []
+    for batch in args.batch:
+        for context in args.context:
+            rows += run_case(batch, context, args, device, gen, peak)
+    print_table(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}), TRITON_INTERPRET=1",
+        "measured_copy_bandwidth_gbps": peak / 1e9 if peak else None,
+        "torch": torch.__version__, "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
+        "kv_heads": args.kv_heads, "group": args.group, "head_dim": args.head_dim, "dtype": str(args.dtype),
+        "seconds": time.time() - started, "rows": rows,
+    }
+    args.out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
