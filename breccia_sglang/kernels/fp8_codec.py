@@ -10,7 +10,7 @@ infinities to +-448, NaN -> 0x7F (what torch's ``float32 -> float8_e4m3fn`` cast
 import triton
 import triton.language as tl
 
-E4M3_MAX = 448.0
+E4M3_MAX = tl.constexpr(448.0)  # jit code may only read globals that are constexpr (compiled Triton)
 
 
 @triton.jit

@@ -2,9 +2,9 @@
 store data and scale into their pool slots, in one pass.
 
 Bit for bit the same as the torch path (``paged.kv_quant.quantize_kv``, i.e. breccia's
-``Float8BlockScaling(block_k=head_dim)`` cast): scale = max(amax, 1e-10) / 448 with IEEE
-division, data = e4m3(x / scale) rounded to nearest even. Divisions use ``div_rn`` because
-Triton's default fp32 division on GPU is approximate.
+``Float8BlockScaling(block_k=head_dim)`` cast after NaN -> 0 and a clamp to +-KV_ABS_MAX):
+scale = max(amax, 1e-10) / 448 with IEEE division, data = e4m3(x / scale) rounded to nearest
+even. Divisions use ``div_rn`` because Triton's default fp32 division on GPU is approximate.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..paged.kv_quant import store_kv
+from ..paged.kv_quant import KV_ABS_MAX, store_kv
 from .fp8_codec import E4M3_MAX, e4m3_encode
 from .launch import check_tensor
+
+_KV_ABS_MAX = tl.constexpr(KV_ABS_MAX)
 
 
 @triton.jit
@@ -36,6 +38,8 @@ def _write_kv_fp8_kernel(
     x = tl.load(x_ptr + tokens[:, None].to(tl.int64) * stride_x_token + head * stride_x_head + d[None, :],
                 mask=in_row, other=0.0)
     x = x.to(tl.float32)
+    x = tl.where(x == x, x, 0.0)  # NaN -> 0 and clamp, as the torch path does before breccia's cast
+    x = tl.minimum(tl.maximum(x, -_KV_ABS_MAX), _KV_ABS_MAX)
     amax = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-10)  # breccia's floor, so a zero row stays finite
     scale = tl.math.div_rn(amax, tl.full((BLOCK_T,), E4M3_MAX, tl.float32))
     codes = e4m3_encode(tl.math.div_rn(x, scale[:, None]))
