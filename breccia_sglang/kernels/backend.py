@@ -15,6 +15,7 @@ logit soft-capping, attention sinks, non-causal attention, decode context parall
 from __future__ import annotations
 
 from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
+from sglang.srt.layers.radix_attention import AttentionType
 from sglang.srt.runtime_context import get_spec
 
 from ..paged.kv_pool import BrecciaFP8KVPool
@@ -43,10 +44,7 @@ class BrecciaTritonAttnBackend(TritonAttnBackend):
         pool.store_kv = write_kv_fp8  # the pool's writes now go through the Triton write kernel
 
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
-        self._check_layer(layer, kwargs)
-        self._save(layer, forward_batch, k, v, save_kv_cache)
-        meta = self.forward_metadata
-        q, out = self._shaped(q, layer)
+        meta, q, out = self._prepare(q, k, v, layer, forward_batch, save_kv_cache, kwargs)
         # The new tokens are read back from their slots (out_cache_loc), so they attend to
         # exactly the FP8 K/V a later prefix hit will see.
         paged_extend_attention(
@@ -57,10 +55,7 @@ class BrecciaTritonAttnBackend(TritonAttnBackend):
         return out.view(out.shape[0], -1)
 
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
-        self._check_layer(layer, kwargs)
-        self._save(layer, forward_batch, k, v, save_kv_cache)
-        meta = self.forward_metadata
-        q, out = self._shaped(q, layer)
+        meta, q, out = self._prepare(q, k, v, layer, forward_batch, save_kv_cache, kwargs)
         paged_decode_attention(
             q, *self._layer_buffers(layer), meta.kv_indptr, meta.kv_indices, layer.scaling,
             num_kv_splits=meta.num_kv_splits, out=out, part_out=meta.attn_logits, part_lse=meta.attn_lse,
@@ -75,6 +70,15 @@ class BrecciaTritonAttnBackend(TritonAttnBackend):
 
     # --- helpers ---------------------------------------------------------------------------
 
+    def _prepare(self, q, k, v, layer, forward_batch, save_kv_cache: bool, extra: dict):
+        """Refuse what is unsupported, write the new K/V, and shape q and the output:
+        returns (metadata, q (tokens, q_heads, head_dim), out (tokens, q_heads, v_head_dim))."""
+        self._check_layer(layer, extra)
+        if save_kv_cache and k is not None:
+            self.token_to_kv_pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k, v)
+        q = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
+        return self.forward_metadata, q, q.new_empty((q.shape[0], layer.tp_q_head_num, layer.v_head_dim))
+
     @staticmethod
     def _check_layer(layer, extra: dict) -> None:
         for name in ("sinks", "score_mod", "aux_tensors"):
@@ -84,17 +88,8 @@ class BrecciaTritonAttnBackend(TritonAttnBackend):
             raise NotImplementedError(f"{BACKEND_NAME}: layer {layer.layer_id} uses logit soft-capping")
         if layer.sliding_window_size is not None and layer.sliding_window_size > -1:
             raise NotImplementedError(f"{BACKEND_NAME}: layer {layer.layer_id} uses sliding-window attention")
-        if layer.is_cross_attention:
-            raise NotImplementedError(f"{BACKEND_NAME}: layer {layer.layer_id} is cross-attention")
-
-    def _save(self, layer, forward_batch, k, v, save_kv_cache: bool) -> None:
-        if save_kv_cache and k is not None:
-            self.token_to_kv_pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k, v)
-
-    @staticmethod
-    def _shaped(q, layer):
-        q = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
-        return q, q.new_empty((q.shape[0], layer.tp_q_head_num, layer.v_head_dim))
+        if layer.is_cross_attention or layer.attn_type != AttentionType.DECODER:
+            raise NotImplementedError(f"{BACKEND_NAME}: layer {layer.layer_id} is not causal decoder self-attention")
 
     def _layer_buffers(self, layer):
         pool = self.token_to_kv_pool
