@@ -312,10 +312,11 @@ def engine_stream_fn(engine):
 
 
 def http_stream_fn(session, url: str):
-    """SGLang's native ``/generate`` with ``stream``: server-sent events of the same chunks."""
+    """SGLang's native ``/generate`` with ``stream``: server-sent events of the same chunks.
+    ``extra`` adds request fields (``rid``, ``return_logprob``...)."""
 
-    async def stream(input_ids, sampling_params):
-        payload = {"input_ids": input_ids, "sampling_params": sampling_params, "stream": True}
+    async def stream(input_ids, sampling_params, extra: dict | None = None):
+        payload = {"input_ids": input_ids, "sampling_params": sampling_params, "stream": True, **(extra or {})}
         async with session.post(url.rstrip("/") + "/generate", json=payload) as response:
             if response.status != 200:
                 raise RuntimeError(f"/generate -> {response.status}: {(await response.text())[:500]}")
