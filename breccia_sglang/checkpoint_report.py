@@ -11,6 +11,7 @@ from .weights.gemm import LinearSpec, choose_kernel, current_device_spec
 def inspect_checkpoint(path) -> str:
     """Validate ``path`` exactly as loading does and describe it, one line per tensor."""
     ckpt = BrecciaCheckpoint.open(path)
+    ckpt.check_scale_values()
     device_type, capability = current_device_spec()
     here = f"{device_type}" + (f" sm_{capability}" if capability else "")
     rows = [("tensor", "recipe/layout", "shape", "bytes", f"kernel on this machine ({here})")]

@@ -146,3 +146,48 @@ def test_inspect_lists_layers_and_the_kernel_that_would_run(tmp_path):
     row = next(line for line in done.stdout.splitlines() if line.startswith(NAME))
     assert "current(E4M3)/per_tensor" in row and "32x64" in row and "emulated" in row
     assert done.stdout.strip().endswith("OK")
+
+
+def _poisoned(recipe, part: str, value):
+    """A real breccia tensor with one value of ``part`` (scale or zero_point) replaced."""
+    st = breccia.cast(torch.randn(32, 64), recipe)
+    poisoned = getattr(st, part).clone()
+    poisoned.view(-1)[-1] = value  # the last element: the error must find it, not just the first
+    return breccia.ScaledTensor(st.data, poisoned if part == "scale" else st.scale, st.recipe, st.layout,
+                                poisoned if part == "zero_point" else st.zero_point)
+
+
+POISONED = {
+    "fp8-nan-scale": (breccia.Float8CurrentScaling(), "scale", float("nan")),
+    "fp8-negative-scale": (breccia.Float8CurrentScaling(), "scale", -0.5),
+    "fp8-block-inf-scale": (breccia.Float8BlockScaling(block_k=32), "scale", float("inf")),
+    "mxfp8-e8m0-nan-code": (breccia.MXFP8BlockScaling(), "scale", 255),  # E8M0 0xFF is NaN
+    "nvfp4-e4m3-nan-code": (breccia.NVFP4BlockScaling(), "scale", 0x7F),  # E4M3 S.1111.111 is NaN
+    "nvfp4-negative-code": (breccia.NVFP4BlockScaling(), "scale", 0xB8),  # E4M3 -1.0
+    "int4-nan-zero-point": (breccia.INT4Scaling(group_size=32, symmetric=False, signed=False), "zero_point",
+                            float("nan")),
+}
+
+
+@pytest.mark.parametrize("case", list(POISONED))
+def test_nan_inf_or_negative_scales_are_refused_by_name(case, tmp_path):
+    recipe, part, value = POISONED[case]
+    save_safetensors({NAME: _poisoned(recipe, part, value)}, str(tmp_path / "model.safetensors"))
+    ckpt = BrecciaCheckpoint.open(tmp_path)  # headers alone cannot show a value
+    with pytest.raises(BrecciaCheckpointError) as failure:
+        ckpt.check_scale_values()
+    message = str(failure.value)
+    assert str(tmp_path / "model.safetensors") in message and f"'{NAME}.{part}'" in message
+    assert "1 bad value(s)" in message
+    done = _inspect(tmp_path)
+    assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.strip() == f"breccia-sglang: error: {message}"
+
+
+@pytest.mark.parametrize("recipe", [breccia.Float8BlockScaling(block_k=32), breccia.MXFP8BlockScaling(),
+                                    breccia.NVFP4BlockScaling()], ids=["fp8-block", "mxfp8", "nvfp4"])
+def test_valid_scales_including_zero_pass_the_value_check(recipe, tmp_path):
+    zero = 0 if recipe.name != "fp8-block" else 0.0  # an all-zero block may carry a zero scale
+    save_safetensors({NAME: _poisoned(recipe, "scale", zero)}, str(tmp_path / "model.safetensors"))
+    BrecciaCheckpoint.open(tmp_path).check_scale_values()
+    assert _inspect(tmp_path).returncode == 0

@@ -2,7 +2,8 @@
 
 ``NAME.data`` -> ``NAME`` (the ``...weight`` parameter), ``NAME.scale`` -> ``weight_scale``,
 ``NAME.zero_point`` -> ``weight_zero_point``. Tensors are streamed one at a time from
-SGLang's own safetensors iterator; nothing is read twice or held whole.
+SGLang's own safetensors iterator; nothing is read twice or held whole. Each scale and zero
+point is value-checked as it passes (``check_part_values``, the check ``inspect`` runs too).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from ..checkpoint import check_part_values
 from ..errors import BrecciaCheckpointError
 from .gemm import SCALE_PARAM, stores_native_fp8
 
@@ -33,6 +35,9 @@ def rename_breccia_tensors(
             yield name, tensor
             continue
         module = base[: -len(".weight")]
+        if part in ("scale", "zero_point"):
+            stored = getattr(entry, part)
+            check_part_values(entry, name, tensor, str(config.checkpoint.directory / stored.file))
         if part == "data":
             yield base, _as_stored(tensor, entry.recipe)
         elif part == "scale":
