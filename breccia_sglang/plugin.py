@@ -97,10 +97,22 @@ def _ensure_quant_method_known(*_args, **_kwargs):
         WEIGHT_LOADER_V2_SUPPORTED.append("BrecciaLinearMethod")
 
 
+# Load formats that read safetensors (or nothing): breccia checkpoints are safetensors, and a
+# pickle (*.bin, *.pt: "pt", "npcache", ...) can run code when loaded, so it is never read.
+SAFETENSORS_LOAD_FORMATS = ("auto", "safetensors", "fastsafetensors", "dummy")
+
+
 def _get_quant_config(original, model_config, load_config, packed_modules_mapping, *args, **kwargs):
     if model_config.quantization != QUANT_METHOD:
         return original(model_config, load_config, packed_modules_mapping, *args, **kwargs)
     from .weights.config import BrecciaConfig
+
+    load_format = getattr(load_config.load_format, "value", load_config.load_format)
+    if load_format not in SAFETENSORS_LOAD_FORMATS:
+        raise ValueError(
+            f"breccia checkpoints are read from safetensors only; --load-format {load_format} is "
+            f"refused for {model_config.model_path} (use one of {', '.join(SAFETENSORS_LOAD_FORMATS)})"
+        )
 
     config = BrecciaConfig.from_checkpoint(model_config.model_path, packed_modules_mapping)
     logger.info(

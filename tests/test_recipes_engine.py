@@ -104,3 +104,33 @@ def test_a_checkpoint_mixing_recipes_per_layer_serves_like_hf(tiny_llama, tmp_pa
     result = _serve(checkpoint, tmp_path)
     assert result["ok"], result
     assert result["results"][0]["output_ids"] == _hf_greedy(tiny_llama, checkpoint)
+
+
+def test_a_nan_scale_stops_loading_with_the_tensor_named(tiny_llama, tmp_path):
+    """The value check `breccia-sglang inspect` runs is the one the loader runs on each scale."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    checkpoint = _quantize(tiny_llama, tmp_path, dict(name="mxfp8"))
+    (file,) = checkpoint.glob("model-breccia-*.safetensors")
+    target = "model.layers.1.mlp.up_proj.weight.scale"
+    with safe_open(str(file), framework="pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    tensors[target].view(-1)[3] = 0xFF  # E8M0 NaN
+    save_file(tensors, str(file), metadata=metadata)
+
+    with pytest.raises(RuntimeError) as failure:  # the failed scheduler takes the engine process down
+        _serve(checkpoint, tmp_path)
+    assert f"{file}: '{target}' has 1 bad value(s)" in str(failure.value)
+
+
+def test_a_pickle_load_format_is_refused(tiny_llama, tmp_path):
+    checkpoint = _quantize(tiny_llama, tmp_path, dict(name="fp8-delayed"))
+    torch.save({}, checkpoint / "pytorch_model.bin")  # what "pt" would unpickle
+    with pytest.raises(RuntimeError) as failure:
+        run_engine({"env": {"BRECCIA_SGLANG_FP8_KV": "0"},
+                    "engine": {"model_path": str(checkpoint), "device": "cpu", "max_total_tokens": 1024,
+                               "quantization": "breccia", "load_format": "pt", "skip_tokenizer_init": True,
+                               "log_level": "error"},
+                    "requests": []}, tmp_path)
+    assert "--load-format pt is refused" in str(failure.value)
