@@ -207,7 +207,7 @@ class InflightTokens:
         self.by_request.pop(key, None)
 
 
-def _output_ids_so_far(previous: list, chunk: dict) -> list:
+def output_ids_so_far(previous: list, chunk: dict) -> list:
     """Stream chunks carry all output ids so far (SGLang's default) or only the new ones
     (``--incremental-streaming-output``); ``completion_tokens`` tells the two apart."""
     ids = list(chunk.get("output_ids") or [])
@@ -226,7 +226,7 @@ async def run_request(stream_fn, record: RequestRecord, input_ids: list, samplin
         async for chunk in stream_fn(input_ids, sampling_params):
             now = time.perf_counter() - clock_zero
             meta = chunk.get("meta_info") or {}
-            record.output_ids = _output_ids_so_far(record.output_ids, chunk)
+            record.output_ids = output_ids_so_far(record.output_ids, chunk)
             if record.output_ids and record.first_token_s is None:
                 record.first_token_s = now
             record.prompt_tokens = meta.get("prompt_tokens", record.prompt_tokens)

@@ -69,6 +69,7 @@ class SoakRequest:
     rid: str = ""
     outcome: str = ""  # "complete", "aborted" (as planned) or "error"
     output_ids: list = field(default_factory=list)
+    output_logprobs: list = field(default_factory=list)  # of the tokens it chose
     prompt_tokens: int = 0
     cached_tokens: int = 0
     num_retractions: int = 0
@@ -151,13 +152,15 @@ class Soak:
 async def run_request(session, url: str, request: SoakRequest, output_len: int) -> None:
     """Stream one request; cut it as planned. Fills ``request``; never raises."""
     stream = worker.http_stream_fn(session, url)(
-        request.input_ids, {"temperature": 0, "max_new_tokens": output_len, "ignore_eos": True}, {"rid": request.rid})
+        request.input_ids, {"temperature": 0, "max_new_tokens": output_len, "ignore_eos": True},
+        {"rid": request.rid, "return_logprob": True})
     request.start = time.time()
     finish = {}
     try:
         async for chunk in stream:
             meta = chunk.get("meta_info") or {}
-            request.output_ids = worker._output_ids_so_far(request.output_ids, chunk)
+            request.output_ids = worker.output_ids_so_far(request.output_ids, chunk)
+            request.output_logprobs = _logprobs_so_far(request.output_logprobs, meta)
             request.prompt_tokens = meta.get("prompt_tokens", request.prompt_tokens)
             request.cached_tokens = meta.get("cached_tokens", request.cached_tokens) or 0
             request.num_retractions = meta.get("num_retractions", request.num_retractions) or 0
@@ -228,12 +231,27 @@ async def wait_until_idle(session, url: str, timeout: float = 120.0) -> dict:
         await asyncio.sleep(0.5)
 
 
-def compare_with_replay(soak_ids: list, replay_ids: list, top_logprobs: list, near_tie_nats: float) -> dict:
+def _logprobs_so_far(previous: list, meta: dict) -> list:
+    # Like output ids: all so far (SGLang's default) or only the new ones (incremental streaming).
+    new = [float(lp) for lp, *_ in meta.get("output_token_logprobs") or []]
+    return new if len(new) == meta.get("completion_tokens", len(new)) else previous + new
+
+
+def logprob_noise(soak_logprobs: list, replay_logprobs: list, agree: int) -> float | None:
+    """Largest |soak - replay| logprob of the same token over the first ``agree`` positions,
+    where both runs chose the same tokens from the same context: pure numerical difference."""
+    pairs = list(zip(soak_logprobs[:agree], replay_logprobs[:agree]))
+    return max((abs(a - b) for a, b in pairs), default=None)
+
+
+def compare_with_replay(soak_ids: list, replay_ids: list, top_logprobs: list, near_tie_nats: float,
+                        soak_logprobs: list = (), replay_logprobs: list = ()) -> dict:
     """"identical", "near-tie" (see the module docstring) or "different", with the evidence."""
-    if soak_ids == replay_ids:
-        return {"verdict": "identical"}
     position = next((i for i, (a, b) in enumerate(zip(soak_ids, replay_ids)) if a != b),
                     min(len(soak_ids), len(replay_ids)))
+    noise = logprob_noise(list(soak_logprobs), list(replay_logprobs), position)
+    if soak_ids == replay_ids:
+        return {"verdict": "identical", "noise_nats": noise}
     candidates = {int(token): float(logprob) for logprob, token, *_ in (top_logprobs[position] or [])} \
         if position < len(top_logprobs) else {}
     soak_token = soak_ids[position] if position < len(soak_ids) else None
@@ -241,7 +259,7 @@ def compare_with_replay(soak_ids: list, replay_ids: list, top_logprobs: list, ne
     if soak_token in candidates and replay_ids[position] in candidates:
         gap = candidates[replay_ids[position]] - candidates[soak_token]
     verdict = "near-tie" if gap is not None and gap <= near_tie_nats else "different"
-    return {"verdict": verdict, "position": position, "soak_token": soak_token,
+    return {"verdict": verdict, "noise_nats": noise, "position": position, "soak_token": soak_token,
             "replay_token": replay_ids[position] if position < len(replay_ids) else None, "gap_nats": gap}
 
 
@@ -255,8 +273,9 @@ async def replay_alone(session, url: str, requests: list[SoakRequest], output_le
         async with session.post(url + "/generate", json=payload) as response:
             response.raise_for_status()
             out = await response.json()
-        verdict = compare_with_replay(request.output_ids, out["output_ids"],
-                                      out["meta_info"].get("output_top_logprobs") or [], near_tie_nats)
+        meta = out["meta_info"]
+        verdict = compare_with_replay(request.output_ids, out["output_ids"], meta.get("output_top_logprobs") or [],
+                                      near_tie_nats, request.output_logprobs, _logprobs_so_far([], meta))
         verdicts.append({"request": request.number, **verdict})
         progress.update(1)
     return verdicts
@@ -328,8 +347,17 @@ def summarize(run: dict, log: dict, page_size: int) -> dict:
         "replayed": len(verdicts), "identical": verdicts.count("identical"),
         "near_ties": verdicts.count("near-tie"), "different": verdicts.count("different"),
         "largest_near_tie_gap_nats": max(gaps, default=None),
+        "logprob_noise_nats": _spread([v["noise_nats"] for v in run["verdicts"] if v["noise_nats"] is not None]),
         "healthy_after": run["healthy_after"],
     }
+
+
+def _spread(values: list) -> dict:
+    import numpy as np
+
+    if not values:
+        return {"median": None, "p99": None, "max": None}
+    return {"median": float(np.median(values)), "p99": float(np.percentile(values, 99)), "max": float(max(values))}
 
 
 def passed(summary: dict) -> bool:
@@ -337,8 +365,12 @@ def passed(summary: dict) -> bool:
             and summary["different"] == 0 and summary["healthy_after"] and summary["replayed"] > 0)
 
 
+def _nats(value) -> str:
+    return "-" if value is None else f"{value:.3f} nats"
+
+
 def print_summary(summary: dict) -> None:
-    s = summary
+    s, noise = summary, summary["logprob_noise_nats"]
     print(f"\n{s['requests']} requests in {s['duration_s']:.0f} s: {s['complete']} complete, {s['aborted']} aborted "
           f"({s['aborted_by_disconnect']} by disconnect, {s['aborted_by_abort_request']} by /abort_request), "
           f"{s['error']} errors")
@@ -348,7 +380,9 @@ def print_summary(summary: dict) -> None:
     print(f"idle after the soak: {s['leaked_tokens']} tokens held by nobody -> pages leaked: {s['pages_leaked']}; "
           f"server log problems: {s['log_problems'] if s['log_checked'] else 'not checked (no log)'}")
     print(f"replayed alone: {s['replayed']}: {s['identical']} identical, {s['near_ties']} near-ties "
-          f"(largest gap {s['largest_near_tie_gap_nats']}), {s['different']} different")
+          f"(largest gap {_nats(s['largest_near_tie_gap_nats'])}), {s['different']} different; same-token logprob "
+          f"difference soak vs alone: median {_nats(noise['median'])}, p99 {_nats(noise['p99'])}, "
+          f"max {_nats(noise['max'])}")
     print("PASS" if passed(summary) else "FAIL")
 
 
@@ -428,8 +462,7 @@ def main(argv=None) -> int:
                                                    "page_size", "max_total_num_tokens", "device")},
         "summary": summary, "passed": passed(summary),
         "idle_load": run["idle_load"], "log_problems": log["problems"],
-        "requests": [{k: v for k, v in asdict(r).items() if k != "input_ids"} | {"prompt_len": len(r.input_ids)}
-                     for r in run["soak"].requests],
+        "requests": [asdict(r) for r in run["soak"].requests],  # input ids too: any request can be re-run
         "verdicts": run["verdicts"],
         "wall_s": time.monotonic() - wall,
     }
