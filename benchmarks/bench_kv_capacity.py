@@ -11,18 +11,19 @@ Bound for one (token, layer, kv head) with head_dim D:
     gain = 4D / (2D + 8) = 2D / (D + 4)      (1.88x at D=64, 1.94x at D=128)
 SGLang's per-tensor FP8 KV has no per-token scales: 2x, but see bench_kv_accuracy.py.
 
-    python benchmarks/bench_kv_capacity.py [--tokens 65536]
+    python benchmarks/bench_kv_capacity.py [--tokens 65536] [--out benchmarks/out/kv_capacity.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))  # bench_multiturn's report_header
 
 OUT = Path(__file__).parent / "out"
 CONFIGS = {
@@ -77,24 +78,26 @@ def plot(rows, bound, path):
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=65536, help="max_total_tokens for every config")
-    args = parser.parse_args()
+    parser.add_argument("--model", type=Path, help="breccia checkpoint (default: the demo model's breccia FP8)")
+    parser.add_argument("--out", type=Path, default=OUT / "kv_capacity.json", help="JSON path; the PNG goes beside it")
+    args = parser.parse_args(argv)
 
+    from bench_multiturn import report_header
     from breccia_sglang.demo import quantized_demo_model
 
-    model = quantized_demo_model("fp8")
+    model = args.model or quantized_demo_model("fp8")
     config = json.loads((model / "config.json").read_text())
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     bound = 2 * head_dim / (head_dim + 4)
     rows = measure(model, args.tokens)
-    OUT.mkdir(exist_ok=True)
-    report = {"head_dim": head_dim, "bound_2d_over_d_plus_4": bound, "rows": rows,
-              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-              "machine": {"platform": platform.platform(), "python": platform.python_version()}}
-    (OUT / "kv_capacity.json").write_text(json.dumps(report, indent=2))
-    plot(rows, bound, OUT / "kv_capacity.png")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {**report_header("kv_capacity", args, argv), "head_dim": head_dim, "bound_2d_over_d_plus_4": bound,
+              "rows": rows}
+    args.out.write_text(json.dumps(report, indent=2))
+    plot(rows, bound, args.out.with_suffix(".png"))
     print(f"\nhead_dim {head_dim}: bound 2D/(D+4) = {bound:.4f}")
     for r in rows:
         print(f"{r['config']:40s} {r['tokens_per_gib']:10.0f} tokens/GiB  {r['gain_vs_bf16']:.4f}x BF16")

@@ -447,6 +447,17 @@ def machine_info() -> dict:
             "breccia": v("breccia"), "breccia_sglang": v("breccia-sglang")}
 
 
+def report_header(benchmark: str, args: argparse.Namespace, argv=None) -> dict:
+    """What every benchmark's JSON starts with: what ran, when, where, with which parameters."""
+    return {
+        "benchmark": benchmark,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv),
+        "machine": machine_info(),
+        "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+
+
 def plot(results: list[dict], out: Path) -> list[Path]:
     import matplotlib
 
@@ -564,11 +575,7 @@ def main(argv=None) -> int:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
-        "benchmark": "multiturn",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv),
-        "machine": machine_info(),
-        "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        **report_header("multiturn", args, argv),
         "workload": {"conversations": len(workload["conversations"]),
                      "requests": len(workload["conversations"]) * args.turns,
                      "first_turn_prompt_tokens": [len(worker.first_turn_ids(tokenizer, c))

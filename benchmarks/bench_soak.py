@@ -38,7 +38,6 @@ import datetime
 import json
 import random
 import re
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -47,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))  # _multiturn_worker, also when imported by a test
 
 import _multiturn_worker as worker  # noqa: E402
-from bench_multiturn import _flush_http_cache, machine_info, server_model_path  # noqa: E402
+from bench_multiturn import _flush_http_cache, report_header, server_model_path  # noqa: E402
 
 # Matches 0.05 nats measured between batched and single-request runs with margin; see the docstring.
 NEAR_TIE_NATS = 0.1
@@ -453,11 +452,7 @@ def main(argv=None) -> int:
     summary = summarize(run, log, run["info"].get("page_size") or args.page_size)
     print_summary(summary)
     report = {
-        "benchmark": "soak",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv),
-        "machine": machine_info(),
-        "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        **report_header("soak", args, argv),
         "server": {k: run["info"].get(k) for k in ("quantization", "kv_cache_dtype", "attention_backend", "dtype",
                                                    "page_size", "max_total_num_tokens", "device")},
         "summary": summary, "passed": passed(summary),
