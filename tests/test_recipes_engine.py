@@ -134,3 +134,42 @@ def test_a_pickle_load_format_is_refused(tiny_llama, tmp_path):
                                "log_level": "error"},
                     "requests": []}, tmp_path)
     assert "--load-format pt is refused" in str(failure.value)
+
+
+# The demo model with all six recipes at once, five layers each (every K of SmolLM2, 576 and
+# 1536, is a multiple of each block and group size below): one quantize, one engine, one HF run.
+DEMO_LAYERS_BY_RECIPE = {
+    "fp8-delayed": (range(0, 5), dict(name="fp8-delayed")),
+    "fp8-block-64": (range(5, 10), dict(name="fp8-block", block_k=64)),
+    "mxfp8": (range(10, 15), dict(name="mxfp8")),
+    "nvfp4": (range(15, 20), dict(name="nvfp4")),
+    "int4-g32": (range(20, 25), dict(name="int4", group_size=32)),
+    "int4-g32-asym": (range(25, 30), dict(name="int4", group_size=32, symmetric=False)),
+}
+
+
+def test_the_demo_model_with_every_recipe_serves_hf_tokens(demo_model, chat_prompt_ids, tmp_path):
+    from conftest import MAX_NEW_TOKENS, hf_reference_ids, strip_eos
+
+    overrides = []
+    for layers, params in DEMO_LAYERS_BY_RECIPE.values():
+        params = dict(params)
+        recipe = make_recipe(params.pop("name"), **params)
+        overrides += [(f"model.layers.{i}.*", recipe) for i in layers]
+    checkpoint = tmp_path / "every-recipe"
+    report = quantize_checkpoint(demo_model, checkpoint, make_recipe("fp8"), overrides=tuple(overrides), progress=False)
+    assert len(report.quantized) == 210  # every linear of 30 layers; embeddings stay high precision
+    assert all("embed" in name or "lm_head" in name for name, _ in report.kept), report.kept
+    labels = {report.labels[f"model.layers.{layers[0]}.mlp.down_proj.weight"] for layers, _ in DEMO_LAYERS_BY_RECIPE.values()}
+    assert len(labels) == 6, labels  # six different recipes really are in the checkpoint
+
+    result = run_engine({
+        "env": {"BRECCIA_SGLANG_FP8_KV": "0"},  # KV in the model's dtype: only the weights differ from HF
+        "engine": {"model_path": str(checkpoint), "device": "cpu", "max_total_tokens": 4096,
+                   "quantization": "breccia", "log_level": "error"},
+        "requests": [{"input_ids": chat_prompt_ids, "sampling_params": {"temperature": 0, "max_new_tokens": MAX_NEW_TOKENS}}],
+    }, tmp_path)
+    assert result["ok"], result
+    served = strip_eos(result["results"][0]["output_ids"], [2])  # SmolLM2's <|im_end|>
+    assert served == hf_reference_ids(demo_model, checkpoint, chat_prompt_ids)
+    assert len(served) > 4
