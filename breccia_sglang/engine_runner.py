@@ -4,7 +4,8 @@ Tests and benchmarks use it because a failing engine start kills its parent proc
 
 SPEC: {"enable": bool, "env": {...}, "engine": {...Engine kwargs...}, "requests": [{"input_ids": [...] or
 [[...], ...] (a batch), "sampling_params": {...}} | {"flush": true}, ...]}. OUT: {"ok": true, "results": [...]} or
-{"ok": false, "error_type": ..., "error": ...} when constructing the Engine raised.
+{"ok": false, "error_type": ..., "error": ...} when constructing the Engine raised. OUT also has
+"engine_start_s", the wall time of ``sgl.Engine(...)``.
 """
 
 import json
@@ -53,11 +54,13 @@ def main(spec_path: str, out_path: str) -> None:
         import breccia_sglang
 
         breccia_sglang.enable()
+    started = time.perf_counter()
     try:
         engine = sgl.Engine(**spec["engine"])
     except Exception as exc:  # reported to the test, which decides whether it was expected
         json.dump({"ok": False, "error_type": type(exc).__name__, "error": str(exc)}, open(out_path, "w"))
         return
+    start_s = time.perf_counter() - started
     try:
         results = []
         for request in spec["requests"]:
@@ -69,7 +72,8 @@ def main(spec_path: str, out_path: str) -> None:
             results.append([_summary(o) for o in out] if isinstance(out, list) else _summary(out))
         info = engine.get_server_info()
         json.dump({"ok": True, "results": results, "max_total_num_tokens": info["max_total_num_tokens"],
-                   "memory_usage": info["internal_states"][0]["memory_usage"]}, open(out_path, "w"), default=float)
+                   "memory_usage": info["internal_states"][0]["memory_usage"], "engine_start_s": start_s},
+                  open(out_path, "w"), default=float)
     finally:
         engine.shutdown()
 
