@@ -84,7 +84,8 @@ def test_native_block_fp8_matches_a_tile_by_tile_reference(tmp_path):
     weight = torch.randn(128, 192) * torch.logspace(-2, 1, 192)  # columns of very different size
     src = tmp_path / "src"
     src.mkdir()
-    save_file({"model.layers.0.mlp.up_proj.weight": weight, "model.embed_tokens.weight": weight}, str(src / "m.safetensors"))
+    save_file({"model.layers.0.mlp.up_proj.weight": weight, "model.embed_tokens.weight": weight.clone()},
+              str(src / "m.safetensors"))
     (src / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     bench_load.native_block_fp8(src, tmp_path / "dst")
 
@@ -113,11 +114,14 @@ def test_native_block_fp8_refuses_a_partial_block(tmp_path):
 
 
 def test_medians_of_several_runs():
-    runs = [{"loader": loader, "warmup": i == 0, "weight_load_s": t, "engine_start_s": 10 * t, "weight_gib": 0.1}
+    runs = [{"run": i, "loader": loader, "warmup": i == 0, "weight_load_s": t, "engine_start_s": 10 * t, "weight_gib": 0.1}
             for i, ts in enumerate([(9.0, 9.0, 9.0), (1.0, 1.2, 1.4), (3.0, 1.1, 1.5), (2.0, 1.0, 1.3)])
             for loader, t in zip(bench_load.LOADERS, ts)]
     summary = bench_load.summarize(runs)
     assert summary["native"]["weight_load_s"] == statistics.median([1.0, 3.0, 2.0])  # the warm-up's 9.0 is out
     assert summary["ratio_weight_load_s"] == pytest.approx(1.1 / 2.0)
     assert summary["ratio_v1_weight_load_s"] == pytest.approx(1.4 / 2.0)
+    # Per round: 1.2/1.0, 1.1/3.0, 1.0/2.0 -> median 0.5; the v1 loader 1.4, 0.5, 0.65 -> 0.65.
+    assert summary["paired_ratio_weight_load_s"] == pytest.approx(0.5)
+    assert summary["paired_ratio_v1_weight_load_s"] == pytest.approx(0.65)
     assert summary["within_target"]
