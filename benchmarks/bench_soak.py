@@ -23,10 +23,13 @@ Afterwards, and reported in the JSON (``--out``) and a PNG of pool usage beside 
     flush (no pressure, no neighbours in its batch). Temperature 0, so its tokens must be the
     soak's, except at a numerical near-tie: the two runs agree up to a position where the
     replay's top two candidates are within ``--near-tie-nats`` of each other and the soak took
-    the second. Batched and single-request GEMMs on a CPU sum in different orders, and an FP8 KV
-    value on a rounding boundary can then land one e4m3 step away, so logprobs differ by a few
-    hundredths of a nat between the runs (0.05 measured with the fp32 demo model); corruption
-    (a page read with another request's data or scales) moves them by whole nats.
+    the second. Batched and single-request GEMMs on a CPU sum in different orders, and a K/V
+    value that sits on an e4m3 rounding boundary then lands one code (6-12%) away, so the same
+    token's logprob differs between the runs: in the 120-request default soak of 2026-12-01 the
+    median difference was 0.005 nats, p99 0.26 and the largest 0.28, over the 87 requests whose
+    tokens agreed (benchmarks/RESULTS.md). Corruption (a page read with another request's data
+    or scales) moves logprobs by whole nats. The report prints this same-token difference for
+    every run, so the margin of the rule can be read off.
 Exit status 0 only if all of that holds.
 """
 
@@ -48,8 +51,9 @@ sys.path.insert(0, str(Path(__file__).parent))  # _multiturn_worker, also when i
 import _multiturn_worker as worker  # noqa: E402
 from bench_multiturn import _flush_http_cache, report_header, server_model_path  # noqa: E402
 
-# Matches 0.05 nats measured between batched and single-request runs with margin; see the docstring.
-NEAR_TIE_NATS = 0.1
+# Just above the largest same-token logprob difference measured between batched and alone runs
+# with the FP8 KV cache (0.28 nats); see the docstring.
+NEAR_TIE_NATS = 0.3
 # SGLang 0.5.23's idle-time invariant checker and anything that raised.
 LOG_PROBLEMS = re.compile(r"leak detected|double free|use-after-free|Traceback|Exception", re.IGNORECASE)
 # "[2026-11-25 05:46:59] Prefill batch, ... token usage: 0.02, ..." (also Decode lines).
