@@ -108,6 +108,8 @@ def _print_convert_report(dst, report) -> None:
     for title, rows in (("kept high precision", report.kept), ("dropped", report.dropped)):
         for name, reason in rows:
             print(f"  {title}: {name}: {reason}")
+    for note in report.notes:
+        print(f"  note: {note}")
 
 
 def _convert(args) -> int:

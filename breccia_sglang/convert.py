@@ -40,6 +40,7 @@ class ConvertReport:
     kept: list = field(default_factory=list)  # (name, reason): stored high precision
     dropped: list = field(default_factory=list)  # (name, reason): not needed by the target
     copied: int = 0
+    notes: list = field(default_factory=list)  # what the user must know to serve the result
 
 
 class _Tensors:
@@ -158,8 +159,20 @@ def export_sglang_fp8(src, dst, *, block_n: int = 128, overwrite: bool = False) 
         config = {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3"}
         if block_k is not None:
             config["weight_block_size"] = [block_n, block_k]
+            if "LlamaForCausalLM" in json.loads((src / "config.json").read_text()).get("architectures", []):
+                report.notes.append(LLAMA_BLOCK_FP8_NOTE)
         write_metadata_files(src, tmp, config)
     return report
+
+
+# Seen with SGLang 0.5.23 (benchmarks/bench_load.py, tests/test_bench_load.py): its default Llama
+# loader renames weight_scale_inv -> weight_scale, a parameter block FP8 layers lack, and warns
+# once per tensor while loading the model without its scales.
+LLAMA_BLOCK_FP8_NOTE = (
+    "SGLang 0.5.23's default Llama loader drops block-FP8 scales (it renames weight_scale_inv to "
+    "weight_scale and only warns); serve this checkpoint with SGLANG_ENABLE_WEIGHT_LOADER_V2=1, "
+    "or serve the breccia checkpoint with --breccia-format"
+)
 
 
 def _native_scale(name, scaled, block_n):

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from conftest import breccia_tensors, stored_tensors
 
-from breccia_sglang.convert import convert_to_breccia, export_sglang_fp8
+from breccia_sglang.convert import LLAMA_BLOCK_FP8_NOTE, convert_to_breccia, export_sglang_fp8
 from breccia_sglang.errors import BrecciaCheckpointError
 
 FP8 = torch.float8_e4m3fn
@@ -82,7 +82,8 @@ def test_deepseek_blocks_become_per_row_k_blocks_exactly(deepseek_fp8, tmp_path)
 
 def test_deepseek_round_trip_through_breccia_back_to_sglang_fp8_is_bit_exact(deepseek_fp8, tmp_path):
     convert_to_breccia(deepseek_fp8, tmp_path / "breccia", "deepseek-fp8")
-    export_sglang_fp8(tmp_path / "breccia", tmp_path / "native", block_n=BLOCK[0])
+    report = export_sglang_fp8(tmp_path / "breccia", tmp_path / "native", block_n=BLOCK[0])
+    assert report.notes == [LLAMA_BLOCK_FP8_NOTE]  # a block FP8 Llama: SGLang's default loader drops its scales
     before, after = stored_tensors(deepseek_fp8), stored_tensors(tmp_path / "native")
     assert set(before) == set(after)
     for name, t in before.items():
@@ -135,7 +136,7 @@ def test_compressed_tensors_fp8_converts_bit_exactly(tiny_llama, tmp_path, strat
         assert torch.equal(st.scale.flatten(), scale.flatten())
         assert torch.equal(breccia.dequantize(st), before[name].to(torch.float32) * scale)
     if strategy == "tensor":
-        export_sglang_fp8(tmp_path / "breccia", tmp_path / "native")
+        assert export_sglang_fp8(tmp_path / "breccia", tmp_path / "native").notes == []  # per tensor loads fine
         after = stored_tensors(tmp_path / "native")
         for name, t in before.items():
             if "input_scale" not in name:  # scales go from shape [1] to breccia's scalar: compare bytes
