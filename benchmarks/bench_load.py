@@ -99,7 +99,7 @@ def native_block_fp8(src: Path, dst: Path, block: int = BLOCK) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from breccia_sglang.quantize import DEFAULT_KEEP, write_metadata_files
+    from breccia_sglang.quantize import DEFAULT_KEEP, atomic_output_dir, write_metadata_files
 
     tensors = {}
     for file in sorted(src.glob("*.safetensors")):
@@ -116,10 +116,10 @@ def native_block_fp8(src: Path, dst: Path, block: int = BLOCK) -> None:
                 scale = tiles.abs().amax((1, 3)).clamp(min=1e-12) / 448
                 tensors[name] = (tiles / scale[:, None, :, None]).reshape(rows, k).to(torch.float8_e4m3fn)
                 tensors[name.removesuffix(".weight") + ".weight_scale_inv"] = scale
-    dst.mkdir(parents=True)
-    save_file(tensors, str(dst / "model.safetensors"))
-    write_metadata_files(src, dst, {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
-                                    "weight_block_size": [block, block]})
+    with atomic_output_dir(dst) as tmp:  # an interrupted build leaves nothing that looks finished
+        save_file(tensors, str(tmp / "model.safetensors"))
+        write_metadata_files(src, tmp, {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
+                                        "weight_block_size": [block, block]})
 
 
 # A Llama shaped like a 1B model (hidden 2048, 16 layers, GQA 32/8, head_dim 64) with random
@@ -134,7 +134,7 @@ def synthetic_model(dst: Path, shape: dict = SYNTHETIC_1B) -> Path:
     from safetensors.torch import save_file
 
     from breccia_sglang.demo_model import fetch_demo_model
-    from breccia_sglang.quantize import write_metadata_files
+    from breccia_sglang.quantize import atomic_output_dir, write_metadata_files
 
     src = fetch_demo_model()
     config = {**json.loads((src / "config.json").read_text()), **shape}
@@ -159,12 +159,10 @@ def synthetic_model(dst: Path, shape: dict = SYNTHETIC_1B) -> Path:
                     f"{layer}.mlp.down_proj.weight": randn(hidden, inter),
                     f"{layer}.input_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
                     f"{layer}.post_attention_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16)}
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(tmp / "model.safetensors"))
-    write_metadata_files(src, tmp, None)
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    tmp.rename(dst)
+    with atomic_output_dir(dst) as tmp:
+        save_file(tensors, str(tmp / "model.safetensors"))
+        write_metadata_files(src, tmp, None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
     return dst
 
 
