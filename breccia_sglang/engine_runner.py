@@ -4,8 +4,8 @@ Tests and benchmarks use it because a failing engine start kills its parent proc
 
 SPEC: {"enable": bool, "env": {...}, "engine": {...Engine kwargs...}, "requests": [{"input_ids": [...] or
 [[...], ...] (a batch), "sampling_params": {...}} | {"flush": true}, ...]}. OUT: {"ok": true, "results": [...]} or
-{"ok": false, "error_type": ..., "error": ...} when constructing the Engine raised. OUT also has
-"engine_start_s", the wall time of ``sgl.Engine(...)``.
+{"ok": false, "error_type": ..., "error": ...} when constructing the Engine raised. An "ok" OUT also
+has "engine_start_s", the wall time of ``sgl.Engine(...)``.
 """
 
 import json
