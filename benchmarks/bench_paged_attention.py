@@ -22,12 +22,14 @@ measured copy bandwidth (bytes read + written by a large device-to-device copy).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
 import platform
 import sys
 import time
+import types
 from pathlib import Path
 
 if "--smoke" in sys.argv:
@@ -44,16 +46,20 @@ PAGE = 16  # slots of a request sit on shuffled 16-token pages, as SGLang's allo
 
 
 def build_cache(batch: int, context: int, kv_heads: int, head_dim: int, dtype, device, gen) -> dict:
-    """Random K/V for every request, stored three ways, and SGLang-style slot indices."""
+    """Random K/V for every request, stored three ways, and SGLang-style slot indices.
+
+    ``gen`` lives on ``device``: at batch 64 x 32k tokens one K tensor is 2^31 fp32 values,
+    too many to draw on the host and copy over inside a short GPU lease.
+    """
     pages_per_req = -(-context // PAGE)
-    pages = (torch.randperm(batch * pages_per_req, generator=gen) + 1).view(batch, pages_per_req)
-    slots = (pages[:, :, None] * PAGE + torch.arange(PAGE)).view(batch, -1)[:, :context].reshape(-1)
+    pages = (torch.randperm(batch * pages_per_req, generator=gen, device=device) + 1).view(batch, pages_per_req)
+    slots = (pages[:, :, None] * PAGE + torch.arange(PAGE, device=device)).view(batch, -1)[:, :context].reshape(-1)
     num_slots = (batch * pages_per_req + 1) * PAGE
     kv_indices = slots.to(device=device, dtype=torch.int64)
     kv_indptr = torch.arange(batch + 1, device=device, dtype=torch.int32) * context
     cache = {"kv_indptr": kv_indptr, "kv_indices": kv_indices, "num_slots": num_slots}
     for name in ("k", "v"):
-        x = torch.randn(batch * context, kv_heads, head_dim, generator=gen).to(device)
+        x = torch.randn(batch * context, kv_heads, head_dim, generator=gen, device=device)
         if name == "k":
             x[:, :, 5] *= 20  # an outlier channel, as real keys have
         data = torch.zeros(num_slots, kv_heads, head_dim, dtype=torch.uint8, device=device)
@@ -76,6 +82,32 @@ def kv_read_bytes(variant: str, batch: int, context: int, kv_heads: int, head_di
     return 2 * rows * head_dim * element + scales + batch * context * 8  # K + V, scales, int64 slot ids
 
 
+def sglang_decode_kernel():
+    """SGLang's Triton ``decode_attention_fwd``.
+
+    On the lent GPU machine SGLang is carried as a wheel without its serving stack
+    (``scripts/gpu_checks.sh``). ``import sglang`` runs the package's ``__init__``, which
+    imports the whole runtime, so when that fails the kernel module is imported under an
+    empty ``sglang`` package: the kernel's own imports are light.
+    """
+    imported_before = set(sys.modules)
+    try:
+        from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd
+    except ImportError as exc:
+        spec = importlib.util.find_spec("sglang")
+        if spec is None:
+            raise
+        print(f"import sglang failed ({exc}); importing its decode kernel module alone")
+        # Forget what the failed import left half-done, so no class is defined twice.
+        for name in set(sys.modules) - imported_before:
+            del sys.modules[name]
+        package = types.ModuleType("sglang")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["sglang"] = package
+        from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd
+    return decode_attention_fwd
+
+
 def variants(q, cache, sm_scale: float, max_kv_splits: int) -> dict:
     """name -> (run(), K/V as the variant reads them in fp32 for the correctness check)."""
     batch, q_heads, head_dim = q.shape
@@ -96,7 +128,7 @@ def variants(q, cache, sm_scale: float, max_kv_splits: int) -> dict:
 
     found["breccia-fp8"] = (ours, dequant(k), dequant(v))
     try:
-        from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd
+        decode_attention_fwd = sglang_decode_kernel()
     except Exception as exc:  # sglang is not installed on the GPU machine unless carried
         print(f"SGLang's decode kernel is unavailable here ({type(exc).__name__}: {exc}); skipping its baselines")
     else:
@@ -140,7 +172,7 @@ def run_case(batch, context, args, device, gen, peak) -> list[dict]:
 
     q_heads = args.kv_heads * args.group
     cache = build_cache(batch, context, args.kv_heads, args.head_dim, args.dtype, device, gen)
-    q = torch.randn(batch, q_heads, args.head_dim, generator=gen).to(device=device, dtype=args.dtype)
+    q = torch.randn(batch, q_heads, args.head_dim, generator=gen, device=device).to(args.dtype)
     sm_scale = 1.0 / math.sqrt(args.head_dim)
     rows = []
     for name, (run, k, v) in variants(q, cache, sm_scale, args.max_kv_splits).items():
@@ -194,7 +226,7 @@ def main() -> None:
     if device.type == "cpu" and not args.smoke:
         sys.exit("no GPU here: timings need CUDA (use --smoke for a CPU correctness run)")
 
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)
     peak = copy_bandwidth(device) if device.type == "cuda" else None
     started = time.time()
     rows = []

@@ -4,13 +4,18 @@ Shapes are chosen to be awkward: batch 1 and 17, context lengths that are not mu
 the page size, page sizes 1 / 16 / 64, GQA ratios 1 / 3 / 8, head_dim 64 and 128, fp32 and
 fp16 queries. The cases cover every pair of those values without the full product, which
 the interpreter could not finish in CI time.
+
+``BRECCIA_KERNEL_DEVICE=cuda`` runs the same tests on a GPU, compiled instead of interpreted
+(``scripts/gpu_checks.sh`` does this on a lent GPU machine).
 """
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
+DEVICE = os.environ.get("BRECCIA_KERNEL_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
 
 import pytest
 import torch
@@ -20,8 +25,13 @@ from breccia_sglang.kernels.extend import paged_extend_attention, paged_extend_a
 from breccia_sglang.kernels.kv_write import _write_kv_fp8_kernel, write_kv_fp8, write_kv_fp8_reference
 from breccia_sglang.paged import PagedScaledTensor, quantize_kv
 
-if not torch.cuda.is_available() and type(_write_kv_fp8_kernel).__name__ != "InterpretedFunction":
+if DEVICE == "cpu" and type(_write_kv_fp8_kernel).__name__ != "InterpretedFunction":
     raise RuntimeError("test_kernels.py needs TRITON_INTERPRET=1 on CPU: a kernel module was imported before it was set")
+
+
+def on_device(t: torch.Tensor) -> torch.Tensor:
+    """Inputs are drawn on the CPU (seeded generators) and moved to the device under test."""
+    return t.to(DEVICE)
 
 KV_HEADS = 2
 # (batch, page_size, gqa_group, head_dim, query dtype)
@@ -59,23 +69,24 @@ class PagedPool:
         num_pages = sum(pages_per_req) + 2
         order = (torch.randperm(num_pages - 1, generator=gen) + 1).tolist()
         slots = num_pages * page_size
-        self.k_data = torch.zeros(slots, KV_HEADS, head_dim, dtype=torch.uint8)
+        self.k_data = torch.zeros(slots, KV_HEADS, head_dim, dtype=torch.uint8, device=DEVICE)
         self.v_data = torch.zeros_like(self.k_data)
-        self.k_scale = torch.zeros(slots, KV_HEADS)
-        self.v_scale = torch.zeros(slots, KV_HEADS)
+        self.k_scale = torch.zeros(slots, KV_HEADS, device=DEVICE)
+        self.v_scale = torch.zeros(slots, KV_HEADS, device=DEVICE)
         self.views = []
         for n, count in zip(lengths, pages_per_req):
             pages, order = order[:count], order[count:]
             if shared_prefix_pages and self.views and count > shared_prefix_pages:
                 # Like a radix-cache hit: this request's first pages are the previous one's.
                 pages[:shared_prefix_pages] = self.views[-1].page_ids()[:shared_prefix_pages].tolist()
-            self.views.append(PagedScaledTensor.from_pages(self.k_data, self.k_scale, torch.tensor(pages),
+            self.views.append(PagedScaledTensor.from_pages(self.k_data, self.k_scale, on_device(torch.tensor(pages)),
                                                            page_size, length=n))
         written = torch.cat([v.slots for v in self.views]).unique()
         keys = torch.randn(len(written), KV_HEADS, head_dim, generator=gen) * 2
         keys[:, :, 3] *= 30  # an outlier channel, as real keys have
-        write_kv_fp8(keys, written, self.k_data, self.k_scale)
-        write_kv_fp8(torch.randn(len(written), KV_HEADS, head_dim, generator=gen), written, self.v_data, self.v_scale)
+        write_kv_fp8(on_device(keys), written, self.k_data, self.k_scale)
+        values = torch.randn(len(written), KV_HEADS, head_dim, generator=gen)
+        write_kv_fp8(on_device(values), written, self.v_data, self.v_scale)
 
     @property
     def buffers(self):
@@ -83,7 +94,7 @@ class PagedPool:
 
     @staticmethod
     def indptr(lengths) -> torch.Tensor:
-        return torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)
+        return on_device(torch.tensor([0, *lengths]).cumsum(0).to(torch.int32))
 
 
 def context_lengths(batch: int, page_size: int, gen: torch.Generator, longest: int = 300) -> list[int]:
@@ -111,10 +122,10 @@ def test_write_kernel_encodes_every_e4m3_value_tie_and_carry_like_torch():
     x[:values.numel()] = values
     # Column 0 holds 448 in every row, so each row's scale is exactly 1.0.
     x = torch.cat([torch.full((rows, 1), 448.0), x.view(rows, head_dim - 1)], dim=1).view(rows, 1, head_dim)
-    loc = torch.arange(rows)
-    data, scale = torch.zeros(rows, 1, head_dim, dtype=torch.uint8), torch.zeros(rows, 1)
+    x, loc = on_device(x), on_device(torch.arange(rows))
+    data, scale = on_device(torch.zeros(rows, 1, head_dim, dtype=torch.uint8)), on_device(torch.zeros(rows, 1))
     write_kv_fp8(x, loc, data, scale)
-    assert torch.equal(scale, torch.ones(rows, 1))
+    assert torch.equal(scale, torch.ones_like(scale))
     assert torch.equal(data, x.to(torch.float8_e4m3fn).view(torch.uint8))
 
 
@@ -126,16 +137,16 @@ def test_write_kernel_equals_the_torch_path_bit_for_bit(dtype, head_dim):
     x = torch.randn(tokens, KV_HEADS, head_dim, generator=gen) * torch.logspace(-6, 3, tokens)[:, None, None]
     x[5, 1] = 0.0  # an all-zero row: breccia floors amax at 1e-10, so the scale stays finite
     x[6, 0, :4] = torch.tensor([1.968, -1.968, 2.0**-10, 0.0])
-    x = x.to(dtype)
-    loc = torch.randperm(100, generator=gen)[:tokens]
-    kernel = torch.zeros(100, KV_HEADS, head_dim, dtype=torch.uint8), torch.zeros(100, KV_HEADS)
+    x = on_device(x.to(dtype))
+    loc = on_device(torch.randperm(100, generator=gen)[:tokens])
+    kernel = on_device(torch.zeros(100, KV_HEADS, head_dim, dtype=torch.uint8)), on_device(torch.zeros(100, KV_HEADS))
     torch_path = kernel[0].clone(), kernel[1].clone()
     write_kv_fp8(x, loc, *kernel)
     write_kv_fp8_reference(x, loc, *torch_path)
     assert torch.equal(kernel[0], torch_path[0])
     assert torch.equal(kernel[1], torch_path[1])
     # Slots not written stay untouched.
-    untouched = torch.ones(100, dtype=torch.bool)
+    untouched = on_device(torch.ones(100, dtype=torch.bool))
     untouched[loc] = False
     assert not kernel[0][untouched].any() and not kernel[1][untouched].any()
 
@@ -143,12 +154,12 @@ def test_write_kernel_equals_the_torch_path_bit_for_bit(dtype, head_dim):
 def test_write_kernel_takes_flat_strided_input_and_float8_buffers():
     # SGLang hands K as a slice of the fused qkv projection: rows are strided.
     gen = torch.Generator().manual_seed(1)
-    qkv = torch.randn(9, (4 + 2 * KV_HEADS) * 64, generator=gen)
+    qkv = on_device(torch.randn(9, (4 + 2 * KV_HEADS) * 64, generator=gen))
     k = qkv[:, 4 * 64:(4 + KV_HEADS) * 64].view(9, KV_HEADS, 64)
     assert not k.is_contiguous()
-    data = torch.zeros(16, KV_HEADS, 64, dtype=torch.float8_e4m3fn)
-    scale = torch.zeros(16, KV_HEADS)
-    loc = torch.arange(3, 12)
+    data = on_device(torch.zeros(16, KV_HEADS, 64, dtype=torch.float8_e4m3fn))
+    scale = on_device(torch.zeros(16, KV_HEADS))
+    loc = on_device(torch.arange(3, 12))
     write_kv_fp8(k, loc, data, scale)
     expected_data, expected_scale = quantize_kv(k.contiguous())
     assert torch.equal(data[loc].view(torch.uint8), expected_data.view(torch.uint8))
@@ -175,9 +186,9 @@ def test_decode_matches_fp32_reference(batch, page_size, group, head_dim, dtype)
     pool = PagedPool(lengths, page_size, head_dim, gen, shared_prefix_pages=1 if batch > 1 else 0)
     kv_indices = torch.cat([v.slots for v in pool.views]).to(torch.int32)
     kv_indptr = PagedPool.indptr(lengths)
-    q = torch.randn(batch, KV_HEADS * group, head_dim, generator=gen).to(dtype)
+    q = on_device(torch.randn(batch, KV_HEADS * group, head_dim, generator=gen).to(dtype))
     # Uneven split counts, including more splits than a short context has tokens.
-    splits = torch.randint(1, 5, (batch,), generator=gen, dtype=torch.int32)
+    splits = on_device(torch.randint(1, 5, (batch,), generator=gen, dtype=torch.int32))
     out = paged_decode_attention(q, *pool.buffers, kv_indptr, kv_indices, num_kv_splits=splits, max_kv_splits=4)
     ref = paged_decode_attention_reference(q, *pool.buffers, kv_indptr, kv_indices)
     assert_matches_reference(out, ref, dtype)
@@ -188,10 +199,11 @@ def test_decode_split_count_does_not_change_the_result():
     lengths = [700, 5, 257]
     pool = PagedPool(lengths, 16, 64, gen)
     kv_indices = torch.cat([v.slots for v in pool.views])
-    q = torch.randn(3, KV_HEADS * 3, 64, generator=gen)
+    q = on_device(torch.randn(3, KV_HEADS * 3, 64, generator=gen))
     args = (q, *pool.buffers, PagedPool.indptr(lengths), kv_indices)
-    one = paged_decode_attention(*args, num_kv_splits=torch.ones(3, dtype=torch.int32), max_kv_splits=8)
-    many = paged_decode_attention(*args, num_kv_splits=torch.full((3,), 8, dtype=torch.int32), max_kv_splits=8)
+    one = paged_decode_attention(*args, num_kv_splits=on_device(torch.ones(3, dtype=torch.int32)), max_kv_splits=8)
+    many = paged_decode_attention(*args, num_kv_splits=on_device(torch.full((3,), 8, dtype=torch.int32)),
+                                  max_kv_splits=8)
     default = paged_decode_attention(*args, max_kv_splits=8)  # 3, 1 and 2 splits by length
     # Same math, merged in a different order: fp32 rounding only.
     torch.testing.assert_close(one, many, rtol=0, atol=2e-6)
@@ -204,9 +216,9 @@ def test_decode_reads_each_request_only_through_its_own_slots():
     lengths = [40, 23]
     pool = PagedPool(lengths, 16, 64, gen)
     kv_indices = torch.cat([v.slots for v in pool.views])
-    q = torch.randn(2, KV_HEADS, 64, generator=gen)
+    q = on_device(torch.randn(2, KV_HEADS, 64, generator=gen))
     before = paged_decode_attention(q, *pool.buffers, PagedPool.indptr(lengths), kv_indices)
-    unused = torch.ones(pool.k_data.shape[0], dtype=torch.bool)
+    unused = torch.ones(pool.k_data.shape[0], dtype=torch.bool, device=DEVICE)
     unused[kv_indices] = False
     for buf in pool.buffers:
         buf[unused] = 7 if buf.dtype == torch.uint8 else 1e6
@@ -225,7 +237,7 @@ def test_extend_matches_fp32_reference(batch, page_size, group, head_dim, dtype)
     pool = PagedPool([p + n for p, n in zip(prefix, new)], page_size, head_dim, gen)
     prefix_indices = torch.cat([v[:p].slots for v, p in zip(pool.views, prefix)])
     new_slots = torch.cat([v[p:].slots for v, p in zip(pool.views, prefix)])
-    q = torch.randn(sum(new), KV_HEADS * group, head_dim, generator=gen).to(dtype)
+    q = on_device(torch.randn(sum(new), KV_HEADS * group, head_dim, generator=gen).to(dtype))
     args = (q, *pool.buffers, PagedPool.indptr(new), PagedPool.indptr(prefix), prefix_indices, new_slots)
     out = paged_extend_attention(*args, max_new_tokens=max(new))
     ref = paged_extend_attention_reference(*args)
@@ -238,7 +250,7 @@ def test_extend_over_a_cached_prefix_equals_extending_the_whole_sequence():
     gen = torch.Generator().manual_seed(11)
     pool = PagedPool([90], 16, 64, gen)
     slots = pool.views[0].slots
-    q = torch.randn(90, KV_HEADS * 3, 64, generator=gen)
+    q = on_device(torch.randn(90, KV_HEADS * 3, 64, generator=gen))
     whole = paged_extend_attention(q, *pool.buffers, PagedPool.indptr([90]), PagedPool.indptr([0]),
                                    slots[:0], slots, max_new_tokens=90)
     hit = paged_extend_attention(q[64:], *pool.buffers, PagedPool.indptr([26]), PagedPool.indptr([64]),
@@ -250,9 +262,66 @@ def test_decode_equals_the_last_row_of_extend():
     gen = torch.Generator().manual_seed(5)
     pool = PagedPool([77], 64, 128, gen)
     slots = pool.views[0].slots
-    q = torch.randn(1, KV_HEADS * 8, 128, generator=gen)
+    q = on_device(torch.randn(1, KV_HEADS * 8, 128, generator=gen))
     decode = paged_decode_attention(q, *pool.buffers, PagedPool.indptr([77]), slots, max_kv_splits=3,
-                                    num_kv_splits=torch.tensor([3], dtype=torch.int32))
+                                    num_kv_splits=on_device(torch.tensor([3], dtype=torch.int32)))
     extend = paged_extend_attention(q, *pool.buffers, PagedPool.indptr([1]), PagedPool.indptr([76]),
                                     slots[:76], slots[76:], max_new_tokens=1)
     torch.testing.assert_close(decode, extend, rtol=0, atol=2e-6)
+
+
+# --- CUDA graphs (GPU only) ------------------------------------------------------------------
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs: run with BRECCIA_KERNEL_DEVICE=cuda on a GPU")
+def test_write_and_decode_replay_from_a_cuda_graph():
+    # SGLang captures one decode step per batch size and replays it with new inputs copied into
+    # the same buffers. So the kernels must take every length and slot from device memory (no
+    # host syncs, no shapes read from tensor values): replays at two different context lengths
+    # must match the eager reference.
+    gen = torch.Generator().manual_seed(13)
+    lengths, group, head_dim = [50, 130, 17], 4, 128
+    pool = PagedPool([n + 1 for n in lengths], 16, head_dim, gen)
+    slots = [view.slots for view in pool.views]
+    batch, q_heads = len(lengths), KV_HEADS * group
+    indices = torch.zeros(sum(lengths) + batch, dtype=torch.int32, device=DEVICE)
+    indptr = torch.zeros(batch + 1, dtype=torch.int32, device=DEVICE)
+    new_loc = torch.zeros(batch, dtype=torch.int64, device=DEVICE)
+    q = torch.zeros(batch, q_heads, head_dim, device=DEVICE)
+    k_new, v_new = (torch.zeros(batch, KV_HEADS, head_dim, device=DEVICE) for _ in range(2))
+    splits = torch.full((batch,), 4, dtype=torch.int32, device=DEVICE)
+    out = torch.empty_like(q)
+    part_out = torch.empty(batch, q_heads, 4, head_dim, device=DEVICE)
+    part_lse = torch.empty(batch, q_heads, 4, device=DEVICE)
+
+    def step():
+        write_kv_fp8(k_new, new_loc, pool.k_data, pool.k_scale)
+        write_kv_fp8(v_new, new_loc, pool.v_data, pool.v_scale)
+        paged_decode_attention(q, *pool.buffers, indptr, indices, num_kv_splits=splits, out=out,
+                               part_out=part_out, part_lse=part_lse)
+
+    def fill(context):  # each request's cached tokens before this step's new one
+        flat = torch.cat([s[:n + 1] for s, n in zip(slots, context)])
+        indices[:len(flat)] = flat.to(torch.int32)
+        indptr.copy_(torch.tensor([0, *[n + 1 for n in context]]).cumsum(0))
+        new_loc.copy_(torch.stack([s[n] for s, n in zip(slots, context)]))
+        for buffer in (q, k_new, v_new):
+            buffer.copy_(torch.randn(buffer.shape, generator=gen))
+
+    fill([n - 9 for n in lengths])
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile and warm up outside the capture
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for context in ([n - 9 for n in lengths], lengths):
+        fill(context)
+        graph.replay()
+        torch.cuda.synchronize()
+        k_row, k_row_scale = quantize_kv(k_new)
+        assert torch.equal(pool.k_data[new_loc], k_row.view(torch.uint8))
+        assert torch.equal(pool.k_scale[new_loc], k_row_scale)
+        ref = paged_decode_attention_reference(q, *pool.buffers, indptr, indices)
+        assert_matches_reference(out, ref, torch.float32)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Fetch into .whl/ what scripts/gpu_checks.sh needs on a lent GPU machine that lacks it.
+#
+# That machine (the tool library's `device`, kind nvidia-h200) has Python 3.12, torch and
+# triton, and no network. It gets breccia, and SGLang's Python package for its Triton decode
+# kernel (the benchmark's baselines) with the few light packages that kernel module's imports
+# reach. Not SGLang's serving stack: sgl-kernel and flashinfer are wheels of hundreds of MB,
+# over the tool's 64 MiB carry limit, so the engine itself cannot run there.
+#
+# Usage: bash scripts/fetch_gpu_wheels.sh [PYTHON_VERSION]   (default 3.12; 3.11 to try it here)
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PY=${1:-3.12}
+DEST="$ROOT/.whl"
+rm -rf "$DEST" && mkdir -p "$DEST"
+# The versions our own venv resolved (sglang==0.5.23's pins), so the kernel is the one we test.
+WHEELS=(
+    breccia==0.1.3 sglang==0.5.23
+    pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection==0.4.5 annotated-types==0.8.0
+    starlette==1.10.0 python-multipart==0.0.34 msgspec==0.23.0 orjson==3.13.0 pybase64==1.5.1 pyzmq==27.3.0
+)
+PLATFORMS=()
+for n in 39 38 37 36 35 34 31 28 27 24 17; do PLATFORMS+=(--platform "manylinux_2_${n}_x86_64"); done
+python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version "$PY" --implementation cp \
+    "${PLATFORMS[@]}" --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$DEST" "${WHEELS[@]}"
+du -sh "$DEST"

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU checks of the kernels issue, as one call of the tool library's `device` tool:
+#
+#   bash scripts/fetch_gpu_wheels.sh             # here, once: .whl/ (~42 MB, git-ignored)
+#   run(command="bash scripts/gpu_checks.sh", carry=[".whl"], timeout_s=540)
+#
+# 1. tests/test_kernels.py on the GPU, compiled (BRECCIA_KERNEL_DEVICE=cuda): the write,
+#    decode and extend kernels against their fp32 references on the same awkward shapes as
+#    under the interpreter, plus CUDA-graph capture and replay of a write + decode step.
+# 2. benchmarks/bench_paged_attention.py: decode time and achieved bandwidth of breccia's FP8
+#    kernel against SGLang's Triton decode on BF16 and per-tensor FP8 KV, side by side.
+# Logs and JSON go to $OUT (the tool brings them back); the last lines printed are the table.
+#
+# To try the script itself without a GPU (the interpreter, tiny sizes), with a Python that
+# has torch and triton: BRECCIA_KERNEL_DEVICE=cpu PYTHON=... bash scripts/gpu_checks.sh
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON=${PYTHON:-python3}
+DEVICE=${BRECCIA_KERNEL_DEVICE:-cuda}
+OUT=${OUT:-$(mktemp -d)}
+SITE=$(mktemp -d)
+export PYTHONUNBUFFERED=1 BRECCIA_KERNEL_DEVICE=$DEVICE
+
+"$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
+    || { echo "installing .whl/ failed: run scripts/fetch_gpu_wheels.sh here and carry .whl"; exit 1; }
+export PYTHONPATH="$SITE:$PWD"
+{
+    date -u; nvidia-smi -L 2>&1
+    "$PYTHON" -c 'import sys, torch, triton; print(sys.version.split()[0], "torch", torch.__version__, "triton", triton.__version__, "cuda", torch.cuda.is_available())'
+} | tee "$OUT/env.txt"
+
+status=0
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_kernels.py --junitxml="$OUT/kernels.xml" 2>&1 \
+    | tee "$OUT/kernels.log" || status=1
+
+if [ "$DEVICE" = cuda ]; then
+    bench=(--out "$OUT/paged_attention.json")
+else
+    bench=(--smoke --out "$OUT/paged_attention.json")
+fi
+"$PYTHON" benchmarks/bench_paged_attention.py "${bench[@]}" 2>&1 | tee "$OUT/bench.log" || status=1
+
+echo "--- kernels: $(tail -1 "$OUT/kernels.log")"
+echo "--- gpu_checks.sh: $([ $status -eq 0 ] && echo PASS || echo FAIL), files in $OUT"
+exit $status
