@@ -1,6 +1,6 @@
 """Multi-turn, shared-prefix chat throughput: breccia FP8 weights / FP8 KV vs SGLang's own.
 
-    python benchmarks/bench_multiturn.py                       # CPU demo model, all 4 configs, ~4 min
+    python benchmarks/bench_multiturn.py                       # CPU demo model, all 5 configs, ~5 min
     python benchmarks/bench_multiturn.py --configs bf16-kv,breccia-fp8-weights+breccia-fp8-kv
     python benchmarks/bench_multiturn.py --preset gpu --model ./Llama-3.1-8B-Instruct \\
         --breccia-model ./llama-breccia-fp8                    # GPU sizes (not run by this project yet)
@@ -20,6 +20,7 @@ Configurations (each its own engine process, one after another so they do not sh
     bf16-kv                              --model, SGLang's KV cache in the model dtype
     sglang-fp8-kv                        --model, kv_cache_dtype="fp8_e4m3" (per-tensor, scale 1.0)
     breccia-fp8-weights+bf16-kv          --breccia-model, BRECCIA_SGLANG_FP8_KV=0
+    breccia-fp8-weights+sglang-fp8-kv    --breccia-model, kv_cache_dtype="fp8_e4m3" (SGLang's FP8 KV)
     breccia-fp8-weights+breccia-fp8-kv   --breccia-model, quantization="breccia" (its default KV)
 The model dtype is ``--dtype`` (bfloat16 by default), so "bf16-kv" is BF16 everywhere. SGLang's
 "auto" would run the fp32 demo checkpoint in float16, whose matmuls are ~4x slower than
@@ -80,7 +81,12 @@ CONFIGS = {
     "sglang-fp8-kv": Config("model", {"kv_cache_dtype": "fp8_e4m3"}, {}, "sglang-fp8"),
     "breccia-fp8-weights+bf16-kv": Config("breccia", {"quantization": "breccia"}, {"BRECCIA_SGLANG_FP8_KV": "0"},
                                           "model"),
-    "breccia-fp8-weights+breccia-fp8-kv": Config("breccia", {"quantization": "breccia"}, {}, "breccia-fp8"),
+    # The same FP8 weights with SGLang's own FP8 KV: isolates what breccia's KV cache costs or
+    # buys against SGLang's, with everything else equal.
+    "breccia-fp8-weights+sglang-fp8-kv": Config("breccia", {"quantization": "breccia", "kv_cache_dtype": "fp8_e4m3"},
+                                                {"BRECCIA_SGLANG_FP8_KV": "0"}, "sglang-fp8"),
+    "breccia-fp8-weights+breccia-fp8-kv": Config("breccia", {"quantization": "breccia"}, {"BRECCIA_SGLANG_FP8_KV": "1"},
+                                                 "breccia-fp8"),
 }
 
 PRESETS = {
