@@ -270,6 +270,21 @@ def test_decode_equals_the_last_row_of_extend():
     torch.testing.assert_close(decode, extend, rtol=0, atol=2e-6)
 
 
+# --- the GPU's tile sizes, under the interpreter ---------------------------------------------
+
+@pytest.mark.parametrize("batch,page_size,group,head_dim,dtype", [CASES[1], CASES[2], CASES[6]])
+def test_gpu_tile_sizes_match_the_reference_too(batch, page_size, group, head_dim, dtype, monkeypatch):
+    # On a GPU the launches take bigger tiles (16-row head tiles however small the GQA group,
+    # 64-token extend tiles), so more rows and tokens are masked. Run that configuration here
+    # (it is a no-op on a GPU, which takes those tiles anyway).
+    from breccia_sglang.kernels import launch
+
+    monkeypatch.setattr(launch, "FORCE_GPU_TILES", True)
+    assert launch.gpu_tiles(torch.zeros(1))
+    test_decode_matches_fp32_reference(batch, page_size, group, head_dim, dtype)
+    test_extend_matches_fp32_reference(batch, page_size, group, head_dim, dtype)
+
+
 # --- CUDA graphs (GPU only) ------------------------------------------------------------------
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs: run with BRECCIA_KERNEL_DEVICE=cuda on a GPU")

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ..paged.kv_quant import dequantize_kv
-from .launch import check_tensor
+from .launch import check_tensor, gpu_tiles
 from .paged_tile import attend_tile, load_fp8_tile
 
 LOG2E = 1.4426950408889634
@@ -182,7 +182,7 @@ def paged_decode_attention(
 
     group = q_heads // kv_heads
     # tl.dot needs at least 16 rows on GPU; the unused rows of a small group are masked.
-    block_h = max(16, triton.next_power_of_2(group)) if q.is_cuda else triton.next_power_of_2(group)
+    block_h = max(16, triton.next_power_of_2(group)) if gpu_tiles(q) else triton.next_power_of_2(group)
     block_h = min(block_h, 64)
     head_blocks = triton.cdiv(group, block_h)
     block_d, block_dv = triton.next_power_of_2(head_dim), triton.next_power_of_2(v_head_dim)

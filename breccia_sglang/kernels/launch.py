@@ -20,3 +20,14 @@ def check_tensor(name: str, t: torch.Tensor, *, shape: tuple | None = None, dtyp
         raise ValueError(f"{name}: the last dimension must be contiguous (stride 1), got strides {t.stride()}")
     if t.ndim and t.shape[0] < min_rows:
         raise ValueError(f"{name}: expected at least {min_rows} rows, got {t.shape[0]}")
+
+
+# Tests set this to run the GPU's tile sizes under the interpreter on CPU, so the masking of a
+# GPU launch (e.g. 16-row head tiles for a group of 3) is checked before any GPU is at hand.
+FORCE_GPU_TILES = False
+
+
+def gpu_tiles(t: torch.Tensor) -> bool:
+    """Whether a launch over ``t`` takes the GPU's tile sizes (tl.dot needs >= 16 rows there;
+    the interpreter runs smaller tiles much faster)."""
+    return t.is_cuda or FORCE_GPU_TILES
