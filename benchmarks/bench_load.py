@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import statistics
 import sys
@@ -251,9 +252,20 @@ def summarize(runs: list[dict]) -> dict:
         summary[f"ratio_{key}"] = summary["breccia"][key] / summary["native"][key]
         summary[f"ratio_v1_{key}"] = summary["breccia-v1"][key] / summary["native"][key]
     for name, loader in (("paired_ratio", "breccia"), ("paired_ratio_v1", "breccia-v1")):
-        summary[f"{name}_weight_load_s"] = statistics.median(r[loader] / r["native"] for r in rounds.values())
+        ratios = [r[loader] / r["native"] for r in rounds.values()]
+        summary[f"{name}_weight_load_s"] = statistics.median(ratios)
+        summary[f"{name}_ci95_weight_load_s"] = bootstrap_ci95(ratios)
     summary["within_target"] = summary["ratio_weight_load_s"] <= TARGET_RATIO
     return summary
+
+
+def bootstrap_ci95(values: list[float], resamples: int = 4000, seed: int = 0) -> list[float]:
+    """95% percentile-bootstrap interval of the median of ``values`` (rounds resampled with
+    replacement; seeded, so a report is reproducible). With few rounds it is wide, which is
+    the point: a ratio is only shown within target when the whole interval is."""
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]]
 
 
 LABELS = {"native": "SGLang native FP8", "breccia": "breccia\n(SGLang loader v2)",
@@ -301,7 +313,9 @@ def main(argv=None) -> int:
     print(f"breccia / native weight load: {summary['ratio_weight_load_s']:.3f} with the same SGLang loader "
           f"(median of per-round ratios {summary['paired_ratio_weight_load_s']:.3f}), "
           f"{summary['ratio_v1_weight_load_s']:.3f} through SGLang's default one "
-          f"({summary['paired_ratio_v1_weight_load_s']:.3f}); target <= {TARGET_RATIO}; "
+          f"({summary['paired_ratio_v1_weight_load_s']:.3f}); 95% interval of the per-round median "
+          f"{summary['paired_ratio_ci95_weight_load_s'][0]:.3f}-{summary['paired_ratio_ci95_weight_load_s'][1]:.3f}; "
+          f"target <= {TARGET_RATIO}; "
           f"engine start {summary['ratio_engine_start_s']:.3f}; wrote {args.out} and .png")
     return 0
 

@@ -124,4 +124,13 @@ def test_medians_of_several_runs():
     # Per round: 1.2/1.0, 1.1/3.0, 1.0/2.0 -> median 0.5; the v1 loader 1.4, 0.5, 0.65 -> 0.65.
     assert summary["paired_ratio_weight_load_s"] == pytest.approx(0.5)
     assert summary["paired_ratio_v1_weight_load_s"] == pytest.approx(0.65)
+    low, high = summary["paired_ratio_ci95_weight_load_s"]
+    assert 1.1 / 3.0 <= low <= 0.5 <= high <= 1.2  # resampled medians lie among the rounds' ratios
     assert summary["within_target"]
+
+
+def test_the_bootstrap_interval_narrows_with_more_rounds_and_holds_a_constant():
+    assert bench_load.bootstrap_ci95([1.05] * 4) == [1.05, 1.05]
+    few = bench_load.bootstrap_ci95([0.9, 0.95, 1.0, 1.05, 1.1])
+    many = bench_load.bootstrap_ci95([0.9, 0.95, 1.0, 1.05, 1.1] * 10)
+    assert many[1] - many[0] < few[1] - few[0]
