@@ -207,12 +207,14 @@ class InflightTokens:
         self.by_request.pop(key, None)
 
 
+def so_far(previous: list, new: list, meta: dict) -> list:
+    """A stream chunk's per-token lists hold every token so far (SGLang's default) or only the
+    new ones (``--incremental-streaming-output``); its ``completion_tokens`` tells the two apart."""
+    return new if len(new) == meta.get("completion_tokens", len(new)) else previous + new
+
+
 def output_ids_so_far(previous: list, chunk: dict) -> list:
-    """Stream chunks carry all output ids so far (SGLang's default) or only the new ones
-    (``--incremental-streaming-output``); ``completion_tokens`` tells the two apart."""
-    ids = list(chunk.get("output_ids") or [])
-    total = (chunk.get("meta_info") or {}).get("completion_tokens", len(ids))
-    return ids if len(ids) == total else previous + ids
+    return so_far(previous, list(chunk.get("output_ids") or []), chunk.get("meta_info") or {})
 
 
 async def run_request(stream_fn, record: RequestRecord, input_ids: list, sampling_params: dict,

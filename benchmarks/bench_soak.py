@@ -235,9 +235,7 @@ async def wait_until_idle(session, url: str, timeout: float = 120.0) -> dict:
 
 
 def _logprobs_so_far(previous: list, meta: dict) -> list:
-    # Like output ids: all so far (SGLang's default) or only the new ones (incremental streaming).
-    new = [float(lp) for lp, *_ in meta.get("output_token_logprobs") or []]
-    return new if len(new) == meta.get("completion_tokens", len(new)) else previous + new
+    return worker.so_far(previous, [float(lp) for lp, *_ in meta.get("output_token_logprobs") or []], meta)
 
 
 def logprob_noise(soak_logprobs: list, replay_logprobs: list, agree: int) -> float | None:

@@ -234,3 +234,17 @@ def test_engine_peaks_come_from_decode_lines_inside_each_wave():
     assert bench_multiturn.engine_load_by_wave(log) == {
         1: {"engine_peak_kv_tokens": 1900, "engine_peak_running_reqs": 4, "engine_peak_queued_reqs": 2},
         2: {"engine_peak_kv_tokens": 700, "engine_peak_running_reqs": 1, "engine_peak_queued_reqs": 0}}
+
+
+def test_stream_chunks_accumulate_whether_they_carry_everything_or_only_what_is_new():
+    # SGLang streams every output id so far by default; with --incremental-streaming-output
+    # only the new ones. completion_tokens tells the two apart.
+    cumulative = [{"output_ids": [5], "meta_info": {"completion_tokens": 1}},
+                  {"output_ids": [5, 6, 7], "meta_info": {"completion_tokens": 3}}]
+    incremental = [{"output_ids": [5], "meta_info": {"completion_tokens": 1}},
+                   {"output_ids": [6, 7], "meta_info": {"completion_tokens": 3}}]
+    for chunks in (cumulative, incremental):
+        ids = []
+        for chunk in chunks:
+            ids = worker.output_ids_so_far(ids, chunk)
+        assert ids == [5, 6, 7]
