@@ -98,9 +98,11 @@ def sglang_decode_kernel():
         if spec is None:
             raise
         print(f"import sglang failed ({exc}); importing its decode kernel module alone")
-        # Forget what the failed import left half-done, so no class is defined twice.
+        # Forget the half-done sglang modules (and ours that bound to them, e.g. the platform
+        # plugin), so no class is defined twice; torch's and triton's modules stay.
         for name in set(sys.modules) - imported_before:
-            del sys.modules[name]
+            if name.split(".")[0] in ("sglang", "breccia_sglang"):
+                del sys.modules[name]
         package = types.ModuleType("sglang")
         package.__path__ = list(spec.submodule_search_locations)
         sys.modules["sglang"] = package
