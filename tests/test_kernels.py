@@ -33,6 +33,7 @@ def on_device(t: torch.Tensor) -> torch.Tensor:
     """Inputs are drawn on the CPU (seeded generators) and moved to the device under test."""
     return t.to(DEVICE)
 
+
 KV_HEADS = 2
 # (batch, page_size, gqa_group, head_dim, query dtype)
 CASES = [
