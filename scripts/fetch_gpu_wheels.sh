@@ -4,8 +4,8 @@
 # That machine (the tool library's `device`, kind nvidia-h200) has Python 3.12, torch and
 # triton, and no network. It gets breccia, and SGLang's Python package for its Triton decode
 # kernel (the benchmark's baselines) with the few light packages that kernel module's imports
-# reach. Not SGLang's serving stack: sgl-kernel and flashinfer are wheels of hundreds of MB,
-# over the tool's 64 MiB carry limit, so the engine itself cannot run there.
+# reach. Not SGLang's serving stack: sglang-kernel (a 373 MB wheel) and flashinfer (65 MB) do
+# not fit the tool's 64 MiB carry limit, so the engine itself cannot run there.
 #
 # Usage: bash scripts/fetch_gpu_wheels.sh [PYTHON_VERSION]   (default 3.12; 3.11 to try it here)
 set -euo pipefail
