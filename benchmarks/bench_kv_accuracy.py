@@ -179,6 +179,16 @@ def run_methods(q, k, v, causal) -> dict:
     return results
 
 
+def pooled(results: list[dict]) -> dict:
+    """compare() results of several layers as one: worst min cos, mean of the mean cos, and
+    rel L2 over all of their outputs together."""
+    return {
+        "cos_min": min(r["cos_min"] for r in results),
+        "cos_mean": sum(r["cos_mean"] for r in results) / len(results),
+        "rel_l2": math.sqrt(sum(r["err_sq"] for r in results) / sum(r["ref_sq"] for r in results)),
+    }
+
+
 def ratio(results: dict) -> float:
     ours = results["ours"]["rel_l2"]
     return results["sglang_scale1"]["rel_l2"] / ours if ours > 0 else float("inf")
@@ -202,15 +212,22 @@ def outlier_keys(tokens: int, heads: int, dim: int, gen: torch.Generator, offset
     return torch.where(quiet, k * 0.01, k) + bias
 
 
+def synthetic_qkv(dim: int, tokens: int, offset: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One synthetic decode case: q (SYNTH_QUERIES, NUM_Q_HEADS, D), outlier keys and N(0, 1)
+    values (T, NUM_KV_HEADS, D). Seeded by (D, T) only, so both families share their keys."""
+    gen = torch.Generator().manual_seed(1000 * dim + tokens)
+    k = outlier_keys(tokens, NUM_KV_HEADS, dim, gen, offset)
+    v = torch.randn(tokens, NUM_KV_HEADS, dim, generator=gen)
+    q = torch.randn(SYNTH_QUERIES, NUM_Q_HEADS, dim, generator=gen)
+    return q, k, v
+
+
 def synthetic_cases() -> list[dict]:
     rows = []
     for family, offset in (("outlier keys", 0.0), ("outlier keys +400", 400.0)):
         for dim in SYNTH_HEAD_DIMS:
             for tokens in SYNTH_CONTEXTS:
-                gen = torch.Generator().manual_seed(1000 * dim + tokens)  # same keys for both families
-                k = outlier_keys(tokens, NUM_KV_HEADS, dim, gen, offset)
-                v = torch.randn(tokens, NUM_KV_HEADS, dim, generator=gen)
-                q = torch.randn(SYNTH_QUERIES, NUM_Q_HEADS, dim, generator=gen)
+                q, k, v = synthetic_qkv(dim, tokens, offset)
                 rows.append({
                     "case": f"{family}, D={dim}, T={tokens}",
                     "family": family, "head_dim": dim, "context": tokens,
@@ -274,14 +291,7 @@ def demo_model_case(model_dir: Path) -> dict:
                        "k_cast": cast_stats(c["k"]), "v_cast": cast_stats(c["v"]),
                        "k_amax": c["k"].abs().max().item(), "v_amax": c["v"].abs().max().item(),
                        **run_methods(c["q"], c["k"], c["v"], causal=True)})
-    overall = {}
-    for name in METHODS:
-        per_layer = [layer[name] for layer in layers]
-        overall[name] = {
-            "cos_min": min(r["cos_min"] for r in per_layer),
-            "cos_mean": sum(r["cos_mean"] for r in per_layer) / len(per_layer),
-            "rel_l2": math.sqrt(sum(r["err_sq"] for r in per_layer) / sum(r["ref_sq"] for r in per_layer)),
-        }
+    overall = {name: pooled([layer[name] for layer in layers]) for name in METHODS}
     overall["ratio"] = ratio(overall)
     return {
         "model": str(model_dir), "tokens": tokens, "layers_count": len(layers),

@@ -55,7 +55,7 @@ def build_cache(batch: int, context: int, kv_heads: int, head_dim: int, dtype, d
     pages = (torch.randperm(batch * pages_per_req, generator=gen, device=device) + 1).view(batch, pages_per_req)
     slots = (pages[:, :, None] * PAGE + torch.arange(PAGE, device=device)).view(batch, -1)[:, :context].reshape(-1)
     num_slots = (batch * pages_per_req + 1) * PAGE
-    kv_indices = slots.to(device=device, dtype=torch.int64)
+    kv_indices = slots.to(torch.int64)
     kv_indptr = torch.arange(batch + 1, device=device, dtype=torch.int32) * context
     cache = {"kv_indptr": kv_indptr, "kv_indices": kv_indices, "num_slots": num_slots}
     for name in ("k", "v"):
