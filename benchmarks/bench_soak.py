@@ -168,7 +168,10 @@ async def run_request(session, url: str, request: SoakRequest, output_len: int) 
             request.cached_tokens = meta.get("cached_tokens", request.cached_tokens) or 0
             request.num_retractions = meta.get("num_retractions", request.num_retractions) or 0
             finish = meta.get("finish_reason") or finish
-            if len(request.output_ids) >= request.cut_after and request.plan != "complete" and not request.outcome:
+            # One chunk can carry several tokens when this client lags the server, so the cut lands at
+            # the first chunk that reaches ``cut_after``; one that also finished the request is not cut.
+            due = len(request.output_ids) >= request.cut_after and not finish
+            if due and request.plan != "complete" and not request.outcome:
                 if request.plan == "disconnect":
                     request.outcome = "aborted"
                     break  # leaving the stream closes the connection mid-decode

@@ -62,9 +62,10 @@ def test_soak_really_pressed_the_pool_and_aborted_requests(soak):
     # Both ways of cutting a request mid-decode happened.
     assert s["aborted_by_disconnect"] > 0 and s["aborted_by_abort_request"] > 0
     cut = [r for r in report["requests"] if r["outcome"] == "aborted"]
-    # A disconnect ends the stream at once; an /abort_request lands a decode step or two later
-    # (SGLang then reports finish_reason "abort", even if it had just produced the last token).
-    assert all(len(r["output_ids"]) == r["cut_after"] < 8 for r in cut if r["plan"] == "disconnect")
+    # A disconnect ends the stream at the first chunk that reaches cut_after (a chunk may carry more
+    # than one token when the client lags), before the last token; an /abort_request lands a decode
+    # step or two later (SGLang then reports finish_reason "abort", even after the last token).
+    assert all(r["cut_after"] <= len(r["output_ids"]) < 8 for r in cut if r["plan"] == "disconnect")
     assert all(r["cut_after"] <= len(r["output_ids"]) <= 8 for r in cut if r["plan"] == "abort_request")
     # The clients wrote the pool over more than once, and running requests filled most of it.
     assert s["pool_tokens"] == POOL_TOKENS and s["pool_turnovers"] > 1.5
