@@ -12,7 +12,10 @@ Side by side in one run, for each (batch, context):
   sglang-bf16     SGLang's Triton decode_attention_fwd on a BF16 KV cache
   sglang-fp8      the same kernel on SGLang's per-tensor FP8 KV cache (one k_scale / v_scale)
 FlashInfer's FP8 decode, the issue's third baseline, is not measured yet (it needs flashinfer
-carried onto the GPU machine and its page-table layout built from these slots).
+carried onto the GPU machine and its page-table layout built from these slots). On a GPU
+before sm_89 (A100, A10) Triton has no fp8e4nv type, which SGLang's kernel reads its FP8
+cache as: a baseline that fails reports its error in its row and the others still run; ours
+decodes E4M3 with integer ops there (``fp8_decode`` in the JSON says which).
 Each is checked against an fp32 attention on the K/V it reads before it is timed. Timing is the
 median of triton.testing.do_bench (CUDA events, warm-up first). Bandwidth counts the bytes each
 variant must read (K/V data, its scales, the slot indices) over its time, against this device's
@@ -39,8 +42,10 @@ import torch
 
 from breccia_sglang.kernels.decode import default_num_kv_splits, paged_decode_attention, reference_attention
 from breccia_sglang.kernels.kv_write import write_kv_fp8
+from breccia_sglang.kernels.launch import native_fp8_on
 
 FP8 = torch.float8_e4m3fn
+OURS = "breccia-fp8"
 WIDE = "sglang-bf16"  # SGLang's kernel on the unquantized cache (fp16 in --smoke: the interpreter's bf16 is broken)
 PAGE = 16  # slots of a request sit on shuffled 16-token pages, as SGLang's allocator leaves them
 
@@ -78,7 +83,7 @@ def build_cache(batch: int, context: int, kv_heads: int, head_dim: int, dtype, d
 def kv_read_bytes(variant: str, batch: int, context: int, kv_heads: int, head_dim: int) -> int:
     rows = batch * context * kv_heads
     element = 2 if variant == WIDE else 1
-    scales = 2 * rows * 4 if variant == "breccia-fp8" else 0
+    scales = 2 * rows * 4 if variant == OURS else 0
     return 2 * rows * head_dim * element + scales + batch * context * 8  # K + V, scales, int64 slot ids
 
 
@@ -128,7 +133,7 @@ def variants(q, cache, sm_scale: float, max_kv_splits: int) -> dict:
     def dequant(t):
         return t["data"].view(FP8).float() * t["scale"][:, :, None]
 
-    found["breccia-fp8"] = (ours, dequant(k), dequant(v))
+    found[OURS] = (ours, dequant(k), dequant(v))
     try:
         decode_attention_fwd = sglang_decode_kernel()
     except Exception as exc:  # sglang is not installed on the GPU machine unless carried
@@ -179,7 +184,18 @@ def run_case(batch, context, args, device, gen, peak) -> list[dict]:
     rows = []
     for name, (run, k, v) in variants(q, cache, sm_scale, args.max_kv_splits).items():
         print(f"  {name}: batch {batch}, context {context}", flush=True)
-        row = {"variant": name, "batch": batch, "context": context, "rel_l2": check(run, k, v, q, cache, sm_scale)}
+        row = {"variant": name, "batch": batch, "context": context}
+        try:
+            row["rel_l2"] = check(run, k, v, q, cache, sm_scale)
+        except Exception as exc:
+            if name == OURS:
+                raise
+            # A baseline this GPU cannot run (SGLang's FP8 decode needs Triton's fp8e4nv,
+            # sm_89+) is reported, and the others still measured.
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"  {name} failed here: {row['error']}", flush=True)
+            rows.append(row)
+            continue
         if device.type == "cuda":
             ms = triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median")
             moved = kv_read_bytes(name, batch, context, args.kv_heads, args.head_dim)
@@ -200,6 +216,9 @@ def run_case(batch, context, args, device, gen, peak) -> list[dict]:
 def print_table(rows: list[dict]) -> None:
     print(f"{'variant':16} {'batch':>5} {'context':>7} {'rel L2':>8} {'time us':>9} {'GB/s':>7} {'% peak':>7} {'vs bf16':>7}")
     for r in rows:
+        if "error" in r:
+            print(f"{r['variant']:16} {r['batch']:5d} {r['context']:7d}   failed: {r['error']}")
+            continue
         if "time_us" in r:
             ratio = r.get("time_vs_sglang_bf16", float("nan"))
             timing = f"{r['time_us']:9.1f} {r['gbps']:7.0f} {100 * r['peak_fraction']:6.1f}% {ratio:7.3f}"
@@ -241,6 +260,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}), TRITON_INTERPRET=1",
         "measured_copy_bandwidth_gbps": peak / 1e9 if peak else None,
         "torch": torch.__version__, "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
+        "fp8_decode": "native float8e4nv" if native_fp8_on(device) else "integer bit moves (no fp8e4nv before sm_89)",
         "kv_heads": args.kv_heads, "group": args.group, "head_dim": args.head_dim, "dtype": str(args.dtype),
         "seconds": time.time() - started, "rows": rows,
     }

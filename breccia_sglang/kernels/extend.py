@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .decode import LOG2E, _check_pool_layer, _dot_precision, dequantized_rows, reference_attention
-from .launch import check_tensor, gpu_tiles
+from .launch import check_tensor, gpu_tiles, native_fp8_decode
 from .paged_tile import attend_tile, load_fp8_tile
 
 
@@ -25,7 +25,7 @@ def _attend_slots(q, row_pos, slot_ids_ptr, key_lo, key_hi, causal: tl.constexpr
                   k_data_ptr, k_scale_ptr, v_data_ptr, v_scale_ptr, kv_head,
                   stride_k_slot, stride_k_head, stride_ks_slot, stride_v_slot, stride_v_head, stride_vs_slot,
                   d, d_ok, dv, dv_ok, m, l, acc, qk_scale_log2,
-                  BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                  BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, NATIVE_FP8: tl.constexpr):
     """Fold keys key_lo..key_hi-1 (slots ``slot_ids_ptr[key]``) into the softmax state; with
     ``causal``, the query at ``row_pos`` sees keys at positions <= row_pos."""
     for start in range(key_lo, key_hi, BLOCK_N):
@@ -33,9 +33,9 @@ def _attend_slots(q, row_pos, slot_ids_ptr, key_lo, key_hi, causal: tl.constexpr
         n_ok = n < key_hi
         slots = tl.load(slot_ids_ptr + n, mask=n_ok, other=0).to(tl.int64)
         k, k_scale = load_fp8_tile(k_data_ptr, k_scale_ptr, slots, kv_head, stride_k_slot, stride_k_head,
-                                   stride_ks_slot, d, d_ok, n_ok, q.dtype)
+                                   stride_ks_slot, d, d_ok, n_ok, q.dtype, NATIVE_FP8)
         v, v_scale = load_fp8_tile(v_data_ptr, v_scale_ptr, slots, kv_head, stride_v_slot, stride_v_head,
-                                   stride_vs_slot, dv, dv_ok, n_ok, q.dtype)
+                                   stride_vs_slot, dv, dv_ok, n_ok, q.dtype, NATIVE_FP8)
         visible = n_ok[None, :]
         if causal:
             visible = visible & (n[None, :] <= row_pos[:, None])
@@ -53,7 +53,7 @@ def _extend_kernel(
     stride_v_slot, stride_v_head, stride_vs_slot,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, NATIVE_FP8: tl.constexpr,
 ):
     req = tl.program_id(0)
     head = tl.program_id(1)
@@ -81,14 +81,14 @@ def _extend_kernel(
                                   k_data_ptr, k_scale_ptr, v_data_ptr, v_scale_ptr, kv_head,
                                   stride_k_slot, stride_k_head, stride_ks_slot,
                                   stride_v_slot, stride_v_head, stride_vs_slot,
-                                  d, d_ok, dv, dv_ok, m, l, acc, qk_scale_log2, BLOCK_N, DOT_PRECISION)
+                                  d, d_ok, dv, dv_ok, m, l, acc, qk_scale_log2, BLOCK_N, DOT_PRECISION, NATIVE_FP8)
         # The new tokens, causal; keys past this row block's last row are never visible.
         key_hi = tl.minimum(q_len, (row_block + 1) * BLOCK_M)
         m, l, acc = _attend_slots(q, rows, new_slots_ptr + q_start, 0, key_hi, True,
                                   k_data_ptr, k_scale_ptr, v_data_ptr, v_scale_ptr, kv_head,
                                   stride_k_slot, stride_k_head, stride_ks_slot,
                                   stride_v_slot, stride_v_head, stride_vs_slot,
-                                  d, d_ok, dv, dv_ok, m, l, acc, qk_scale_log2, BLOCK_N, DOT_PRECISION)
+                                  d, d_ok, dv, dv_ok, m, l, acc, qk_scale_log2, BLOCK_N, DOT_PRECISION, NATIVE_FP8)
         out = acc / l[:, None]
         tl.store(out_ptr + (q_start + rows)[:, None].to(tl.int64) * stride_o_token + head * stride_o_head + dv[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
@@ -156,7 +156,7 @@ def paged_extend_attention(
         GROUP=q_heads // kv_heads, HEAD_DIM=head_dim, V_HEAD_DIM=v_head_dim,
         BLOCK_M=block_m, BLOCK_N=block_n,
         BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_DV=triton.next_power_of_2(v_head_dim),
-        DOT_PRECISION=_dot_precision(q.dtype),
+        DOT_PRECISION=_dot_precision(q.dtype), NATIVE_FP8=native_fp8_decode(q),
     )
     return out
 

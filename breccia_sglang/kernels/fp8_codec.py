@@ -1,10 +1,12 @@
-"""FP8 E4M3 encode/decode inside Triton kernels, with integer ops only.
+"""FP8 E4M3 encode/decode inside Triton kernels.
 
-Why not ``x.to(tl.float8e4nv)``: under ``TRITON_INTERPRET=1`` (how CI runs the kernels)
-the fp32 -> fp8 cast drops the rounding carry (1.968 becomes -1.0), and on GPU the cast's
-saturation and NaN behaviour differ between Triton versions. Encoding the bits ourselves
-gives the same bytes everywhere: round to nearest even, saturate finite overflow and
-infinities to +-448, NaN -> 0x7F (what torch's ``float32 -> float8_e4m3fn`` cast does).
+Encoding is done with integer ops, not ``x.to(tl.float8e4nv)``: under ``TRITON_INTERPRET=1``
+(how CI runs the kernels) the fp32 -> fp8 cast drops the rounding carry (1.968 becomes
+-1.0), and on GPU the cast's saturation and NaN behaviour differ between Triton versions.
+Encoding the bits ourselves gives the same bytes everywhere: round to nearest even, saturate
+finite overflow and infinities to +-448, NaN -> 0x7F (what torch's ``float32 ->
+float8_e4m3fn`` cast does). Decoding uses the hardware conversion where there is one and
+bit moves where there is not; both give exactly torch's values.
 """
 
 import triton
@@ -43,6 +45,21 @@ def e4m3_encode(v):
 
 
 @triton.jit
-def e4m3_decode(codes, dtype: tl.constexpr):
-    """uint8 E4M3 codes -> ``dtype`` (exact for fp16 / bf16 / fp32)."""
-    return codes.to(tl.float8e4nv, bitcast=True).to(dtype)
+def e4m3_decode(codes, dtype: tl.constexpr, NATIVE: tl.constexpr):
+    """uint8 E4M3 codes -> ``dtype`` (exact for fp16 / bf16 / fp32; 0x7F / 0xFF are NaN).
+
+    ``NATIVE``: convert through Triton's float8e4nv type, one hardware conversion on NVIDIA
+    sm_89+. Triton refuses that type at compile time on older GPUs (A100, A10, RTX 30xx), so
+    there the bits are moved into an fp16 instead: E4M3's sign, 4 exponent and 3 mantissa bits
+    land on fp16's sign, low exponent and top mantissa bits, which reads as the value / 2^8
+    (fp16's exponent bias is 8 more than E4M3's). E4M3 subnormals become fp16 subnormals, which
+    the fp16 -> fp32 conversion reads exactly, so a multiply by 2^8 restores every value.
+    """
+    if NATIVE:
+        return codes.to(tl.float8e4nv, bitcast=True).to(dtype)
+    else:
+        bits = codes.to(tl.uint16)
+        magnitude = bits & 0x7F
+        as_fp16 = (((bits & 0x80) << 8) | (magnitude << 7)).to(tl.uint16).to(tl.float16, bitcast=True)
+        value = as_fp16.to(tl.float32) * 256.0
+        return tl.where(magnitude == 0x7F, float("nan"), value).to(dtype)

@@ -1,7 +1,10 @@
-"""Argument checks shared by the kernel launchers: a wrong shape, dtype or stride fails
-here with the argument's name, instead of as an out-of-bounds read inside a kernel."""
+"""What the kernel launchers share: argument checks (a wrong shape, dtype or stride fails
+here with the argument's name, instead of as an out-of-bounds read inside a kernel), and the
+choices a launch makes from its device (tile sizes, how FP8 bytes become values)."""
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -31,3 +34,29 @@ def gpu_tiles(t: torch.Tensor) -> bool:
     """Whether a launch over ``t`` takes the GPU's tile sizes (tl.dot needs >= 16 rows there;
     the interpreter runs smaller tiles much faster)."""
     return t.is_cuda or FORCE_GPU_TILES
+
+
+# Tests set this to run the integer E4M3 decode (the path of GPUs before sm_89) under the
+# interpreter, and on a GPU that has the native conversion.
+FORCE_INTEGER_FP8_DECODE = False
+
+
+def native_fp8_decode(t: torch.Tensor) -> bool:
+    """Whether kernels over ``t`` convert E4M3 with Triton's float8e4nv type.
+
+    Yes on NVIDIA sm_89+ (Ada, Hopper, Blackwell) and in the interpreter. Triton refuses the
+    type at compile time on sm_80-86 (A100, A10, RTX 30xx); on ROCm it is not the format
+    every AMD GPU converts natively. Both take the integer decode, exact everywhere.
+    """
+    return not FORCE_INTEGER_FP8_DECODE and native_fp8_on(t.device)
+
+
+def native_fp8_on(device: torch.device) -> bool:
+    if device.type == "cpu":
+        return True
+    return device.type == "cuda" and torch.version.hip is None and _cuda_capability(device.index) >= (8, 9)
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)

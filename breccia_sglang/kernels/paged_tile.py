@@ -16,13 +16,13 @@ from .fp8_codec import e4m3_decode
 
 @triton.jit
 def load_fp8_tile(data_ptr, scale_ptr, slots, head, stride_slot, stride_head, stride_scale_slot,
-                  d, d_ok, row_ok, dtype: tl.constexpr):
+                  d, d_ok, row_ok, dtype: tl.constexpr, NATIVE_FP8: tl.constexpr):
     """Rows ``slots`` of one kv head: (BLOCK_N, BLOCK_D) values in ``dtype`` and (BLOCK_N,) fp32 scales.
-    Masked rows read as 0 with scale 0."""
+    Masked rows read as 0 with scale 0. ``NATIVE_FP8``: see ``e4m3_decode``."""
     codes = tl.load(data_ptr + slots[:, None] * stride_slot + head * stride_head + d[None, :],
                     mask=row_ok[:, None] & d_ok[None, :], other=0)
     scale = tl.load(scale_ptr + slots * stride_scale_slot + head, mask=row_ok, other=0.0)
-    return e4m3_decode(codes, dtype), scale
+    return e4m3_decode(codes, dtype, NATIVE_FP8), scale
 
 
 @triton.jit
