@@ -54,7 +54,12 @@ def native_fp8_decode(t: torch.Tensor) -> bool:
 def native_fp8_on(device: torch.device) -> bool:
     if device.type == "cpu":
         return True
-    return device.type == "cuda" and torch.version.hip is None and _cuda_capability(device.index) >= (8, 9)
+    return device.type == "cuda" and torch.version.hip is None and has_native_fp8(_cuda_capability(device.index))
+
+
+def has_native_fp8(capability: tuple[int, int]) -> bool:
+    """Whether Triton has float8e4nv on an NVIDIA GPU of this compute capability."""
+    return capability >= (8, 9)
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,0 +1,249 @@
+"""Compile the Triton kernels for named NVIDIA GPUs, on a machine without one.
+
+    python benchmarks/compile_kernels.py                      # sm_80, sm_89, sm_90; fp16/bf16/fp32; D 64/128
+    python benchmarks/compile_kernels.py --arch 90 --dtype bfloat16 --head-dim 128
+
+Triton compiles ahead of time for a target named by its compute capability (ptxas ships in
+Triton's wheel), so this checks what the interpreter cannot: that each kernel, with the
+arguments its launcher passes on a GPU, lowers to a cubin for that GPU, and what it costs
+there. Each launcher runs for real on CPU tensors shaped like one serving step, with the GPU's
+tile sizes, while a recorder stands in for its kernel; the recorded arguments then go through
+Triton's own binder and specialization for the target, as a launch on that GPU would (alignment
+and divisibility included). SGLang's Triton decode kernel (the baseline of
+``bench_paged_attention.py``) is compiled the same way on BF16 and FP8 KV, side by side.
+
+Per kernel and target the report gives registers per thread, spilled bytes (local memory),
+shared memory against the GPU's per-block limit, warps and pipeline stages, read from the cubin
+with Triton's bundled cuobjdump; a kernel that does not compile is reported with its error.
+Needs TRITON_INTERPRET unset: interpreted kernels cannot be compiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    sys.exit("compile_kernels.py compiles for GPUs: unset TRITON_INTERPRET")
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import create_function_from_signature
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_multiturn import report_header  # noqa: E402
+
+from breccia_sglang.kernels import decode, extend, kv_write, launch  # noqa: E402
+
+# Largest shared memory one block may use (opt-in), bytes: CUDA programming guide, table 21.
+SHARED_PER_BLOCK = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
+GPU_NAMES = {80: "A100", 86: "A10 / RTX 30xx", 89: "L4 / L40S / RTX 40xx", 90: "H100 / H200"}
+REGISTERS_PER_SM = 65536
+
+
+class Launch(NamedTuple):
+    name: str  # what the report calls it, e.g. "breccia decode split"
+    kernel: object  # the JITFunction
+    args: tuple
+    kwargs: dict
+
+
+@contextlib.contextmanager
+def recording(module, attribute: str, name: str, sink: list):
+    """Replace ``module.attribute`` (a Triton kernel) by a recorder of its launches."""
+    kernel = getattr(module, attribute)
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: sink.append(Launch(name, kernel, args, kwargs))
+
+    setattr(module, attribute, Recorder())
+    try:
+        yield
+    finally:
+        setattr(module, attribute, kernel)
+
+
+def step_tensors(dtype: torch.dtype, head_dim: int, group: int, kv_heads: int = 8, batch: int = 4,
+                 context: int = 300, new_tokens: int = 37) -> dict:
+    """A decode and an extend step's inputs as SGLang's Triton backend passes them (int32
+    indptrs, int64 slot indices and out_cache_loc); the values only need to be in range."""
+    slots = batch * (context + new_tokens) + 64
+    gen = torch.Generator().manual_seed(0)
+    indices = torch.randperm(slots - 1, generator=gen)[:batch * context].to(torch.int64) + 1
+    return {
+        "q_decode": torch.randn(batch, kv_heads * group, head_dim).to(dtype),
+        "q_extend": torch.randn(batch * new_tokens, kv_heads * group, head_dim).to(dtype),
+        "k_new": torch.randn(batch * new_tokens, kv_heads, head_dim).to(dtype),
+        "data": torch.zeros(slots, kv_heads, head_dim, dtype=torch.uint8),
+        "scale": torch.ones(slots, kv_heads),
+        "kv_indptr": torch.arange(batch + 1, dtype=torch.int32) * context,
+        "qo_indptr": torch.arange(batch + 1, dtype=torch.int32) * new_tokens,
+        "kv_indices": indices,
+        "out_cache_loc": torch.arange(batch * new_tokens, dtype=torch.int64) + 1,
+        "new_tokens": new_tokens,
+    }
+
+
+def breccia_launches(dtype: torch.dtype, head_dim: int, group: int) -> list[Launch]:
+    """The write, decode (split + merge) and extend launches, from the real launchers."""
+    t = step_tensors(dtype, head_dim, group)
+    sink: list[Launch] = []
+    pool = (t["data"], t["scale"], t["data"], t["scale"])
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(recording(kv_write, "_write_kv_fp8_kernel", "breccia write", sink))
+        stack.enter_context(recording(decode, "_decode_split_kernel", "breccia decode split", sink))
+        stack.enter_context(recording(decode, "_decode_merge_kernel", "breccia decode merge", sink))
+        stack.enter_context(recording(extend, "_extend_kernel", "breccia extend", sink))
+        launch.FORCE_GPU_TILES, tiles_before = True, launch.FORCE_GPU_TILES
+        try:
+            kv_write.write_kv_fp8(t["k_new"], t["out_cache_loc"], t["data"], t["scale"])
+            decode.paged_decode_attention(t["q_decode"], *pool, t["kv_indptr"], t["kv_indices"])
+            extend.paged_extend_attention(t["q_extend"], *pool, t["qo_indptr"], t["kv_indptr"], t["kv_indices"],
+                                          t["out_cache_loc"], max_new_tokens=t["new_tokens"])
+        finally:
+            launch.FORCE_GPU_TILES = tiles_before
+    return sink
+
+
+def sglang_launches(dtype: torch.dtype, head_dim: int, group: int) -> list[Launch]:
+    """SGLang's ``decode_attention_fwd`` stage 1 and 2 on a BF16 (the query dtype) and an FP8 cache."""
+    from sglang.kernels.ops.attention import decode_attention as sglang_decode
+
+    t = step_tensors(dtype, head_dim, group)
+    q = t["q_decode"]
+    batch, q_heads, _ = q.shape
+    max_splits = 16
+    sink: list[Launch] = []
+    wide_name = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+    for kv_name, kv_dtype in ((wide_name, dtype), ("fp8", torch.float8_e4m3fn)):
+        kv = torch.zeros(t["data"].shape, dtype=kv_dtype)
+        with recording(sglang_decode, "_fwd_grouped_kernel_stage1", f"sglang decode split ({kv_name} KV)", sink), \
+                recording(sglang_decode, "_fwd_kernel_stage2", f"sglang decode merge ({kv_name} KV)", sink):
+            sglang_decode.decode_attention_fwd(
+                q, kv, kv, torch.empty_like(q), t["kv_indptr"], t["kv_indices"],
+                torch.empty(batch, q_heads, max_splits, head_dim), torch.empty(batch, q_heads, max_splits),
+                torch.full((batch,), 4, dtype=torch.int32), max_splits, head_dim ** -0.5, 1.0, 1.0)
+    return sink
+
+
+def compile_for(launch_: Launch, arch: int) -> dict:
+    """Compile one recorded launch for sm_<arch>; resources or the error."""
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    kwargs = dict(launch_.kwargs)
+    if "NATIVE_FP8" in kwargs:  # the launcher chose for the CPU; choose as it would on this GPU
+        kwargs["NATIVE_FP8"] = launch.has_native_fp8(divmod(arch, 10))
+    kernel = launch_.kernel
+    row = {"kernel": launch_.name, "arch": arch, "native_fp8": kwargs.get("NATIVE_FP8")}
+    try:
+        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+        bound, specialization, options = binder(*launch_.args, **kwargs)
+        options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target,
+                                  options=options.__dict__)
+    except Exception as exc:  # reported, not raised: e.g. fp8e4nv before sm_89
+        row["error"] = f"{type(exc).__name__}: {_first_line(exc)}"
+        return row
+    usage = cubin_resources(compiled.asm["cubin"])
+    shared = compiled.metadata.shared + usage["static_shared"]
+    threads = 32 * compiled.metadata.num_warps
+    row.update(registers=usage["registers"], spill_bytes=usage["local"] + usage["stack"], shared_bytes=shared,
+               shared_limit=SHARED_PER_BLOCK.get(arch), num_warps=compiled.metadata.num_warps,
+               num_stages=options.num_stages,
+               blocks_per_sm_by_registers=REGISTERS_PER_SM // max(1, usage["registers"] * threads))
+    return row
+
+
+def cubin_resources(cubin: bytes) -> dict:
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text)
+    if not found:
+        raise RuntimeError(f"cuobjdump -res-usage printed no resource line:\n{text}")
+    registers, stack, shared, local = map(int, found.groups())
+    return {"registers": registers, "stack": stack, "static_shared": shared, "local": local}
+
+
+def _first_line(exc: Exception) -> str:
+    # Triton's CompilationError puts the source excerpt first and the reason last.
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reasons = [line for line in lines if "not supported" in line or "Error" in line]
+    return (reasons or lines or [""])[-1][:300]
+
+
+def _compile_case(case: tuple) -> list[dict]:
+    """One (dtype, head_dim) for every arch: recording is cheap, compiling is the work."""
+    dtype_name, head_dim, group, archs, with_sglang = case
+    dtype = getattr(torch, dtype_name)
+    launches = breccia_launches(dtype, head_dim, group)
+    if with_sglang:
+        launches += sglang_launches(dtype, head_dim, group)
+    rows = []
+    for arch in archs:
+        for launch_ in launches:
+            row = compile_for(launch_, arch)
+            row.update(dtype=dtype_name, head_dim=head_dim, group=group)
+            rows.append(row)
+            print(format_row(row), flush=True)
+    return rows
+
+
+def format_row(r: dict) -> str:
+    where = f"sm_{r['arch']} {r['dtype']:8} D={r['head_dim']:<3}"
+    if "error" in r:
+        return f"{where} {r['kernel']:28} FAILS: {r['error']}"
+    limit = f"/{r['shared_limit'] // 1024}" if r["shared_limit"] else ""
+    fp8 = {True: "native", False: "integer", None: "-"}[r["native_fp8"]]
+    return (f"{where} {r['kernel']:28} regs {r['registers']:3d}  spill {r['spill_bytes']:5d} B  "
+            f"shared {r['shared_bytes'] // 1024:3d}{limit} KiB  warps {r['num_warps']} stages {r['num_stages']}  "
+            f"blocks/SM (regs) {r['blocks_per_sm_by_registers']}  fp8 decode {fp8}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, nargs="+", default=[80, 89, 90],
+                        help="compute capabilities, e.g. 80 (A100), 86, 89 (L4), 90 (H100/H200)")
+    parser.add_argument("--dtype", nargs="+", default=["bfloat16", "float16", "float32"],
+                        choices=["bfloat16", "float16", "float32"], help="query / model dtype")
+    parser.add_argument("--head-dim", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--group", type=int, default=4, help="query heads per kv head")
+    parser.add_argument("--no-sglang", action="store_true", help="skip SGLang's decode kernel")
+    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "compile_kernels.json")
+    args = parser.parse_args()
+    unknown = [a for a in args.arch if a not in SHARED_PER_BLOCK]
+    if unknown:
+        parser.error(f"--arch {unknown}: known compute capabilities are {sorted(SHARED_PER_BLOCK)}")
+
+    cases = [(d, h, args.group, args.arch, not args.no_sglang) for d in args.dtype for h in args.head_dim]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        rows = [row for case_rows in pool.map(_compile_case, cases) for row in case_rows]
+    failed = [r for r in rows if "error" in r and r["kernel"].startswith("breccia")]
+    over = [r for r in rows if r.get("shared_limit") and r["shared_bytes"] > r["shared_limit"]]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {**report_header("compile_kernels", args), "triton": triton.__version__, "gpus": GPU_NAMES,
+              "rows": rows}
+    args.out.write_text(json.dumps(report, indent=1))
+    print(f"{len(rows)} compiles: {len(failed)} breccia kernels failed, "
+          f"{len(over)} over the shared-memory limit; wrote {args.out}")
+    sys.exit(1 if failed or over else 0)
+
+
+if __name__ == "__main__":
+    main()
