@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ..paged.kv_quant import dequantize_kv
-from .launch import check_tensor, gpu_tiles, native_fp8_decode
+from .launch import check_tensor, fp32_on_gpu, gpu_tiles, native_fp8_decode
 from .paged_tile import attend_tile, load_fp8_tile
 
 LOG2E = 1.4426950408889634
@@ -198,8 +198,9 @@ def paged_decode_attention(
         part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1),
         GROUP=group, HEAD_BLOCKS=head_blocks, HEAD_DIM=head_dim, V_HEAD_DIM=v_head_dim,
-        BLOCK_H=block_h, BLOCK_N=64, BLOCK_D=block_d, BLOCK_DV=block_dv,
+        BLOCK_H=block_h, BLOCK_N=32 if fp32_on_gpu(q) else 64, BLOCK_D=block_d, BLOCK_DV=block_dv,
         DOT_PRECISION=_dot_precision(q.dtype), NATIVE_FP8=native_fp8_decode(q),
+        num_warps=8 if fp32_on_gpu(q) else 4,
     )
     _decode_merge_kernel[(batch, q_heads)](
         part_out, part_lse, kv_indptr, num_kv_splits, out,

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .decode import LOG2E, _check_pool_layer, _dot_precision, dequantized_rows, reference_attention
-from .launch import check_tensor, gpu_tiles, native_fp8_decode
+from .launch import check_tensor, fp32_on_gpu, gpu_tiles, native_fp8_decode
 from .paged_tile import attend_tile, load_fp8_tile
 
 
@@ -144,7 +144,7 @@ def paged_extend_attention(
     if tokens == 0 or batch == 0:
         return out
 
-    block_m = block_n = 64 if gpu_tiles(q) else 32
+    block_m = block_n = 64 if gpu_tiles(q) and not fp32_on_gpu(q) else 32
     qk_scale = (sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)) * LOG2E
     _extend_kernel[(batch, q_heads, triton.cdiv(max_new_tokens, block_m))](
         q, out, k_data.view(torch.uint8), k_scale, v_data.view(torch.uint8), v_scale,
@@ -157,6 +157,7 @@ def paged_extend_attention(
         BLOCK_M=block_m, BLOCK_N=block_n,
         BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_DV=triton.next_power_of_2(v_head_dim),
         DOT_PRECISION=_dot_precision(q.dtype), NATIVE_FP8=native_fp8_decode(q),
+        num_warps=8 if fp32_on_gpu(q) else 4,
     )
     return out
 

@@ -36,6 +36,17 @@ def gpu_tiles(t: torch.Tensor) -> bool:
     return t.is_cuda or FORCE_GPU_TILES
 
 
+def fp32_on_gpu(q: torch.Tensor) -> bool:
+    """Whether a launch over query ``q`` takes the small fp32 tiles: 32 keys (and extend rows)
+    per tile over 8 warps instead of 64 over 4.
+
+    An fp32 query's exact ("ieee") dot runs on FMA units, not tensor cores, and keeps its tiles
+    in registers: the 64-wide tiles spill 3-12 KB per thread on sm_80-90, the small ones under
+    400 B (``benchmarks/compile_kernels.py``, head_dim 128).
+    """
+    return gpu_tiles(q) and q.dtype == torch.float32
+
+
 # Tests set this to run the integer E4M3 decode (the path of GPUs before sm_89) under the
 # interpreter, and on a GPU that has the native conversion.
 FORCE_INTEGER_FP8_DECODE = False
