@@ -2,6 +2,7 @@
 
     python benchmarks/compile_kernels.py                      # sm_80, sm_89, sm_90; fp16/bf16/fp32; D 64/128
     python benchmarks/compile_kernels.py --arch 90 --dtype bfloat16 --head-dim 128
+    python benchmarks/compile_kernels.py --arch 86 100 120                # A10, B200, RTX 50xx
 
 Triton compiles ahead of time for a target named by its compute capability (ptxas ships in
 Triton's wheel), so this checks what the interpreter cannot: that each kernel, with the
@@ -47,8 +48,8 @@ from bench_multiturn import report_header  # noqa: E402
 from breccia_sglang.kernels import decode, extend, kv_write, launch  # noqa: E402
 
 # Largest shared memory one block may use (opt-in), bytes: CUDA programming guide, table 21.
-SHARED_PER_BLOCK = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
-GPU_NAMES = {80: "A100", 86: "A10 / RTX 30xx", 89: "L4 / L40S / RTX 40xx", 90: "H100 / H200"}
+SHARED_PER_BLOCK = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
+GPU_NAMES = {80: "A100", 86: "A10 / RTX 30xx", 87: "Jetson Orin", 89: "L4 / L40S / RTX 40xx", 90: "H100 / H200", 100: "B200", 120: "RTX 50xx"}
 REGISTERS_PER_SM = 65536
 
 
@@ -218,7 +219,7 @@ def format_row(r: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 89, 90],
-                        help="compute capabilities, e.g. 80 (A100), 86, 89 (L4), 90 (H100/H200)")
+                        help="compute capabilities: " + ", ".join(f"{a} ({n})" for a, n in GPU_NAMES.items()))
     parser.add_argument("--dtype", nargs="+", default=["bfloat16", "float16", "float32"],
                         choices=["bfloat16", "float16", "float32"], help="query / model dtype")
     parser.add_argument("--head-dim", type=int, nargs="+", default=[64, 128])
