@@ -49,7 +49,8 @@ from breccia_sglang.kernels import decode, extend, kv_write, launch  # noqa: E40
 
 # Largest shared memory one block may use (opt-in), bytes: CUDA programming guide, table 21.
 SHARED_PER_BLOCK = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
-GPU_NAMES = {80: "A100", 86: "A10 / RTX 30xx", 87: "Jetson Orin", 89: "L4 / L40S / RTX 40xx", 90: "H100 / H200", 100: "B200", 120: "RTX 50xx"}
+GPU_NAMES = {80: "A100", 86: "A10 / RTX 30xx", 87: "Jetson Orin", 89: "L4 / L40S / RTX 40xx", 90: "H100 / H200",
+             100: "B200", 120: "RTX 50xx"}
 REGISTERS_PER_SM = 65536
 
 
