@@ -233,9 +233,9 @@ def test_decode_reads_each_request_only_through_its_own_slots():
 
 # --- extend --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("batch,page_size,group,head_dim,dtype", CASES)
-def test_extend_matches_fp32_reference(batch, page_size, group, head_dim, dtype):
-    gen = torch.Generator().manual_seed(batch * 1000 + page_size * 10 + group + 1)
+def extend_case(batch: int, page_size: int, group: int, head_dim: int, dtype, gen: torch.Generator):
+    """A pool whose requests have a cached prefix (none for request 0) and new tokens:
+    returns (pool, paged_extend_attention's positional arguments, max_new_tokens)."""
     prefix = context_lengths(batch, page_size, gen, longest=120)
     prefix[0] = 0  # a request with no cached prefix at all
     new = torch.randint(1, 70, (batch,), generator=gen).tolist()
@@ -244,7 +244,14 @@ def test_extend_matches_fp32_reference(batch, page_size, group, head_dim, dtype)
     new_slots = torch.cat([v[p:].slots for v, p in zip(pool.views, prefix)])
     q = on_device(torch.randn(sum(new), KV_HEADS * group, head_dim, generator=gen).to(dtype))
     args = (q, *pool.buffers, PagedPool.indptr(new), PagedPool.indptr(prefix), prefix_indices, new_slots)
-    out = paged_extend_attention(*args, max_new_tokens=max(new))
+    return pool, args, max(new)
+
+
+@pytest.mark.parametrize("batch,page_size,group,head_dim,dtype", CASES)
+def test_extend_matches_fp32_reference(batch, page_size, group, head_dim, dtype):
+    gen = torch.Generator().manual_seed(batch * 1000 + page_size * 10 + group + 1)
+    _, args, max_new = extend_case(batch, page_size, group, head_dim, dtype, gen)
+    out = paged_extend_attention(*args, max_new_tokens=max_new)
     ref = paged_extend_attention_reference(*args)
     assert_matches_reference(out, ref, dtype)
 
@@ -325,19 +332,12 @@ def test_attention_through_the_integer_fp8_decode_equals_the_native_one(batch, p
     # the attention outputs are equal bit for bit where the native one exists, and match the
     # fp32 reference either way.
     gen = torch.Generator().manual_seed(batch + page_size + group)
-    prefix = context_lengths(batch, page_size, gen, longest=150)
-    new = torch.randint(1, 40, (batch,), generator=gen).tolist()
-    pool = PagedPool([p + n for p, n in zip(prefix, new)], page_size, head_dim, gen)
-    q_heads = KV_HEADS * group
-    decode_args = (on_device(torch.randn(batch, q_heads, head_dim, generator=gen).to(dtype)), *pool.buffers,
-                   PagedPool.indptr([p + n for p, n in zip(prefix, new)]), torch.cat([v.slots for v in pool.views]))
-    extend_args = (on_device(torch.randn(sum(new), q_heads, head_dim, generator=gen).to(dtype)), *pool.buffers,
-                   PagedPool.indptr(new), PagedPool.indptr(prefix),
-                   torch.cat([v[:p].slots for v, p in zip(pool.views, prefix)]),
-                   torch.cat([v[p:].slots for v, p in zip(pool.views, prefix)]))
+    pool, extend_args, max_new = extend_case(batch, page_size, group, head_dim, dtype, gen)
+    decode_args = (on_device(torch.randn(batch, KV_HEADS * group, head_dim, generator=gen).to(dtype)), *pool.buffers,
+                   PagedPool.indptr([len(v) for v in pool.views]), torch.cat([v.slots for v in pool.views]))
 
     def both_kernels():
-        return paged_decode_attention(*decode_args), paged_extend_attention(*extend_args, max_new_tokens=max(new))
+        return paged_decode_attention(*decode_args), paged_extend_attention(*extend_args, max_new_tokens=max_new)
 
     monkeypatch.setattr(launch, "FORCE_INTEGER_FP8_DECODE", True)
     assert not launch.native_fp8_decode(decode_args[0])
