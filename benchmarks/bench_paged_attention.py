@@ -164,6 +164,16 @@ def check(run, k, v, q, cache, sm_scale) -> float:
     return math.sqrt(errors / norms)
 
 
+def error_summary(exc: Exception) -> str:
+    """``Type: reason`` in one line. Triton's CompilationError puts the kernel source first
+    and the reason last, so the last line that names an error or "not supported" is kept;
+    other messages keep their first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reasons = [line for line in lines if "not supported" in line or "Error" in line]
+    reason = reasons[-1] if reasons else (lines[0] if lines else "")
+    return f"{type(exc).__name__}: {reason[:300]}"
+
+
 def copy_bandwidth(device) -> float:
     """Bytes read + written per second by a 1 GiB device-to-device copy (median of do_bench)."""
     import triton
@@ -192,7 +202,7 @@ def run_case(batch, context, args, device, gen, peak) -> list[dict]:
                 raise
             # A baseline this GPU cannot run (SGLang's FP8 decode needs Triton's fp8e4nv,
             # sm_89+) is reported, and the others still measured.
-            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            row["error"] = error_summary(exc)
             print(f"  {name} failed here: {row['error']}", flush=True)
             rows.append(row)
             continue

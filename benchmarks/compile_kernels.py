@@ -44,6 +44,7 @@ from triton.runtime.jit import create_function_from_signature
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_multiturn import report_header  # noqa: E402
+from bench_paged_attention import error_summary  # noqa: E402
 
 from breccia_sglang.kernels import decode, extend, kv_write, launch  # noqa: E402
 
@@ -156,7 +157,7 @@ def compile_for(launch_: Launch, arch: int) -> dict:
         compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target,
                                   options=options.__dict__)
     except Exception as exc:  # reported, not raised: e.g. fp8e4nv before sm_89
-        row["error"] = f"{type(exc).__name__}: {_first_line(exc)}"
+        row["error"] = error_summary(exc)
         return row
     usage = cubin_resources(compiled.asm["cubin"])
     shared = compiled.metadata.shared + usage["static_shared"]
@@ -180,13 +181,6 @@ def cubin_resources(cubin: bytes) -> dict:
         raise RuntimeError(f"cuobjdump -res-usage printed no resource line:\n{text}")
     registers, stack, shared, local = map(int, found.groups())
     return {"registers": registers, "stack": stack, "static_shared": shared, "local": local}
-
-
-def _first_line(exc: Exception) -> str:
-    # Triton's CompilationError puts the source excerpt first and the reason last.
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    reasons = [line for line in lines if "not supported" in line or "Error" in line]
-    return (reasons or lines or [""])[-1][:300]
 
 
 def _compile_case(case: tuple) -> list[dict]:
