@@ -1,10 +1,22 @@
 """breccia-sglang: serve breccia-format low-precision checkpoints in SGLang.
 
-The package plugs into SGLang through entry points only (see ``plugin.py`` and
-``platform.py``); importing it does not import SGLang.
+Folders in dependency order; each imports only the ones above it in this list:
+
+- ``names.py``, ``errors.py``: the string contracts and the one user-facing error type.
+- ``format/``: breccia checkpoints on disk (read, check, write, quantize, convert). No SGLang.
+- ``kvcache/``: FP8 KV maths and ``PagedScaledTensor``, the view type over KV pages. No SGLang.
+- ``kernels/``: Triton kernels over those views, each with an fp32 reference. No SGLang.
+- ``integration/``: everything that touches SGLang (plugin, hooks, quant method, KV pool,
+  attention backends, CPU platform). The only folder an SGLang upgrade needs reviewed.
+- ``harness/``: the engine and server processes the demo, tests and benchmarks share.
+- ``cli.py``: the ``breccia-sglang`` command.
+
+The package plugs into SGLang through entry points only; importing it imports neither SGLang
+nor torch.
 """
 
 __version__ = "0.1.0"
+__all__ = ["PagedKV", "PagedScaledTensor", "enable"]
 
 
 def enable() -> None:
@@ -15,6 +27,15 @@ def enable() -> None:
     itself. After ``enable()`` (or any earlier Engine) it can. ``quantization="breccia"``
     means the same and always works.
     """
-    from sglang.srt.plugins import load_plugins
+    from .integration.plugin import load_sglang_plugins
 
-    load_plugins()
+    load_sglang_plugins()
+
+
+def __getattr__(name: str):
+    # Lazy, so SGLang's plugin discovery (which imports this package) stays cheap.
+    if name in ("PagedScaledTensor", "PagedKV"):
+        from . import kvcache
+
+        return getattr(kvcache, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

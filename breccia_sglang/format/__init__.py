@@ -1,0 +1,15 @@
+"""breccia checkpoints on disk. Knows breccia, safetensors and torch; never imports SGLang.
+
+- ``recipe_json.py``: the recipe/layout JSON breccia stores beside each tensor.
+- ``recipes.py``: the CLI's recipe names, and how each recipe is stored and blocked.
+- ``values.py``: scale and zero-point values, checked as they load.
+- ``reader.py``: ``BrecciaCheckpoint``, every tensor of a checkpoint from its headers alone.
+- ``writer.py``: shards, index and an output directory that appears only when complete.
+- ``quantize.py``: a breccia checkpoint from a Hugging Face one, through ``breccia.cast``.
+- ``convert.py``: DeepSeek-V3 and compressed-tensors FP8 into breccia, and back to SGLang's FP8.
+"""
+
+from .reader import BrecciaCheckpoint, BrecciaEntry, StoredTensor
+from .recipes import RECIPE_NAMES, make_recipe
+
+__all__ = ["RECIPE_NAMES", "BrecciaCheckpoint", "BrecciaEntry", "StoredTensor", "make_recipe"]

@@ -1,0 +1,55 @@
+"""breccia's recipes as this package names and classifies them.
+
+The CLI's recipe names (``make_recipe``), and the facts about a recipe that decide how it is
+stored and served: which recipes keep FP8 codes that SGLang holds as ``float8_e4m3fn`` weights,
+and how many K elements share one scale.
+"""
+
+from __future__ import annotations
+
+import breccia
+import torch
+from breccia.layouts import PerBlockK, PerBlockMN
+from breccia.recipes import DelayedScaling, Float8BlockScaling, Float8CurrentScaling
+
+PER_TENSOR_FP8 = (Float8CurrentScaling, DelayedScaling)
+
+RECIPE_NAMES = ("fp8", "fp8-delayed", "fp8-block", "mxfp8", "nvfp4", "int4")
+
+
+def make_recipe(name: str, *, block_k: int = 128, group_size: int = 128, symmetric: bool = True):
+    """The breccia recipe for a CLI recipe name."""
+    makers = {
+        "fp8": lambda: breccia.Float8CurrentScaling(fp8_format="E4M3"),
+        "fp8-delayed": lambda: breccia.DelayedScaling(fp8_format="E4M3"),
+        "fp8-block": lambda: breccia.Float8BlockScaling(block_k=block_k),
+        "mxfp8": lambda: breccia.MXFP8BlockScaling(),
+        "nvfp4": lambda: breccia.NVFP4BlockScaling(),
+        "int4": lambda: breccia.INT4Scaling(group_size=group_size, symmetric=symmetric, signed=symmetric),
+    }
+    if name not in makers:
+        raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPE_NAMES)}")
+    return makers[name]()
+
+
+def stores_native_fp8(recipe) -> bool:
+    """Recipes whose data SGLang holds as float8_e4m3fn weights (per-tensor and block FP8).
+
+    Every other recipe (MXFP8, NVFP4, INT4) keeps breccia's one-code-per-byte uint8 data.
+    """
+    return isinstance(recipe, PER_TENSOR_FP8 + (Float8BlockScaling,))
+
+
+def block_width(layout) -> int | None:
+    """K elements per scale for row-local layouts (one scale row per weight row), else None."""
+    if isinstance(layout, PerBlockK):
+        return layout.block_size
+    if isinstance(layout, PerBlockMN) and layout.block_m == 1:
+        return layout.block_n
+    return None
+
+
+def layout_of(recipe):
+    """The layout ``breccia.cast`` produces for ``recipe`` (for labels): cast one block of zeros."""
+    width = next((getattr(recipe, a) for a in ("block_k", "group_size", "block_size") if hasattr(recipe, a)), 1)
+    return breccia.cast(torch.zeros(1, width), recipe).layout

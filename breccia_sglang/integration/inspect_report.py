@@ -1,0 +1,36 @@
+"""``breccia-sglang inspect``: what a checkpoint holds and which SGLang kernel would run each
+layer on this machine (the kernel choice is SGLang-facing, so the report lives here)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..format import BrecciaCheckpoint
+from .gemm import LinearSpec, choose_kernel, current_device_spec
+
+
+def inspect_checkpoint(path) -> str:
+    """Validate ``path`` exactly as loading does and describe it, one line per tensor."""
+    ckpt = BrecciaCheckpoint.open(path)
+    ckpt.check_scale_values()
+    device_type, capability = current_device_spec()
+    here = f"{device_type}" + (f" sm_{capability}" if capability else "")
+    rows = [("tensor", "recipe/layout", "shape", "bytes", f"kernel on this machine ({here})")]
+    for name, entry in sorted(ckpt.entries.items()):
+        out_features, in_features = entry.data.shape[-2], entry.data.shape[-1]
+        spec = LinearSpec.for_entry(name, entry, in_features, (out_features,), torch.bfloat16)
+        kernel = choose_kernel(spec).name
+        rows.append((name, entry.label, "x".join(map(str, entry.data.shape)), _size(entry.nbytes), kernel))
+    plain_bytes = sum(t.nbytes for t in ckpt.plain.values())
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    quant_bytes = sum(e.nbytes for e in ckpt.entries.values())
+    lines.append(
+        f"{len(ckpt.entries)} breccia tensors ({_size(quant_bytes)}), {len(ckpt.plain)} high-precision "
+        f"tensors ({_size(plain_bytes)}) in {len(ckpt.files)} file(s): OK"
+    )
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.2f}MiB" if n >= 2**20 else f"{n / 2**10:.1f}KiB"

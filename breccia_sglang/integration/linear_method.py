@@ -1,0 +1,79 @@
+"""``BrecciaLinearMethod``: SGLang's LinearMethodBase for one breccia linear layer.
+
+It declares the layer's parameters through the chosen GEMM kernel and counts every
+checkpoint tensor SGLang's weight loaders write into them, so a tensor the model silently
+ignored (SGLang models skip names they do not know) is an error, not a layer running on
+uninitialised memory.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from sglang.srt.layers.quantization.base_config import LinearMethodBase
+
+from ..errors import BrecciaCheckpointError
+from .gemm import LinearSpec, choose_kernel
+from .sglang_params import fp8_param_config
+
+
+class BrecciaLinearMethod(LinearMethodBase):
+    """Serve one (possibly merged, e.g. qkv_proj) linear layer from breccia tensors.
+
+    ``entries`` are the checkpoint's breccia tensors for the layer's logical shards, in
+    SGLang's shard order (e.g. q, k, v).
+    """
+
+    def __init__(self, prefix: str, entries: list):
+        self.prefix = prefix
+        self.entries = entries
+        self.recipe = entries[0].recipe
+        self.layout = entries[0].layout
+        self.kernel = None
+        # SGLang's weight loaders look up layer.quant_method.quant_config.weight_block_size.
+        self.quant_config = fp8_param_config(self.layout)
+
+    def create_weights(
+        self,
+        layer,
+        input_size_per_partition: int,
+        output_partition_sizes: list[int],
+        input_size: int,
+        output_size: int,
+        params_dtype,
+        **extra_weight_attrs,
+    ):
+        spec = LinearSpec.for_entry(self.prefix, self.entries[0], input_size_per_partition,
+                                    output_partition_sizes, params_dtype)
+        self.kernel = choose_kernel(spec)()
+        self.expected_loads = len(output_partition_sizes)
+        loader = _counting(extra_weight_attrs["weight_loader"])
+        self.kernel.create_weights(layer, spec, loader)
+        layer.breccia_kernel = self.kernel.name
+
+    def process_weights_after_loading(self, layer) -> None:
+        self._check_everything_loaded(layer)
+        self.kernel.process_weights_after_loading(layer)
+
+    def apply(self, layer, x, bias=None):
+        return self.kernel.apply(layer, x, bias)
+
+    def _check_everything_loaded(self, layer) -> None:
+        for name, param in layer.named_parameters(recurse=False):
+            loads = getattr(param, "breccia_loads", 0)
+            if loads != self.expected_loads:
+                sources = ", ".join(e.name for e in self.entries)
+                raise BrecciaCheckpointError(
+                    f"{self.prefix}.{name}: {loads} of {self.expected_loads} shard(s) were loaded "
+                    f"from the checkpoint (breccia tensors: {sources}); the model did not "
+                    "consume the rest, so this layer would run on uninitialised memory"
+                )
+
+
+def _counting(weight_loader):
+    @functools.wraps(weight_loader)
+    def load(param, loaded_weight, *args, **kwargs):
+        param.breccia_loads = getattr(param, "breccia_loads", 0) + 1
+        return weight_loader(param, loaded_weight, *args, **kwargs)
+
+    return load

@@ -1,0 +1,89 @@
+"""The parameters a breccia linear layer declares, made by SGLang's own parameter factories.
+
+Weight and scale parameters come from SGLang's FP8 factory (per-tensor and block FP8) or its
+plain ``ModelWeightParameter`` (the uint8 codes of MXFP8, NVFP4 and INT4), so merged layers
+and TP shards load through SGLang's own shard-aware weight loaders, exactly as its native
+checkpoints do. Every call into those factories, and every setting they read, is here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from breccia.layouts import PerBlockK
+
+from ..format.recipes import block_width
+
+if TYPE_CHECKING:
+    from .gemm.base import LinearSpec
+
+# breccia's ``NAME.scale`` always loads into ``weight_scale``: SGLang's FP8 block path calls
+# its parameter ``weight_scale_inv``, but model loaders (e.g. Llama's) rename every
+# ``*.weight_scale_inv`` to ``*.weight_scale`` before looking parameters up.
+SCALE_PARAM = "weight_scale"
+
+
+def fp8_params(layer, spec: LinearSpec, weight_loader: Callable) -> None:
+    # SGLang's own FP8 parameter factory: the same weight/scale parameters, shard-aware
+    # weight loaders and TP narrowing as its native FP8 checkpoints. Block scales are
+    # registered as ``weight_scale_inv`` there; see SCALE_PARAM for why we re-home them.
+    from sglang.srt.layers.quantization.fp8 import Fp8LinearMethod
+
+    block = isinstance(spec.layout, PerBlockK)
+    Fp8LinearMethod.create_fp8_weight_(
+        layer,
+        block_quant=block,
+        quant_config=fp8_param_config(spec.layout),
+        use_mxfp8=False,
+        output_size_per_partition=sum(spec.output_partition_sizes),
+        input_size_per_partition=spec.input_size_per_partition,
+        output_partition_sizes=list(spec.output_partition_sizes),
+        input_size=spec.input_size_per_partition,
+        output_size=sum(spec.output_partition_sizes),
+        params_dtype=spec.params_dtype,
+        weight_loader=weight_loader,
+        is_checkpoint_fp8_serialized=True,
+    )
+    if block:
+        layer.register_parameter(SCALE_PARAM, layer.weight_scale_inv)
+        del layer.weight_scale_inv
+
+
+@dataclass
+class Fp8ParamConfig:
+    """The settings SGLang's FP8 parameter factory and weight loaders read from a config.
+
+    ``create_fp8_weight_`` reads both; the merged-layer weight loaders read
+    ``layer.quant_method.quant_config.weight_block_size``.
+    """
+
+    weight_block_size: list | None
+    activation_scheme: str = "dynamic"
+
+
+def fp8_param_config(layout) -> Fp8ParamConfig:
+    # breccia's PerBlockK(B) is one scale per row and K-block: SGLang's [1, B] blocks.
+    return Fp8ParamConfig([1, layout.block_size] if isinstance(layout, PerBlockK) else None)
+
+
+def code_params(layer, spec: LinearSpec, weight_loader: Callable) -> None:
+    # MXFP8 / NVFP4 / INT4 as breccia stores them: one uint8 code per element, one scale (and
+    # zero-point) per row and K block. Rows concatenate for merged layers and K narrows per
+    # block under row-parallel TP, so SGLang's plain ModelWeightParameter loaders fit all three.
+    from sglang.srt.layers.parameter import ModelWeightParameter
+
+    rows, k = sum(spec.output_partition_sizes), spec.input_size_per_partition
+    blocks = k // block_width(spec.layout)
+
+    def param(shape, dtype):
+        data = torch.zeros(shape, dtype=dtype)
+        return ModelWeightParameter(data=data, input_dim=1, output_dim=0, weight_loader=weight_loader)
+
+    layer.register_parameter("weight", param((rows, k), torch.uint8))
+    layer.register_parameter(SCALE_PARAM, param((rows, blocks), spec.scale_dtype))
+    if spec.has_zero_point:
+        layer.register_parameter("weight_zero_point", param((rows, blocks), spec.scale_dtype))
+    layer.logical_widths = list(spec.output_partition_sizes)

@@ -1,0 +1,34 @@
+"""Every string other programs and people rely on: flags, names SGLang looks up, environment
+variables. Each is spelled here once; the rest of the package, the benchmarks and the
+scripts' Python read it from here (``tests/test_layers.py`` checks that no other module
+spells one again).
+"""
+
+# --- how a user asks for breccia -------------------------------------------------------------
+
+FLAG = "--breccia-format"  # launch_server / `sglang serve`
+ENGINE_KEYWORD = "breccia_format"  # sgl.Engine(breccia_format=True); also the argparse dest
+QUANT_METHOD = "breccia"  # SGLang's --quantization name and config.json's quant_method
+
+# --- names SGLang looks up -------------------------------------------------------------------
+
+# SGLang gives its shard-aware v2 weight loaders only to quant methods whose class NAME is in
+# WEIGHT_LOADER_V2_SUPPORTED, so the class name is a contract too.
+LINEAR_METHOD_CLASS = "BrecciaLinearMethod"
+TRITON_BACKEND = "breccia_triton"  # --attention-backend: the Triton kernels
+TORCH_BACKEND = "breccia_torch"  # --attention-backend: the plain-torch reference path
+ATTENTION_BACKENDS = (TRITON_BACKEND, TORCH_BACKEND)
+PLATFORM_CLASS = "breccia_sglang.integration.platform.BrecciaCpuPlatform"  # resolved by SGLang
+
+# --- environment variables -------------------------------------------------------------------
+
+# "0" keeps the CPU platform inert (it activates by itself when no CUDA device is visible).
+ENV_CPU_PLATFORM = "BRECCIA_SGLANG_CPU_PLATFORM"
+# "0" keeps SGLang's own KV cache, in the model's dtype, for breccia models.
+ENV_FP8_KV = "BRECCIA_SGLANG_FP8_KV"
+# "1" runs the Triton attention kernels on CPU too (with TRITON_INTERPRET=1).
+ENV_TRITON_ON_CPU = "BRECCIA_SGLANG_TRITON_ATTENTION"
+# Where the demo model and its quantized copies are cached (default ~/.cache/breccia-sglang).
+ENV_CACHE = "BRECCIA_SGLANG_CACHE"
+# Where the kernel tests and the GPU checks run their kernels: "cpu" (the interpreter) or "cuda".
+ENV_KERNEL_DEVICE = "BRECCIA_KERNEL_DEVICE"
