@@ -142,9 +142,18 @@ def weight_files(directory: Path) -> list[str]:
         return files
     files = sorted(p.name for p in directory.glob("*.safetensors"))
     if not files:
+        pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+        if pickles:
+            raise BrecciaCheckpointError(
+                f"{directory} holds {', '.join(pickles)} (a pickle, which can run code when loaded: "
+                "never loaded) and no *.safetensors files; breccia checkpoints are safetensors"
+            )
         raise BrecciaCheckpointError(f"{directory}: no *.safetensors files")
     return files
 
+
+# Weight files that torch.load unpickles. They are named, never opened.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def _read_header(path: Path, stored: dict, configs: dict):

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from .engine_process import end_process_group
 
-CPU_ARGS = ("--device", "cpu", "--max-total-tokens", "8192")
+# A KV pool that fits a laptop: on CPU, SGLang would otherwise size it to most of the RAM.
+# No --device: on a machine without a GPU the breccia CPU platform serves on cpu by itself.
+CPU_ARGS = ("--max-total-tokens", "8192")
 
 
 def free_port() -> int:

@@ -8,7 +8,8 @@ compilation. Nothing else about the engine changes.
 
 The entry point (``sglang.srt.platforms``: ``breccia_cpu``) is asked by SGLang on every
 machine; it answers None (stays inert) whenever a CUDA/ROCm device is visible, or when the
-user opts out with ``BRECCIA_SGLANG_CPU_PLATFORM=0``.
+user opts out with ``BRECCIA_SGLANG_CPU_PLATFORM=0``. While active it also answers for the
+device when none is given (``--device`` left out): ``cpu``, said in the log.
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ def _build_platform_class():
 
         def get_compile_backend(self, mode: str | None = None) -> str:
             return "eager"
+
+        def get_device(self, device_id: int | None = 0) -> str:
+            # SGLang asks the platform for the device when --device is left out, and then
+            # splits the answer as a string ("cuda:0" -> "cuda"); SGLang's CPU platform answers
+            # with a torch.device, which that split cannot take. torch accepts "cpu" wherever
+            # it takes a device.
+            logger.info("breccia-sglang: no --device given; serving on cpu (the breccia CPU platform)")
+            return "cpu"
 
     return BrecciaCpuPlatform
 
