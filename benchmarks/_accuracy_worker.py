@@ -1,17 +1,16 @@
-"""One configuration of ``bench_accuracy.py``: a real ``sgl.Engine`` and the requests it is scored on.
+"""One configuration of ``bench_accuracy.py``: the requests a real ``sgl.Engine`` is scored on.
 
-    python benchmarks/_accuracy_worker.py SPEC.json OUT.json
+``ask`` is the engine task (``breccia_sglang.harness``'s ``run_engine`` starts one engine
+process per configuration and runs it there). It only asks and records; all scoring happens
+in the benchmark.
 
-A failing engine start kills its parent process, so the benchmark starts one of these per
-configuration. The worker only asks and records; all scoring happens in the benchmark.
-
-SPEC: {"config": name, "env": {...}, "engine": {...Engine kwargs...},
-       "text_ids": [...],                        # scored by its input-token logprobs
-       "chat": {"prompts": [[ids], ...], "max_new_tokens": int},
-       "needles": [{"input_ids": [...], ...}, ...], "needle_new_tokens": int}
-OUT:  {"ok": true, "text": {"logprobs": [...], "top1_ids": [...]}, "chat": [[ids], ...],
-       "needles": [{"output_ids": [...]}, ...], "engine": {...}, "seconds": {...}}
-      or {"ok": false, "error": "..."}.
+Task SPEC: {"config": name, "env": {...}, "engine": {...Engine kwargs...},
+            "task": "<this file>:ask",
+            "text_ids": [...],                        # scored by its input-token logprobs
+            "chat": {"prompts": [[ids], ...], "max_new_tokens": int},
+            "needles": [{"input_ids": [...], ...}, ...], "needle_new_tokens": int}
+It returns {"text": {"logprobs": [...], "top1_ids": [...]}, "chat": [[ids], ...],
+            "needles": [{"output_ids": [...]}, ...], "engine": {...}, "seconds": {...}}.
 
 Progress goes to stdout as lines ``@@progress <step>`` (the benchmark turns them into its
 progress bar); SGLang's own log goes to stderr.
@@ -19,11 +18,7 @@ progress bar); SGLang's own log goes to stderr.
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
-import traceback
 
 PROGRESS_MARK = "@@progress"
 
@@ -60,60 +55,27 @@ def greedy(engine, prompts: list, max_new_tokens: list[int], ignore_eos: list[bo
     return [{"output_ids": out["output_ids"]} for out in engine.generate(input_ids=prompts, sampling_params=params)]
 
 
-def engine_report(engine) -> dict:
-    """What SGLang built: the KV pool (tokens and GiB, from which the benchmark checks its format)
-    and the dtypes it resolved from "auto"."""
-    info = engine.get_server_info()
-    keys = ("kv_cache_dtype", "quantization", "attention_backend", "device", "max_total_tokens")
-    return {"max_total_num_tokens": info["max_total_num_tokens"],
-            "kvcache_gib": info["internal_states"][0]["memory_usage"]["kvcache"],
-            "model_dtype": str(engine.tokenizer_manager.model_config.dtype).removeprefix("torch."),
-            "server_args": {k: info.get(k) for k in keys}}
+def ask(engine, spec: dict) -> dict:
+    """The engine task: the text's input logprobs, then the chat and needle prompts in one batch."""
+    from breccia_sglang.harness.engine_worker import engine_report
 
-
-def run(spec: dict) -> dict:
-    import sglang as sgl
-
+    report_progress("engine started")
     seconds = {}
     started = time.monotonic()
-    engine = sgl.Engine(**spec["engine"])
-    seconds["engine_start"] = time.monotonic() - started
-    report_progress("engine started")
-    try:
-        started = time.monotonic()
-        text = text_logprobs(engine, spec["text_ids"])
-        seconds["text"] = time.monotonic() - started
-        report_progress("text logprobs")
+    text = text_logprobs(engine, spec["text_ids"])
+    seconds["text"] = time.monotonic() - started
+    report_progress("text logprobs")
 
-        started = time.monotonic()
-        # Chat prompts and needle prompts go in one batch, as concurrent users would: on CPU the
-        # emulated kernels dequantize every weight once per forward pass, so the number of passes,
-        # not of tokens, sets the time. ignore_eos: every config generates exactly max_new_tokens
-        # per chat prompt, so outputs compare position by position.
-        chat, needles = spec["chat"], spec["needles"]
-        outputs = greedy(engine, chat["prompts"] + [n["input_ids"] for n in needles],
-                         [chat["max_new_tokens"]] * len(chat["prompts"]) + [spec["needle_new_tokens"]] * len(needles),
-                         ignore_eos=[True] * len(chat["prompts"]) + [False] * len(needles))
-        seconds["greedy"] = time.monotonic() - started
-        report_progress("chat and needles")
-        return {"ok": True, "text": text, "chat": [o["output_ids"] for o in outputs[: len(chat["prompts"])]],
-                "needles": outputs[len(chat["prompts"]):], "engine": engine_report(engine),
-                "seconds": seconds}
-    finally:
-        engine.shutdown()
-
-
-def main(spec_path: str, out_path: str) -> None:
-    spec = json.loads(open(spec_path).read())
-    os.environ.update(spec.get("env", {}))  # before SGLang is imported; its schedulers inherit it
-    try:
-        result = run(spec)
-    except Exception as exc:  # recorded by the benchmark, which goes on with the next configuration
-        traceback.print_exc()
-        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    with open(out_path, "w") as f:
-        json.dump(result, f)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    started = time.monotonic()
+    # Chat prompts and needle prompts go in one batch, as concurrent users would: on CPU the
+    # emulated kernels dequantize every weight once per forward pass, so the number of passes,
+    # not of tokens, sets the time. ignore_eos: every config generates exactly max_new_tokens
+    # per chat prompt, so outputs compare position by position.
+    chat, needles = spec["chat"], spec["needles"]
+    outputs = greedy(engine, chat["prompts"] + [n["input_ids"] for n in needles],
+                     [chat["max_new_tokens"]] * len(chat["prompts"]) + [spec["needle_new_tokens"]] * len(needles),
+                     ignore_eos=[True] * len(chat["prompts"]) + [False] * len(needles))
+    seconds["greedy"] = time.monotonic() - started
+    report_progress("chat and needles")
+    return {"text": text, "chat": [o["output_ids"] for o in outputs[: len(chat["prompts"])]],
+            "needles": outputs[len(chat["prompts"]):], "engine": engine_report(engine), "seconds": seconds}

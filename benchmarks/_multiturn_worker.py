@@ -1,15 +1,13 @@
-"""Workload and request driver for ``bench_multiturn.py``; also its per-configuration engine process.
+"""Workload and request driver for ``bench_multiturn.py`` and ``bench_soak.py``.
 
-    python benchmarks/_multiturn_worker.py SPEC.json OUT.json
+``drive_engine`` is the engine task ``bench_multiturn.py`` runs in each configuration's engine
+process (``breccia_sglang.harness``'s ``run_engine``, one per configuration); with ``--url`` it
+drives a running server over HTTP with the same driver instead.
 
-runs one ``sgl.Engine`` (a failing engine start kills its parent process, so the benchmark
-starts one of these per configuration) and drives it through the conversations in SPEC.
-``bench_multiturn.py --url`` imports the same driver and talks to a running server instead.
-
-SPEC: {"config": name, "env": {...}, "enable": bool, "engine": {...Engine kwargs...},
-       "workload": {"conversations": [...], "output_len": int, "concurrency": int}}
-OUT:  {"ok": true, "records": [...], "waves": [...], "engine": {...}, "engine_start_s": float}
-      or {"ok": false, "error": "..."} when the engine did not start or the run raised.
+Task SPEC: {"config": name, "env": {...}, "enable": bool, "engine": {...Engine kwargs...},
+            "task": "<this file>:drive_engine",
+            "workload": {"conversations": [...], "output_len": int, "concurrency": int}}
+It returns {"records": [...], "waves": [...], "engine": {...}}.
 
 Turns run in waves: every conversation's turn k (at most ``concurrency`` at once), then
 every conversation's turn k+1. Per-turn throughput is then the wave's own requests over the
@@ -22,11 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import sys
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 
 # Prose written for this benchmark: real English, so the tokenizer produces the token mix a
@@ -357,66 +353,38 @@ def mark_wave_in_log(turn: int, event: str) -> None:
     print(WAVE_MARK.format(turn=turn, event=event), file=sys.stderr, flush=True)
 
 
-def flush_engine_cache(engine, attempts: int = 100) -> None:
-    # SGLang refuses to flush while a finished request is still being finalized.
-    for _ in range(attempts):
-        if engine.flush_cache().success:
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"flush_cache() refused {attempts} times")
+def drive_engine(engine, spec: dict) -> dict:
+    """The engine task: warm up, then every conversation's turns in waves, on ``engine``."""
+    from breccia_sglang.harness.engine_worker import engine_report, flush_cache
 
-
-def engine_report(engine) -> dict:
-    """What the engine says it built: pool size and bytes, dtypes it resolved, backend."""
-    info = engine.get_server_info()
-    keys = ("dtype", "kv_cache_dtype", "quantization", "attention_backend", "page_size", "device",
-            "max_total_tokens", "chunked_prefill_size")
-    return {"max_total_num_tokens": info["max_total_num_tokens"],
-            "memory_usage": info["internal_states"][0].get("memory_usage"),
-            # "auto" in the server args; this is the dtype SGLang actually chose.
-            "model_dtype": str(engine.tokenizer_manager.model_config.dtype).removeprefix("torch."),
-            "server_args": {k: info.get(k) for k in keys}}
-
-
-def run_with_engine(spec: dict) -> dict:
-    import sglang as sgl
-
-    if spec.get("enable"):
-        import breccia_sglang
-
-        breccia_sglang.enable()
-    started = time.monotonic()
-    engine = sgl.Engine(**spec["engine"])
-    engine_start_s = time.monotonic() - started
+    tokenizer = engine.tokenizer_manager.tokenizer
+    workload = spec["workload"]
+    # Warm-up outside the clock, then flush so it leaves nothing in the prefix cache.
+    warmup_ids, warmup_params = warmup_batch(tokenizer, workload)
+    engine.generate(input_ids=warmup_ids, sampling_params=warmup_params)
+    flush_cache(engine)
+    progress = make_progress(spec["config"], workload)
     try:
-        tokenizer = engine.tokenizer_manager.tokenizer
-        workload = spec["workload"]
-        # Warm-up outside the clock, then flush so it leaves nothing in the prefix cache.
-        warmup_ids, warmup_params = warmup_batch(tokenizer, workload)
-        engine.generate(input_ids=warmup_ids, sampling_params=warmup_params)
-        flush_engine_cache(engine)
-        progress = make_progress(spec["config"], workload)
-        try:
-            run = engine.loop.run_until_complete(
-                run_conversations(engine_stream_fn(engine), tokenizer, workload, progress, mark_wave_in_log))
-        finally:
-            progress.close()
-        return {"ok": True, **run, "engine": engine_report(engine), "engine_start_s": engine_start_s}
+        run = engine.loop.run_until_complete(
+            run_conversations(engine_stream_fn(engine), tokenizer, workload, progress, mark_wave_in_log))
     finally:
-        engine.shutdown()
+        progress.close()
+    return {**run, "engine": engine_report(engine)}
 
 
-def main(spec_path: str, out_path: str) -> None:
-    spec = json.loads(open(spec_path).read())
-    os.environ.update(spec.get("env", {}))  # before SGLang is imported; schedulers inherit it
-    try:
-        result = run_with_engine(spec)
-    except Exception as exc:  # reported to the benchmark, which records it and goes on
-        traceback.print_exc()
-        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    with open(out_path, "w") as f:
-        json.dump(result, f, default=float)
+async def flush_http_cache(session, url: str, attempts: int = 100) -> None:
+    """Like ``flush_cache`` for a server: refused while a finished request is still being finalized."""
+    for _ in range(attempts):
+        async with session.post(url + "/flush_cache") as response:
+            if response.status == 200:
+                return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"/flush_cache refused {attempts} times")
 
 
-if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+def server_model_path(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url.rstrip("/") + "/get_model_info", timeout=30) as r:
+        info = json.loads(r.read())
+    return info.get("tokenizer_path") or info["model_path"]

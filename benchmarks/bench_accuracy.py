@@ -49,25 +49,21 @@ Exit status 1 if any configuration failed (its error is in the JSON).
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import math
-import os
-import platform
 import re
-import subprocess
 import sys
-import threading
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_kv_accuracy import PARIS_TEXT
+from _accuracy_worker import PROGRESS_MARK
+from _common import HERE, OUT_DIR, PARIS_TEXT, report_header, run_engine
+from breccia_sglang import names
 
-HERE = Path(__file__).resolve().parent
-WORKER = HERE / "_accuracy_worker.py"
-PROGRESS_MARK = "@@progress"  # the worker's progress lines (see _accuracy_worker.py)
+TASK = f"{HERE / '_accuracy_worker.py'}:ask"  # what each configuration's engine process runs
 
 # Public domain (Herman Melville, 1851): the first four paragraphs of chapter 1, as Project
 # Gutenberg prints them (ASCII dashes).
@@ -144,7 +140,7 @@ class Config:
     kv: str
 
     def engine_kwargs(self) -> dict:
-        kwargs = {} if self.recipe is None else {"quantization": "breccia"}
+        kwargs = {} if self.recipe is None else {"quantization": names.QUANT_METHOD}
         if self.kv == KV_SGLANG_FP8:
             kwargs["kv_cache_dtype"] = "fp8_e4m3"  # explicit, so a breccia model keeps SGLang's own cache
         return kwargs
@@ -153,7 +149,7 @@ class Config:
         if self.recipe is None:
             return {}
         # Set either way, so a value in the caller's environment cannot change the config.
-        return {"BRECCIA_SGLANG_FP8_KV": "1" if self.kv == KV_BRECCIA_FP8 else "0"}
+        return {names.ENV_FP8_KV: "1" if self.kv == KV_BRECCIA_FP8 else "0"}
 
 
 REFERENCE = "unquantized"
@@ -175,8 +171,9 @@ def checkpoint_for(recipe: str | None, source: Path) -> tuple[Path, dict]:
     """The checkpoint a config serves (quantized once, then cached) and how it was made."""
     if recipe is None:
         return source, {"recipe": None}
-    from breccia_sglang.demo_model import cache_dir, is_checkpoint
-    from breccia_sglang.quantize import make_recipe, quantize_checkpoint
+    from breccia_sglang.harness.demo_model import cache_dir, is_checkpoint
+    from breccia_sglang.format import make_recipe
+    from breccia_sglang.format.quantize import quantize_checkpoint
 
     path = cache_dir() / "bench-accuracy" / f"{source.name}-breccia-{recipe}"
     info = {"recipe": recipe, "params": RECIPES[recipe], "path": str(path), "cached": is_checkpoint(path)}
@@ -294,30 +291,25 @@ def engine_spec(config: Config, model: Path, workload: dict, args) -> dict:
 
 
 def run_worker(spec: dict, log_path: Path, bar, timeout: float) -> dict:
-    """Run the worker process; turn its progress lines into ``bar`` updates, the rest into the log."""
-    spec_path, out_path = log_path.with_suffix(".spec.json"), log_path.with_suffix(".out.json")
-    spec_path.write_text(json.dumps(spec))
-    out_path.unlink(missing_ok=True)  # a result from an earlier run must not be read as this one's
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, str(WORKER), str(spec_path), str(out_path)],
-                                stdout=subprocess.PIPE, stderr=log, text=True)
-        watchdog = threading.Timer(timeout, proc.kill)
-        watchdog.start()
+    """One engine process running the worker's ``ask`` task; its progress lines become ``bar``
+    updates, everything else it says goes to ``log_path`` with SGLang's log."""
+    other_lines = []
+
+    def on_line(line: str) -> None:
+        if line.startswith(PROGRESS_MARK):
+            bar.set_postfix_str(line[len(PROGRESS_MARK):].strip())
+            bar.update(1)
+        else:
+            other_lines.append(line)
+
+    with tempfile.TemporaryDirectory() as tmp:
         try:
-            for line in proc.stdout:
-                if line.startswith(PROGRESS_MARK):
-                    bar.set_postfix_str(line[len(PROGRESS_MARK):].strip())
-                    bar.update(1)
-                else:
-                    log.write(line)
-            proc.wait()
-        finally:
-            watchdog.cancel()
-    spec_path.unlink()
-    if not out_path.exists():
-        return {"ok": False, "error": f"worker exited {proc.returncode} without a result; see {log_path}"}
-    result = json.loads(out_path.read_text())
-    out_path.unlink()
+            result = run_engine({**spec, "task": TASK}, tmp, timeout, log_path=log_path, stdout=on_line)
+        except (TimeoutError, RuntimeError) as exc:
+            result = {"ok": False, "error": str(exc)}
+    with open(log_path, "a") as log:
+        log.writelines(other_lines)
+    result.pop("stderr", None)  # it is the log file
     return result
 
 
@@ -488,20 +480,6 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def machine_info() -> dict:
-    import breccia
-    import sglang
-    import torch
-    import transformers
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "torch": torch.__version__, "sglang": sglang.__version__,
-            "transformers": transformers.__version__, "breccia": getattr(breccia, "__version__", "?")}
-
-
 # ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
@@ -525,7 +503,7 @@ def parse_args():
     parser.add_argument("--no-hf-check", action="store_true", help="skip the HF transformers fp32 sanity check")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per configuration")
     parser.add_argument("--model", type=Path, default=None, help="HF checkpoint dir (default: the demo model)")
-    parser.add_argument("--out", type=Path, default=HERE / "out" / "accuracy.json")
+    parser.add_argument("--out", type=Path, default=OUT_DIR / "accuracy.json")
     args = parser.parse_args()
     names = [n for n in args.configs.split(",") if n]
     unknown = [n for n in names if n not in CONFIGS]
@@ -561,7 +539,8 @@ def run_configs(args, source: Path, workload: dict, tokenizer, model_config: dic
                     raise RuntimeError(result["error"])
                 row["engine"] = {**result["engine"], **check_kv_format(config, result["engine"], model_config)}
                 row.update(score(result, reference, workload, tokenizer), ok=True)
-                row["seconds"] = {k: round(v, 1) for k, v in result["seconds"].items()}
+                seconds = {"engine_start": result["engine_start_s"], **result["seconds"]}
+                row["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
                 if name == REFERENCE:
                     reference = result
             except Exception as exc:  # noqa: BLE001 - record it and go on with the next config
@@ -581,7 +560,7 @@ def main() -> int:
     started = time.monotonic()
     from transformers import AutoTokenizer
 
-    from breccia_sglang.demo_model import fetch_demo_model
+    from breccia_sglang.harness.demo_model import fetch_demo_model
 
     source = args.model or fetch_demo_model()
     model_config = json.loads((source / "config.json").read_text())
@@ -599,10 +578,7 @@ def main() -> int:
         print(f"\nHF transformers fp32 on TEXT: perplexity {hf['perplexity']:.3f}; the SGLang reference "
               f"({args.dtype}): {hf['reference_perplexity']:.3f}, top-1 agreement {hf['reference_top1_agreement']:.4f}")
     report = {
-        "benchmark": "accuracy",
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
-        "machine": machine_info(),
+        **report_header("accuracy", args),
         "model": {"path": str(source), "max_position_embeddings": max_context, "dtype": args.dtype},
         "workload": {"text_tokens": len(workload["text_ids"]), "chat_prompts": list(CHAT_PROMPTS[: args.chat_prompts]),
                      "chat_tokens": args.chat_tokens, "needle_context": args.needle_context,

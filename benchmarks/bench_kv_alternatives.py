@@ -29,15 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import bench_kv_accuracy as kv  # noqa: E402  (the oracle, the metrics and the captured Q/K/V)
+import _kv_oracle as kv  # the oracle, the metrics and the captured Q/K/V
+from _common import OUT_DIR, report_header
 
 
 def int8_round_trip(x: torch.Tensor) -> torch.Tensor:
@@ -83,9 +81,9 @@ def measure(cases) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="HF checkpoint (default: the demo model)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "kv_alternatives.json")
+    parser.add_argument("--out", type=Path, default=OUT_DIR / "kv_alternatives.json")
     args = parser.parse_args()
-    from breccia_sglang.demo_model import fetch_demo_model
+    from breccia_sglang.harness.demo_model import fetch_demo_model
 
     started = time.time()
     model = args.model or fetch_demo_model()
@@ -105,8 +103,7 @@ def main() -> None:
             print(f"  {name:<42} {r['cos_min']:8.4f} {r['cos_mean']:9.5f} {r['frac_rows_at_target']:8.1%} "
                   f"{r['rel_l2']:7.4f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
-                                    "machine": kv.machine_info(), "target_cos": kv.TARGET_COS,
+    args.out.write_text(json.dumps({**report_header("kv_alternatives", args), "target_cos": kv.TARGET_COS,
                                     "seconds": time.time() - started, "results": results}, indent=1))
     print(f"wrote {args.out}")
 

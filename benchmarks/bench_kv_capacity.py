@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))  # bench_multiturn's report_header
+from _common import OUT_DIR, report_header, run_engine
+from breccia_sglang import names
 
-OUT = Path(__file__).parent / "out"
 CONFIGS = {
     # name: (Engine kwargs beyond the common ones, environment)
     "SGLang BF16 KV": ({"kv_cache_dtype": "bf16"}, {}),
@@ -35,12 +34,10 @@ CONFIGS = {
 
 
 def measure(model: Path, tokens: int) -> list[dict]:
-    from breccia_sglang.engine_runner import run_engine
-
     rows = []
     for name, (kwargs, env) in CONFIGS.items():
         spec = {"env": env, "requests": [],
-                "engine": {"model_path": str(model), "device": "cpu", "quantization": "breccia",
+                "engine": {"model_path": str(model), "quantization": names.QUANT_METHOD,
                            "max_total_tokens": tokens, "log_level": "error", **kwargs}}
         with tempfile.TemporaryDirectory() as tmp:
             started = time.monotonic()
@@ -82,11 +79,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=65536, help="max_total_tokens for every config")
     parser.add_argument("--model", type=Path, help="breccia checkpoint (default: the demo model's breccia FP8)")
-    parser.add_argument("--out", type=Path, default=OUT / "kv_capacity.json", help="JSON path; the PNG goes beside it")
+    parser.add_argument("--out", type=Path, default=OUT_DIR / "kv_capacity.json", help="JSON path; the PNG goes beside it")
     args = parser.parse_args(argv)
 
-    from bench_multiturn import report_header
-    from breccia_sglang.demo import quantized_demo_model
+    from breccia_sglang.harness.demo import quantized_demo_model
 
     model = args.model or quantized_demo_model("fp8")
     config = json.loads((model / "config.json").read_text())

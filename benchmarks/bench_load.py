@@ -42,11 +42,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+from _common import OUT_DIR, report_header, run_engine
+from breccia_sglang import names
 
-from bench_multiturn import report_header  # noqa: E402
-
-OUT = Path(__file__).parent / "out"
 TARGET_RATIO = 1.10  # the issue's bar: within 10% of the native FP8 load
 LOAD_LINE = re.compile(r"Load weight end\. elapsed=([\d.]+) s")
 # SGLang's model loaders log a checkpoint tensor they have no parameter for, and go on.
@@ -60,8 +58,8 @@ LOADER_V2 = {"SGLANG_ENABLE_WEIGHT_LOADER_V2": "1"}
 # through SGLang's default loader, what users get without setting anything.
 LOADERS = {
     "native": ("native", "fp8", LOADER_V2),
-    "breccia": ("breccia", "breccia", LOADER_V2),
-    "breccia-v1": ("breccia", "breccia", {}),
+    "breccia": ("breccia", names.QUANT_METHOD, LOADER_V2),
+    "breccia-v1": ("breccia", names.QUANT_METHOD, {}),
 }
 
 
@@ -78,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--recipe", choices=("fp8", "fp8-block"),
                    help="the demo pair's FP8 layout (default: fp8, per tensor, on a GPU; fp8-block on CPU, where "
                         "SGLang's per-tensor FP8 cannot load: it requantizes merged q/k/v scales with a CUDA kernel)")
-    p.add_argument("--out", type=Path, default=OUT / "load.json")
+    p.add_argument("--out", type=Path, default=OUT_DIR / "load.json")
     args = p.parse_args(argv)
     if (args.breccia is None) != (args.native is None):
         p.error("give both --breccia and --native, or neither (the demo pair is built)")
@@ -100,7 +98,8 @@ def native_block_fp8(src: Path, dst: Path, block: int = BLOCK) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from breccia_sglang.quantize import DEFAULT_KEEP, atomic_output_dir, write_metadata_files
+    from breccia_sglang.format.quantize import DEFAULT_KEEP
+    from breccia_sglang.format.writer import atomic_output_dir, write_metadata_files
 
     tensors = {}
     for file in sorted(src.glob("*.safetensors")):
@@ -134,8 +133,8 @@ def synthetic_model(dst: Path, shape: dict = SYNTHETIC_1B) -> Path:
     """The demo model's config and tokenizer with ``shape``'s sizes and random bf16 weights."""
     from safetensors.torch import save_file
 
-    from breccia_sglang.demo_model import fetch_demo_model
-    from breccia_sglang.quantize import atomic_output_dir, write_metadata_files
+    from breccia_sglang.format.writer import atomic_output_dir, write_metadata_files
+    from breccia_sglang.harness.demo_model import fetch_demo_model
 
     src = fetch_demo_model()
     config = {**json.loads((src / "config.json").read_text()), **shape}
@@ -175,9 +174,10 @@ def demo_pair(recipe: str, size: str = "demo") -> tuple[Path, Path]:
     ``breccia-sglang convert --from deepseek-fp8`` of it (one scale per row and 64-wide K block:
     breccia's layout repeats each tile's scale on its 64 rows, so its scales take 64x the bytes).
     """
-    from breccia_sglang.convert import convert_to_breccia, export_sglang_fp8
-    from breccia_sglang.demo_model import DEMO_NAME, cache_dir, fetch_demo_model, is_checkpoint
-    from breccia_sglang.quantize import make_recipe, quantize_checkpoint
+    from breccia_sglang.format import make_recipe
+    from breccia_sglang.format.convert import convert_to_breccia, export_sglang_fp8
+    from breccia_sglang.format.quantize import quantize_checkpoint
+    from breccia_sglang.harness.demo_model import DEMO_NAME, cache_dir, fetch_demo_model, is_checkpoint
 
     name = DEMO_NAME if size == "demo" else f"synthetic-llama-{size}"
     source = fetch_demo_model() if size == "demo" else cache_dir() / name
@@ -203,12 +203,10 @@ def checkpoint_bytes(path: Path) -> int:
 
 def load_once(loader: str, model: Path, device: str) -> dict:
     """One fresh engine process; its weight-load and engine-start seconds."""
-    from breccia_sglang.engine_runner import run_engine
-
     _, quantization, env = LOADERS[loader]
     # The KV cache is the model dtype's for both: the pool is not what is compared here, and
     # a small one keeps engine start about loading.
-    spec = {"env": {"BRECCIA_SGLANG_FP8_KV": "0", **env}, "requests": [],
+    spec = {"env": {names.ENV_FP8_KV: "0", **env}, "requests": [],
             "engine": {"model_path": str(model), "device": device, "quantization": quantization,
                        "max_total_tokens": 2048, "skip_tokenizer_init": True, "log_level": "info"}}
     with tempfile.TemporaryDirectory() as tmp:

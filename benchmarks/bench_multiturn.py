@@ -48,25 +48,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
-import os
-import platform
 import re
-import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
 
-sys.path.insert(0, str(Path(__file__).parent))  # _multiturn_worker, also when imported by a test
+import _multiturn_worker as worker
+from _common import OUT_DIR, report_header, run_engine
+from breccia_sglang import names
 
-import _multiturn_worker as worker  # noqa: E402
-
-WORKER = Path(worker.__file__)
+TASK = f"{worker.__file__}:drive_engine"  # what each configuration's engine process runs
 
 
 class Config(NamedTuple):
@@ -79,14 +74,15 @@ class Config(NamedTuple):
 CONFIGS = {
     "bf16-kv": Config("model", {}, {}, "model"),
     "sglang-fp8-kv": Config("model", {"kv_cache_dtype": "fp8_e4m3"}, {}, "sglang-fp8"),
-    "breccia-fp8-weights+bf16-kv": Config("breccia", {"quantization": "breccia"}, {"BRECCIA_SGLANG_FP8_KV": "0"},
+    "breccia-fp8-weights+bf16-kv": Config("breccia", {"quantization": names.QUANT_METHOD}, {names.ENV_FP8_KV: "0"},
                                           "model"),
     # The same FP8 weights with SGLang's own FP8 KV: isolates what breccia's KV cache costs or
     # buys against SGLang's, with everything else equal.
-    "breccia-fp8-weights+sglang-fp8-kv": Config("breccia", {"quantization": "breccia", "kv_cache_dtype": "fp8_e4m3"},
-                                                {"BRECCIA_SGLANG_FP8_KV": "0"}, "sglang-fp8"),
-    "breccia-fp8-weights+breccia-fp8-kv": Config("breccia", {"quantization": "breccia"}, {"BRECCIA_SGLANG_FP8_KV": "1"},
-                                                 "breccia-fp8"),
+    "breccia-fp8-weights+sglang-fp8-kv": Config("breccia", {"quantization": names.QUANT_METHOD,
+                                                             "kv_cache_dtype": "fp8_e4m3"},
+                                                {names.ENV_FP8_KV: "0"}, "sglang-fp8"),
+    "breccia-fp8-weights+breccia-fp8-kv": Config("breccia", {"quantization": names.QUANT_METHOD},
+                                                 {names.ENV_FP8_KV: "1"}, "breccia-fp8"),
 }
 
 PRESETS = {
@@ -94,7 +90,8 @@ PRESETS = {
     # prompts of 256 + 4 conversations of ~170 more each): over the BF16 pool (800 tokens), so
     # BF16 must evict; within the FP8 pools at equal memory (1505 and 1600 tokens).
     "cpu": {"groups": 2, "prompts_per_group": 2, "system_prompt_len": 256, "question_len": 32, "turns": 3,
-            "output_len": 16, "concurrency": 4, "max_total_tokens": 800, "device": "cpu", "timeout": 900},
+            # device "": SGLang's own default, which the breccia CPU platform answers with cpu.
+            "output_len": 16, "concurrency": 4, "max_total_tokens": 800, "device": "", "timeout": 900},
     # An 8B-class model on one GPU: 128 conversations, ~220k tokens of context by turn 4
     # against a 131072-token BF16 pool (16 GiB for Llama-3.1-8B), so BF16 evicts and the FP8
     # pools (~247k-262k tokens in the same bytes) keep every prefix.
@@ -125,7 +122,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         ("output-len", int, "tokens per answer (ignore_eos)"),
         ("concurrency", int, "requests in flight at most"),
         ("max-total-tokens", int, "KV pool slots of the BF16 configs (see --kv-pool)"),
-        ("device", str, "engine device"),
+        ("device", str, "engine device (empty: SGLang's default for this machine)"),
         ("timeout", float, "seconds per configuration"),
     ):
         p.add_argument(f"--{name}", type=kind, help=f"{text} (preset default)")
@@ -134,7 +131,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="bfloat16", help="model dtype for every engine (SGLang's 'auto' allowed)")
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra sgl.Engine keyword for every config, VALUE as JSON if it parses (repeatable)")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "multiturn.json")
+    p.add_argument("--out", type=Path, default=OUT_DIR / "multiturn.json")
     args = p.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
@@ -194,7 +191,7 @@ def head_dim_of(checkpoint: Path) -> int:
 
 def engine_spec(config: str, checkpoints: dict, args, workload: dict) -> dict:
     checkpoint = checkpoints[CONFIGS[config].checkpoint]
-    engine = {"model_path": str(checkpoint), "device": args.device, "dtype": args.dtype,
+    engine = {"model_path": str(checkpoint), **({"device": args.device} if args.device else {}), "dtype": args.dtype,
               "max_total_tokens": pool_tokens(config, args, head_dim_of(checkpoint)),
               # One "Decode batch" line per step in the log: the engine's own count of KV tokens in use.
               "log_level": "info", "decode_log_interval": 1,
@@ -203,40 +200,18 @@ def engine_spec(config: str, checkpoints: dict, args, workload: dict) -> dict:
 
 
 def run_engine_config(spec: dict, log_path: Path, timeout: float) -> dict:
-    """One engine process (``_multiturn_worker.py``): its progress bar on our stdout, its
-    stderr (SGLang's warnings and logs) in ``log_path``."""
+    """One engine process running ``drive_engine``: its progress bar on our stdout, its stderr
+    (SGLang's warnings and logs) in ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp, open(log_path, "w") as log:
-        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
-        spec_path.write_text(json.dumps(spec))
-        # Its own session, so a timeout or Ctrl-C also ends the engine's scheduler processes.
-        proc = subprocess.Popen([sys.executable, str(WORKER), str(spec_path), str(out_path)],
-                                stdout=None, stderr=log, start_new_session=True)
+    with tempfile.TemporaryDirectory() as tmp:
         try:
-            returncode = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            returncode = "timeout"
-        finally:
-            end_process_group(proc)
-        if out_path.exists():
-            result = json.loads(out_path.read_text())
-            load = engine_load_by_wave(log_path.read_text(errors="replace"))
-            for wave in result.get("waves", []):
-                wave.update(load.get(wave["turn"], {}))
-            return result
-    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-    return {"ok": False, "error": f"engine process ended ({returncode}) without a result:\n{tail}"}
-
-
-def end_process_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)  # the worker's engine children too, even if it already exited
-        proc.wait(timeout=30)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+            result = run_engine({**spec, "task": TASK}, tmp, timeout, log_path=log_path, stdout="inherit")
+        except (TimeoutError, RuntimeError) as exc:
+            return {"ok": False, "error": str(exc)}
+    load = engine_load_by_wave(result.pop("stderr"))
+    for wave in result.get("waves", []):
+        wave.update(load.get(wave["turn"], {}))
+    return result
 
 
 async def _run_http(args, tokenizer, workload: dict) -> dict:
@@ -248,7 +223,7 @@ async def _run_http(args, tokenizer, workload: dict) -> dict:
         warmup = {"input_ids": warmup_ids, "sampling_params": warmup_params}
         async with session.post(args.url + "/generate", json=warmup) as response:
             response.raise_for_status()
-        await _flush_http_cache(session, args.url)
+        await worker.flush_http_cache(session, args.url)
         progress = worker.make_progress(args.label, workload)
         try:
             run = await worker.run_conversations(worker.http_stream_fn(session, args.url), tokenizer, workload,
@@ -263,24 +238,6 @@ async def _run_http(args, tokenizer, workload: dict) -> dict:
                        "model_dtype": None,  # a server does not say which dtype "auto" became
                        "server_args": {k: info.get(k) for k in ("dtype", "kv_cache_dtype", "quantization",
                                                                  "attention_backend", "page_size", "device")}}}
-
-
-async def _flush_http_cache(session, url: str, attempts: int = 100) -> None:
-    # Like Engine.flush_cache: refused while a finished request is still being finalized.
-    for _ in range(attempts):
-        async with session.post(url + "/flush_cache") as response:
-            if response.status == 200:
-                return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"/flush_cache refused {attempts} times")
-
-
-def server_model_path(url: str) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(url.rstrip("/") + "/get_model_info", timeout=30) as r:
-        info = json.loads(r.read())
-    return info.get("tokenizer_path") or info["model_path"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,37 +390,6 @@ def print_table(results: list[dict]) -> None:
                   f"{_fmt(result.get('engine_start_s'), '.0f')} s")
 
 
-def machine_info() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    import torch
-
-    def v(name):
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else None
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "gpus": gpus, "torch": torch.__version__, "sglang": v("sglang"), "transformers": v("transformers"),
-            "breccia": v("breccia"), "breccia_sglang": v("breccia-sglang")}
-
-
-def report_header(benchmark: str, args: argparse.Namespace, argv=None) -> dict:
-    """What every benchmark's JSON starts with: what ran, when, where, with which parameters."""
-    return {
-        "benchmark": benchmark,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv),
-        "machine": machine_info(),
-        "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-    }
-
-
 def plot(results: list[dict], out: Path) -> list[Path]:
     import matplotlib
 
@@ -523,13 +449,13 @@ def resolve_checkpoints(args) -> dict:
     checkpoints = {}
     if "model" in needed:
         if args.model is None:
-            from breccia_sglang.demo_model import fetch_demo_model
+            from breccia_sglang.harness.demo_model import fetch_demo_model
 
             args.model = fetch_demo_model()
         checkpoints["model"] = args.model
     if "breccia" in needed:
         if args.breccia_model is None:
-            from breccia_sglang.demo import quantized_demo_model
+            from breccia_sglang.harness.demo import quantized_demo_model
 
             args.breccia_model = quantized_demo_model("fp8")
         checkpoints["breccia"] = args.breccia_model
@@ -569,7 +495,7 @@ def main(argv=None) -> int:
 
     checkpoints = {} if args.url else resolve_checkpoints(args)
     # Every config's checkpoint carries the same tokenizer (quantize copies it).
-    tokenizer_path = args.model or (server_model_path(args.url) if args.url else checkpoints["breccia"])
+    tokenizer_path = args.model or (worker.server_model_path(args.url) if args.url else checkpoints["breccia"])
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
     workload = build_workload(args, tokenizer)
 

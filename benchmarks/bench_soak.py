@@ -46,10 +46,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))  # _multiturn_worker, also when imported by a test
-
-import _multiturn_worker as worker  # noqa: E402
-from bench_multiturn import _flush_http_cache, report_header, server_model_path  # noqa: E402
+import _multiturn_worker as worker
+from _common import OUT_DIR, SGLangServer, report_header
+from breccia_sglang import names
 
 # Just above the largest same-token logprob difference measured between batched and alone runs
 # with the FP8 KV cache (0.28 nats); see the docstring.
@@ -102,7 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--near-tie-nats", type=float, default=NEAR_TIE_NATS)
     p.add_argument("--verify", type=int, default=None, help="replay at most this many completed requests")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "soak.json")
+    p.add_argument("--out", type=Path, default=OUT_DIR / "soak.json")
     args = p.parse_args(argv)
     if args.output_len < 2:
         p.error("--output-len must be at least 2, so a request can be cut mid-decode")
@@ -269,7 +268,7 @@ def compare_with_replay(soak_ids: list, replay_ids: list, top_logprobs: list, ne
 
 async def replay_alone(session, url: str, requests: list[SoakRequest], output_len: int, near_tie_nats: float,
                        progress) -> list[dict]:
-    await _flush_http_cache(session, url)
+    await worker.flush_http_cache(session, url)
     verdicts = []
     for request in requests:
         payload = {"input_ids": request.input_ids, "return_logprob": True, "top_logprobs_num": 2,
@@ -421,7 +420,7 @@ def plot(run: dict, log: dict, out: Path) -> Path | None:
 
 
 def server_args(args) -> list[str]:
-    return ["--breccia-format", "--device", args.device, "--dtype", args.dtype,
+    return [names.FLAG, "--device", args.device, "--dtype", args.dtype,
             "--max-total-tokens", str(args.max_total_tokens), "--page-size", str(args.page_size)]
 
 
@@ -429,17 +428,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from transformers import AutoTokenizer
 
-    from breccia_sglang.server import SGLangServer
-
     args.out.parent.mkdir(parents=True, exist_ok=True)
     wall = time.monotonic()
     server = None
     if args.url:
         url, log_path = args.url.rstrip("/"), args.server_log
-        model = Path(server_model_path(url))
+        model = Path(worker.server_model_path(url))
     else:
         if args.model is None:
-            from breccia_sglang.demo import quantized_demo_model
+            from breccia_sglang.harness.demo import quantized_demo_model
 
             args.model = quantized_demo_model("fp8")
         model, log_path = args.model, args.out.with_name(args.out.stem + "_server.log")

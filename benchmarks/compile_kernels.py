@@ -11,7 +11,7 @@ there. Each launcher runs for real on CPU tensors shaped like one serving step, 
 tile sizes, while a recorder stands in for its kernel; the recorded arguments then go through
 Triton's own binder and specialization for the target, as a launch on that GPU would (alignment
 and divisibility included). SGLang's Triton decode kernel (the baseline of
-``bench_paged_attention.py``) is compiled the same way on BF16 and FP8 KV, side by side.
+``bench_decode.py``) is compiled the same way on BF16 and FP8 KV, side by side.
 
 Per kernel and target the report gives registers per thread, spilled bytes (local memory),
 shared memory against the GPU's per-block limit, warps and pipeline stages, read from the cubin
@@ -42,11 +42,10 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_multiturn import report_header  # noqa: E402
-from bench_paged_attention import error_summary  # noqa: E402
-
-from breccia_sglang.kernels import decode, extend, kv_write, launch  # noqa: E402
+from _common import OUT_DIR, error_summary, report_header  # noqa: E402
+from breccia_sglang.kernels import launch  # noqa: E402
+from breccia_sglang.kernels.attention import decode, extend, write_kv  # noqa: E402
+from breccia_sglang.kvcache import PagedKV, PagedScaledTensor  # noqa: E402
 
 # Largest shared memory one block may use (opt-in), bytes: CUDA programming guide, table 21.
 SHARED_PER_BLOCK = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
@@ -105,16 +104,17 @@ def breccia_launches(dtype: torch.dtype, head_dim: int, group: int) -> list[Laun
     sink: list[Launch] = []
     pool = (t["data"], t["scale"], t["data"], t["scale"])
     with contextlib.ExitStack() as stack:
-        stack.enter_context(recording(kv_write, "_write_kv_fp8_kernel", "breccia write", sink))
+        stack.enter_context(recording(write_kv, "_write_kv_fp8_kernel", "breccia write", sink))
         stack.enter_context(recording(decode, "_decode_split_kernel", "breccia decode split", sink))
         stack.enter_context(recording(decode, "_decode_merge_kernel", "breccia decode merge", sink))
         stack.enter_context(recording(extend, "_extend_kernel", "breccia extend", sink))
         launch.FORCE_GPU_TILES, tiles_before = True, launch.FORCE_GPU_TILES
         try:
-            kv_write.write_kv_fp8(t["k_new"], t["out_cache_loc"], t["data"], t["scale"])
-            decode.paged_decode_attention(t["q_decode"], *pool, t["kv_indptr"], t["kv_indices"])
-            extend.paged_extend_attention(t["q_extend"], *pool, t["qo_indptr"], t["kv_indptr"], t["kv_indices"],
-                                          t["out_cache_loc"], max_new_tokens=t["new_tokens"])
+            write_kv.write_kv_fp8(t["k_new"], PagedScaledTensor(t["data"], t["scale"], t["out_cache_loc"]))
+            context = PagedKV.of(*pool, t["kv_indices"], indptr=t["kv_indptr"])
+            new = PagedKV.of(*pool, t["out_cache_loc"], indptr=t["qo_indptr"])
+            decode.paged_decode_attention(t["q_decode"], context)
+            extend.paged_extend_attention(t["q_extend"], context, new, max_new_tokens=t["new_tokens"])
         finally:
             launch.FORCE_GPU_TILES = tiles_before
     return sink
@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=4, help="query heads per kv head")
     parser.add_argument("--no-sglang", action="store_true", help="skip SGLang's decode kernel")
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1))
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "compile_kernels.json")
+    parser.add_argument("--out", type=Path, default=OUT_DIR / "compile_kernels.json")
     args = parser.parse_args()
     unknown = [a for a in args.arch if a not in SHARED_PER_BLOCK]
     if unknown:
@@ -230,7 +230,7 @@ def main() -> None:
     cases = [(d, h, args.group, args.arch, not args.no_sglang) for d in args.dtype for h in args.head_dim]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = [row for case_rows in pool.map(_compile_case, cases) for row in case_rows]
-    failed = [r for r in rows if "error" in r and r["kernel"].startswith("breccia")]
+    failed = [r for r in rows if "error" in r and r["kernel"].startswith("breccia ")]
     over = [r for r in rows if r.get("shared_limit") and r["shared_bytes"] > r["shared_limit"]]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {**report_header("compile_kernels", args), "triton": triton.__version__, "gpus": GPU_NAMES,

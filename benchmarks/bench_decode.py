@@ -1,11 +1,11 @@
 """Paged decode attention: breccia's FP8 kernel vs SGLang's Triton decode on BF16 and FP8 KV.
 
 GPU (the numbers the kernels issue asks for):
-    python benchmarks/bench_paged_attention.py                      # batch 32/64 x context 4k-32k
-    python benchmarks/bench_paged_attention.py --batch 32 --context 8192 16384
+    python benchmarks/bench_decode.py                      # batch 32/64 x context 4k-32k
+    python benchmarks/bench_decode.py --batch 32 --context 8192 16384
 
 CPU smoke run (TRITON_INTERPRET=1 is set for you; correctness only, no timings):
-    python benchmarks/bench_paged_attention.py --smoke
+    python benchmarks/bench_decode.py --smoke
 
 Side by side in one run, for each (batch, context):
   breccia-fp8     paged_decode_attention: FP8 K/V + one fp32 scale per (token, kv head), read in place
@@ -40,9 +40,12 @@ if "--smoke" in sys.argv:
 
 import torch
 
-from breccia_sglang.kernels.decode import default_num_kv_splits, paged_decode_attention, reference_attention
-from breccia_sglang.kernels.kv_write import write_kv_fp8
+from _common import OUT_DIR, error_summary, report_header
+from breccia_sglang.kernels.attention import paged_decode_attention, write_kv_fp8
+from breccia_sglang.kernels.attention.decode import default_num_kv_splits
+from breccia_sglang.kernels.attention.reference import reference_attention
 from breccia_sglang.kernels.launch import native_fp8_on
+from breccia_sglang.kvcache import PagedKV, PagedScaledTensor
 
 FP8 = torch.float8_e4m3fn
 OURS = "breccia-fp8"
@@ -69,7 +72,7 @@ def build_cache(batch: int, context: int, kv_heads: int, head_dim: int, dtype, d
             x[:, :, 5] *= 20  # an outlier channel, as real keys have
         data = torch.zeros(num_slots, kv_heads, head_dim, dtype=torch.uint8, device=device)
         scale = torch.zeros(num_slots, kv_heads, device=device)
-        write_kv_fp8(x, kv_indices, data, scale)
+        write_kv_fp8(x, PagedScaledTensor(data, scale, kv_indices, PAGE))
         wide = torch.zeros(num_slots, kv_heads, head_dim, dtype=dtype, device=device)  # the unquantized cache
         wide[kv_indices] = x.to(dtype)
         tensor_scale = float(x.abs().max() / 448.0)  # a calibrated per-tensor scale: SGLang's best case
@@ -125,9 +128,11 @@ def variants(q, cache, sm_scale: float, max_kv_splits: int) -> dict:
     k, v = cache["k"], cache["v"]
     found = {}
 
+    context = PagedKV.of(k["data"], k["scale"], v["data"], v["scale"], cache["kv_indices"], PAGE,
+                         indptr=cache["kv_indptr"])
+
     def ours():
-        return paged_decode_attention(q, k["data"], k["scale"], v["data"], v["scale"], cache["kv_indptr"],
-                                      cache["kv_indices"], sm_scale, num_kv_splits=splits, out=out,
+        return paged_decode_attention(q, context, sm_scale, num_kv_splits=splits, out=out,
                                       part_out=part_out, part_lse=part_lse)
 
     def dequant(t):
@@ -162,16 +167,6 @@ def check(run, k, v, q, cache, sm_scale) -> float:
         errors += float((out[b] - ref).pow(2).sum())
         norms += float(ref.pow(2).sum())
     return math.sqrt(errors / norms)
-
-
-def error_summary(exc: Exception) -> str:
-    """``Type: reason`` in one line. Triton's CompilationError puts the kernel source first
-    and the reason last, so the last line that names an error or "not supported" is kept;
-    other messages keep their first line."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    reasons = [line for line in lines if "not supported" in line or "Error" in line]
-    reason = reasons[-1] if reasons else (lines[0] if lines else "")
-    return f"{type(exc).__name__}: {reason[:300]}"
 
 
 def copy_bandwidth(device) -> float:
@@ -247,7 +242,7 @@ def main() -> None:
     parser.add_argument("--max-kv-splits", type=int, default=16)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, correctness only (TRITON_INTERPRET=1)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "paged_attention.json")
+    parser.add_argument("--out", type=Path, default=OUT_DIR / "decode.json")
     args = parser.parse_args()
     if args.smoke:  # the interpreter's bf16 is broken: fp16 there
         args.batch, args.context, args.kv_heads, args.group, args.head_dim = [3], [100], 2, 2, 64
@@ -267,9 +262,9 @@ def main() -> None:
     print_table(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
+        **report_header("decode", args),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}), TRITON_INTERPRET=1",
         "measured_copy_bandwidth_gbps": peak / 1e9 if peak else None,
-        "torch": torch.__version__, "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
         "fp8_decode": "native float8e4nv" if native_fp8_on(device) else "integer bit moves (no fp8e4nv before sm_89)",
         "kv_heads": args.kv_heads, "group": args.group, "head_dim": args.head_dim, "dtype": str(args.dtype),
         "seconds": time.time() - started, "rows": rows,
