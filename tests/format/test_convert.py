@@ -1,0 +1,169 @@
+"""Converters: DeepSeek-V3-style and compressed-tensors FP8 into breccia, and breccia back to
+SGLang's native FP8 layout, bit for bit, on checkpoints built here from the tiny Llama."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import breccia
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from breccia_sglang.format.convert import LLAMA_BLOCK_FP8_NOTE, convert_to_breccia, export_sglang_fp8
+from breccia_sglang.errors import BrecciaCheckpointError
+
+from ..helpers import breccia_tensors, stored_tensors
+
+FP8 = torch.float8_e4m3fn
+BLOCK = [64, 32]  # rows x K per scale; the tiny model's 96- and 32-row weights leave partial edge blocks
+
+
+def _is_linear(name, t):
+    return name.endswith(".weight") and t.ndim == 2 and "embed" not in name and "lm_head" not in name
+
+
+def _block_expand(scale, rows, k, bn, bk):
+    return scale.repeat_interleave(bn, 0)[:rows].repeat_interleave(bk, 1)[:, :k]
+
+
+def _fp8_checkpoint(tiny_llama, dst, scales_for, quant_config, extra=None):
+    """Write tiny_llama with every linear as FP8 codes + the scales ``scales_for`` computes."""
+    dst.mkdir()
+    out = {}
+    for name, t in stored_tensors(tiny_llama).items():
+        if not _is_linear(name, t):
+            out[name] = t
+            continue
+        scale_name, scale, expanded = scales_for(t)
+        out[name] = (t / expanded).to(FP8)
+        out[name.removesuffix(".weight") + scale_name] = scale
+    out.update(extra or {})
+    save_file(out, str(dst / "model.safetensors"))
+    for f in tiny_llama.iterdir():
+        if f.suffix == ".json":
+            shutil.copy(f, dst / f.name)
+    config = json.loads((dst / "config.json").read_text())
+    config["quantization_config"] = quant_config
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def _deepseek_scales(t):
+    bn, bk = BLOCK
+    rows, k = t.shape
+    padded = torch.zeros(-(-rows // bn) * bn, -(-k // bk) * bk)
+    padded[:rows, :k] = t.abs()  # zero-padded edges, as DeepSeek-V3's checkpoints
+    amax = padded.reshape(padded.shape[0] // bn, bn, padded.shape[1] // bk, bk).amax((1, 3))
+    scale = amax.clamp(min=1e-12) / 448
+    return ".weight_scale_inv", scale, _block_expand(scale, rows, k, bn, bk)
+
+
+@pytest.fixture()
+def deepseek_fp8(tiny_llama, tmp_path):
+    config = {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": BLOCK}
+    return _fp8_checkpoint(tiny_llama, tmp_path / "dsv3", _deepseek_scales, config)
+
+
+def test_deepseek_blocks_become_per_row_k_blocks_exactly(deepseek_fp8, tmp_path):
+    report = convert_to_breccia(deepseek_fp8, tmp_path / "breccia", "deepseek-fp8")
+    assert len(report.converted) == 14 and report.kept == []
+    src = stored_tensors(deepseek_fp8)
+    scaled = breccia_tensors(tmp_path / "breccia")
+    assert len(scaled) == 14
+    for name, st in scaled.items():
+        data, block_scale = src[name], src[name.removesuffix(".weight") + ".weight_scale_inv"]
+        assert st.recipe == breccia.Float8BlockScaling(block_k=BLOCK[1]) and st.layout == breccia.PerBlockK(BLOCK[1])
+        assert torch.equal(st.data.view(torch.uint8), data.view(torch.uint8))
+        expected = data.to(torch.float32) * _block_expand(block_scale, *data.shape, *BLOCK)
+        assert torch.equal(breccia.dequantize(st), expected)
+
+
+def test_deepseek_round_trip_through_breccia_back_to_sglang_fp8_is_bit_exact(deepseek_fp8, tmp_path):
+    convert_to_breccia(deepseek_fp8, tmp_path / "breccia", "deepseek-fp8")
+    report = export_sglang_fp8(tmp_path / "breccia", tmp_path / "native", block_n=BLOCK[0])
+    assert report.notes == [LLAMA_BLOCK_FP8_NOTE]  # a block FP8 Llama: SGLang's default loader drops its scales
+    before, after = stored_tensors(deepseek_fp8), stored_tensors(tmp_path / "native")
+    assert set(before) == set(after)
+    for name, t in before.items():
+        assert after[name].dtype == t.dtype and torch.equal(after[name].view(torch.uint8), t.view(torch.uint8)), name
+    config = json.loads((tmp_path / "native" / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "fp8" and config["weight_block_size"] == BLOCK
+
+
+def test_deepseek_weight_with_a_partial_k_block_is_kept_dequantized_and_reported(tiny_llama, tmp_path):
+    global BLOCK
+    saved, BLOCK = BLOCK, [64, 64]  # K = 96 is not a whole number of 64-wide blocks
+    try:
+        config = {"quant_method": "fp8", "weight_block_size": BLOCK}
+        src = _fp8_checkpoint(tiny_llama, tmp_path / "dsv3", _deepseek_scales, config)
+        report = convert_to_breccia(src, tmp_path / "breccia", "deepseek-fp8")
+    finally:
+        BLOCK = saved
+    kept = dict(report.kept)
+    assert set(kept) == {f"model.layers.{i}.mlp.down_proj.weight" for i in range(2)}
+    assert all("K=96 is not a multiple of 64" in why for why in kept.values())
+    assert len(report.converted) == 12
+
+
+def _per_tensor(t):
+    scale = (t.abs().amax() / 448).reshape(1)
+    return ".weight_scale", scale, scale
+
+
+def _per_channel(t):
+    scale = t.abs().amax(1, keepdim=True) / 448
+    return ".weight_scale", scale, scale
+
+
+CT_CONFIG = {"quant_method": "compressed-tensors", "format": "float-quantized",
+             "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 8, "type": "float"}}}}
+
+
+@pytest.mark.parametrize("strategy", ["tensor", "channel"])
+def test_compressed_tensors_fp8_converts_bit_exactly(tiny_llama, tmp_path, strategy):
+    scales = _per_tensor if strategy == "tensor" else _per_channel
+    extra = {"model.layers.0.self_attn.q_proj.input_scale": torch.tensor([0.02])}
+    src = _fp8_checkpoint(tiny_llama, tmp_path / "ct", scales, CT_CONFIG, extra)
+    report = convert_to_breccia(src, tmp_path / "breccia", "compressed-tensors-fp8")
+    assert len(report.converted) == 14
+    assert [name for name, _ in report.dropped] == ["model.layers.0.self_attn.q_proj.input_scale"]
+    before = stored_tensors(src)
+    for name, st in breccia_tensors(tmp_path / "breccia").items():
+        scale = before[name.removesuffix(".weight") + ".weight_scale"]
+        assert torch.equal(st.data.view(torch.uint8), before[name].view(torch.uint8))
+        assert torch.equal(st.scale.flatten(), scale.flatten())
+        assert torch.equal(breccia.dequantize(st), before[name].to(torch.float32) * scale)
+    if strategy == "tensor":
+        assert export_sglang_fp8(tmp_path / "breccia", tmp_path / "native").notes == []  # per tensor loads fine
+        after = stored_tensors(tmp_path / "native")
+        for name, t in before.items():
+            if "input_scale" not in name:  # scales go from shape [1] to breccia's scalar: compare bytes
+                assert torch.equal(after[name].reshape(-1).view(torch.uint8), t.reshape(-1).view(torch.uint8)), name
+    else:
+        # Per-channel is one K block as wide as the row, so a different block size per layer
+        # shape; SGLang's FP8 config has one block size per model.
+        with pytest.raises(BrecciaCheckpointError, match=r"one recipe per model, found \['block\(E4M3,k=64\)"):
+            export_sglang_fp8(tmp_path / "breccia", tmp_path / "native")
+        assert not (tmp_path / "native").exists()  # nothing half-written
+
+
+def test_fp8_weight_without_its_scale_is_refused(tiny_llama, tmp_path):
+    def no_scale(t):
+        return ".unrelated", torch.ones(1), torch.ones(1)
+
+    src = _fp8_checkpoint(tiny_llama, tmp_path / "ct", no_scale, CT_CONFIG)
+    with pytest.raises(BrecciaCheckpointError, match=r"model.safetensors: FP8 tensor '.*' has no '.*\.weight_scale'"):
+        convert_to_breccia(src, tmp_path / "breccia", "compressed-tensors-fp8")
+    assert not (tmp_path / "breccia").exists()
+
+
+@pytest.mark.engine
+def test_a_converted_deepseek_checkpoint_serves_like_hf(deepseek_fp8, tiny_llama, tmp_path):
+    from test_recipes_engine import _hf_greedy, _serve
+
+    convert_to_breccia(deepseek_fp8, tmp_path / "breccia", "deepseek-fp8")
+    result = _serve(tmp_path / "breccia", tmp_path)
+    assert result["ok"], result
+    assert result["results"][0]["output_ids"] == _hf_greedy(tiny_llama, tmp_path / "breccia")

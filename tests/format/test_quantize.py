@@ -1,0 +1,130 @@
+"""`breccia-sglang quantize`: breccia's own cast and safetensors convention, nothing dropped."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import breccia
+import pytest
+import torch
+
+from breccia_sglang.errors import BrecciaCheckpointError
+from breccia_sglang.format import make_recipe
+from breccia_sglang.format.quantize import quantize_checkpoint
+
+from ..helpers import breccia_tensors, stored_tensors
+
+
+def test_fp8_checkpoint_matches_breccia_cast_bit_for_bit(tiny_llama, tmp_path):
+    dst = tmp_path / "fp8"
+    report = quantize_checkpoint(tiny_llama, dst, make_recipe("fp8"), progress=False)
+    src = stored_tensors(tiny_llama)
+    scaled = breccia_tensors(dst)
+    linear = {n for n, t in src.items() if n.endswith(".weight") and t.ndim == 2 and "embed" not in n and "lm_head" not in n}
+    assert set(scaled) == linear == {n for n, _ in report.quantized}
+    for name, st in scaled.items():
+        expected = breccia.cast(src[name], breccia.Float8CurrentScaling())
+        assert st.recipe == breccia.Float8CurrentScaling() and st.layout == breccia.PerTensor()
+        assert torch.equal(st.data.view(torch.uint8), expected.data.view(torch.uint8)), name
+        assert torch.equal(st.scale, expected.scale), name
+
+
+def test_nothing_is_dropped_and_config_names_breccia(tiny_llama, tmp_path):
+    dst = tmp_path / "fp8"
+    report = quantize_checkpoint(tiny_llama, dst, make_recipe("fp8"), progress=False)
+    src = stored_tensors(tiny_llama)
+    index = json.loads((dst / "model.safetensors.index.json").read_text())["weight_map"]
+    stored = set(index)
+    for name in src:
+        assert name in stored or {f"{name}.data", f"{name}.scale"} <= stored, name
+    kept = dict(report.kept)
+    assert "model.embed_tokens.weight" in kept and "lm_head.weight" in kept
+    plain = stored_tensors(dst)
+    for name in list(kept) + [n for n, _ in report.copied]:
+        assert torch.equal(plain[name], src[name]), name
+    config = json.loads((dst / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "breccia"
+    assert (dst / "tokenizer_config.json").is_file()
+
+
+def test_shapes_a_recipe_cannot_take_are_kept_and_reported(tiny_llama, tmp_path):
+    # Block 128 needs K % 128 == 0; the tiny model's K is 64 or 96, so every weight stays
+    # high precision, and says why.
+    report = quantize_checkpoint(tiny_llama, tmp_path / "blk", make_recipe("fp8-block", block_k=128), progress=False)
+    assert report.quantized == []
+    reasons = [why for name, why in report.kept if "embed" not in name and "lm_head" not in name]
+    assert reasons and all("not supported" in why and "divisible" in why for why in reasons)
+    report32 = quantize_checkpoint(tiny_llama, tmp_path / "blk32", make_recipe("fp8-block", block_k=32), progress=False)
+    st = breccia_tensors(tmp_path / "blk32")["model.layers.0.mlp.down_proj.weight"]
+    assert st.layout == breccia.PerBlockK(32) and tuple(st.scale.shape) == (64, 3)
+    assert len(report32.quantized) == 14
+
+
+def test_refuses_to_overwrite_without_flag(tiny_llama, tmp_path):
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    with pytest.raises(BrecciaCheckpointError, match="exists and is not empty"):
+        quantize_checkpoint(tiny_llama, dst, make_recipe("fp8"), progress=False)
+    assert (dst / "keep.txt").read_text() == "mine"
+
+
+def test_a_failure_midway_leaves_nothing_behind(tiny_llama, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in tiny_llama.iterdir():
+        (src / f.name).write_bytes(f.read_bytes())
+    weights = src / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])  # header intact, last tensor truncated
+    with pytest.raises(Exception):
+        quantize_checkpoint(src, tmp_path / "out", make_recipe("fp8"), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_cli_prints_the_report_and_a_progress_bar(tiny_llama, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "breccia_sglang.cli", "quantize", str(tiny_llama), str(tmp_path / "q"),
+         "--recipe", "fp8"], capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "quantized: 14 weights" in done.stdout
+    assert "model.embed_tokens.weight: kept by --keep rule" in done.stdout
+    assert "quantize" in done.stderr and "tensor" in done.stderr  # tqdm's bar
+
+
+@pytest.mark.parametrize("recipe", ["mxfp8", "nvfp4", "int4", "int4-asym", "fp8-block"])
+def test_row_chunked_cast_is_bit_identical_to_breccias_whole_tensor_cast(recipe, monkeypatch):
+    from breccia_sglang.format import quantize
+
+    monkeypatch.setattr(quantize, "CAST_CHUNK_ELEMENTS", 7 * 96)  # 7-row chunks: an odd split
+    x = torch.randn(50, 96)
+    r = make_recipe(recipe.removesuffix("-asym"), block_k=32, group_size=32, symmetric=not recipe.endswith("asym"))
+    chunked, whole = quantize._cast(x, r), breccia.cast(x, r)
+    assert chunked.layout == whole.layout
+    assert torch.equal(chunked.data.view(torch.uint8), whole.data.view(torch.uint8))
+    assert torch.equal(chunked.scale, whole.scale)
+    assert (chunked.zero_point is None) == (whole.zero_point is None)
+    if whole.zero_point is not None:
+        assert torch.equal(chunked.zero_point, whole.zero_point)
+
+
+def test_per_layer_overrides_pick_the_recipe_and_keep_rules_still_win(tiny_llama, tmp_path):
+    dst = tmp_path / "mixed"
+    done = subprocess.run(
+        [sys.executable, "-m", "breccia_sglang.cli", "quantize", str(tiny_llama), str(dst), "--recipe", "fp8",
+         "--override", "*.mlp.*=int4", "--group-size", "32", "--override", "*embed_tokens*=int4"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    scaled = breccia_tensors(dst)
+    mlp = [n for n in scaled if ".mlp." in n]
+    attn = [n for n in scaled if ".self_attn." in n]
+    assert len(mlp) == 6 and len(attn) == 8
+    assert all(scaled[n].recipe == breccia.INT4Scaling(group_size=32) for n in mlp)
+    assert all(scaled[n].recipe == breccia.Float8CurrentScaling() for n in attn)
+    assert "model.embed_tokens.weight" not in scaled  # --keep's default rule beats the override
+    assert "int4(g=32,sym)/per_block_k: 6" in done.stdout and "current(E4M3)/per_tensor: 8" in done.stdout
+    config = json.loads((dst / "config.json").read_text())["quantization_config"]
+    assert config["recipe"] == ["current(E4M3)/per_tensor", "int4(g=32,sym)/per_block_k"]

@@ -1,0 +1,88 @@
+"""What many tests use: reading checkpoints back, running an engine through the harness, and the
+HF transformers reference an engine's tokens are compared with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+MAX_NEW_TOKENS = 24
+
+
+def stored_tensors(path: Path) -> dict:
+    """Every tensor of every safetensors file in ``path``, by stored name."""
+    from safetensors import safe_open
+
+    out = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys()})
+    return out
+
+
+def breccia_tensors(path: Path) -> dict:
+    """The breccia ScaledTensors of a checkpoint written by us, read back by breccia itself."""
+    from breccia.bridges import load_safetensors
+
+    out = {}
+    for file in sorted(Path(path).glob("model-breccia-*.safetensors")):
+        out.update(load_safetensors(str(file)))
+    return out
+
+
+def run_engine(spec: dict, tmp_path: Path, timeout: float = 900) -> dict:
+    """``spec`` in a real engine process (``breccia_sglang.harness.run_engine``)."""
+    from breccia_sglang.harness.engine_process import run_engine as run
+
+    return run(spec, tmp_path, timeout)
+
+
+def hf_reference_ids(demo_model, breccia_checkpoint, prompt_ids) -> list[int]:
+    """Greedy tokens from HF transformers with the breccia weights dequantized by breccia."""
+    import breccia
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32)
+    scaled_tensors = breccia_tensors(breccia_checkpoint)
+    assert len(scaled_tensors) == 210  # every linear of SmolLM2's 30 layers (7 each)
+    for name, scaled in scaled_tensors.items():
+        model.get_submodule(name.removesuffix(".weight")).weight.data.copy_(breccia.dequantize(scaled))
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    return strip_eos(out[0, len(prompt_ids):].tolist(), model.generation_config.eos_token_id)
+
+
+def strip_eos(ids: list[int], eos) -> list[int]:
+    eos = set(eos if isinstance(eos, list) else [eos])
+    for i, t in enumerate(ids):
+        if t in eos:
+            return ids[:i]
+    return ids
+
+# The benchmark scripts. Tests run them as users do (``python benchmarks/X.py``) and import
+# them by name for their pure functions (pytest puts benchmarks/ on the path: pyproject.toml).
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+# The folder of a sitecustomize.py that counts how engine processes read the KV pool's views.
+VIEW_SPY = Path(__file__).resolve().parent / "engine" / "view_spy"
+
+
+def view_spy_env(out_dir: Path) -> dict:
+    """Environment for an engine whose processes count their view reads into ``out_dir``."""
+    import os
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = os.pathsep.join(p for p in (str(VIEW_SPY), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "BRECCIA_TEST_VIEW_SPY": str(out_dir)}
+
+
+def view_spy_counts(out_dir: Path) -> dict:
+    """The counts of every process that built a view, summed."""
+    import json
+
+    total: dict = {}
+    for path in out_dir.glob("*.json"):
+        for key, value in json.loads(path.read_text()).items():
+            total[key] = total.get(key, 0) + value
+    return total
