@@ -4,11 +4,11 @@
 #   bash scripts/fetch_gpu_wheels.sh             # here, once: .whl/ (~42 MB, git-ignored)
 #   run(command="bash scripts/gpu_checks.sh", carry=[".whl"], timeout_s=540)
 #
-# 1. tests/test_kernels.py on the GPU, compiled (BRECCIA_KERNEL_DEVICE=cuda): the write,
-#    decode and extend kernels against their fp32 references on the same awkward shapes as
-#    under the interpreter, plus CUDA-graph capture and replay of a write + decode step.
-# 2. benchmarks/bench_paged_attention.py: decode time and achieved bandwidth of breccia's FP8
-#    kernel against SGLang's Triton decode on BF16 and per-tensor FP8 KV, side by side.
+# 1. tests/kernels on the GPU, compiled (BRECCIA_KERNEL_DEVICE=cuda): the write, decode and
+#    extend kernels against their fp32 references on the same awkward shapes as under the
+#    interpreter, plus CUDA-graph capture and replay of a write + decode step (views included).
+# 2. benchmarks/bench_decode.py: decode time and achieved bandwidth of breccia's FP8 kernel
+#    against SGLang's Triton decode on BF16 and per-tensor FP8 KV, side by side.
 # Logs and JSON go to $OUT (the tool brings them back); the last lines printed are the table.
 #
 # To try the script itself without a GPU (the interpreter, tiny sizes), with a Python that
@@ -30,15 +30,16 @@ export PYTHONPATH="$SITE:$PWD"
 } | tee "$OUT/env.txt"
 
 status=0
-"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_kernels.py --junitxml="$OUT/kernels.xml" 2>&1 \
+# The kernel tests need only torch, triton, breccia and this package (no SGLang, no model).
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/kernels --junitxml="$OUT/kernels.xml" 2>&1 \
     | tee "$OUT/kernels.log" || status=1
 
 if [ "$DEVICE" = cuda ]; then
-    bench=(--out "$OUT/paged_attention.json")
+    bench=(--out "$OUT/decode.json")
 else
-    bench=(--smoke --out "$OUT/paged_attention.json")
+    bench=(--smoke --out "$OUT/decode.json")
 fi
-"$PYTHON" benchmarks/bench_paged_attention.py "${bench[@]}" 2>&1 | tee "$OUT/bench.log" || status=1
+"$PYTHON" benchmarks/bench_decode.py "${bench[@]}" 2>&1 | tee "$OUT/bench.log" || status=1
 
 echo "--- kernels: $(tail -1 "$OUT/kernels.log")"
 echo "--- gpu_checks.sh: $([ $status -eq 0 ] && echo PASS || echo FAIL), files in $OUT"
