@@ -82,6 +82,7 @@ def load_task(name: str | None):
     if where.endswith(".py"):
         spec = importlib.util.spec_from_file_location(Path(where).stem, where)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # as an import would (dataclasses look their module up)
         sys.path.insert(0, str(Path(where).parent))  # so a benchmark's own helpers import
         spec.loader.exec_module(module)
     else:

@@ -76,10 +76,12 @@ class BrecciaFP8KVPool(MHATokenToKVPool):
 
     def key_view(self, layer_id: int, slots: torch.Tensor) -> PagedScaledTensor:
         """Layer ``layer_id``'s K for the tokens in ``slots`` (no copy)."""
-        return self.views(layer_id, slots).k
+        idx = layer_id - self.start_layer
+        return PagedScaledTensor(self.k_buffer[idx], self.k_scale_buffer[idx], slots, self.page_size)
 
     def value_view(self, layer_id: int, slots: torch.Tensor) -> PagedScaledTensor:
-        return self.views(layer_id, slots).v
+        idx = layer_id - self.start_layer
+        return PagedScaledTensor(self.v_buffer[idx], self.v_scale_buffer[idx], slots, self.page_size)
 
     def prefix_views(self, tree_cache, node, layer_id: int) -> PagedKV:
         """K and V of the prefix SGLang's prefix cache holds up to ``node``, as views.

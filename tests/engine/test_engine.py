@@ -41,18 +41,18 @@ def served(request, demo_model, demo_fp8, chat_prompt_ids, tmp_path_factory):
     }
     result = run_engine(spec, tmp_path_factory.mktemp("engine"))
     assert result["ok"], result
-    return checkpoint, result["results"], result["server_args"]
+    return checkpoint, result["results"], result["server_args"], request.param
 
 
 def test_greedy_answer_equals_hf_transformers_on_the_same_dequantized_weights(served, demo_model, chat_prompt_ids):
-    checkpoint, results, _ = served
+    checkpoint, results, _, _ = served
     expected = hf_reference_ids(demo_model, checkpoint, chat_prompt_ids)
     assert strip_eos(results[0]["output_ids"], EOS) == expected
     assert "Paris" in results[0]["text"]
 
 
 def test_repeated_prompt_is_served_from_the_prefix_cache(served, chat_prompt_ids):
-    _, results, _ = served
+    _, results, _, _ = served
     assert results[0]["cached_tokens"] == 0
     assert 0 < results[1]["cached_tokens"] < len(chat_prompt_ids)
     assert results[1]["output_ids"] == results[0]["output_ids"]
@@ -61,8 +61,12 @@ def test_repeated_prompt_is_served_from_the_prefix_cache(served, chat_prompt_ids
 def test_an_engine_given_no_device_serves_on_cpu(served):
     # Issue 18: sgl.Engine(model_path=..., breccia_format=True) with no device used to die in
     # SGLang's argument resolution (the CPU platform answered with a torch.device, not a string).
-    _, results, server_args = served
-    assert server_args["device"] == "cpu" and server_args["quantization"] == "breccia"
+    _, results, server_args, recipe = served
+    assert server_args["device"] == "cpu"
+    if recipe == "fp8-block-64":  # the engine given no device: breccia by its keyword
+        assert server_args["quantization"] == "breccia"
+    else:  # device="cpu" given; breccia from config.json's quant_method, not a server argument
+        assert server_args["quantization"] is None
     assert "Paris" in results[0]["text"]
 
 

@@ -161,7 +161,7 @@ def test_fp8_weight_without_its_scale_is_refused(tiny_llama, tmp_path):
 
 @pytest.mark.engine
 def test_a_converted_deepseek_checkpoint_serves_like_hf(deepseek_fp8, tiny_llama, tmp_path):
-    from test_recipes_engine import _hf_greedy, _serve
+    from ..engine.test_recipes_engine import _hf_greedy, _serve
 
     convert_to_breccia(deepseek_fp8, tmp_path / "breccia", "deepseek-fp8")
     result = _serve(tmp_path / "breccia", tmp_path)
