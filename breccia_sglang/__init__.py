@@ -5,6 +5,8 @@ Folders in dependency order; each imports only the ones above it in this list:
 - ``names.py``, ``errors.py``: the string contracts and the one user-facing error type.
 - ``format/``: breccia checkpoints on disk (read, check, write, quantize, convert). No SGLang.
 - ``kvcache/``: FP8 KV maths and ``PagedScaledTensor``, the view type over KV pages. No SGLang.
+- ``weights/``: quantized-weight maths in torch (breccia's dequantize without NumPy, FP8
+  activation quantization, the W8A8 reference). No SGLang.
 - ``kernels/``: Triton kernels over those views, each with an fp32 reference. No SGLang.
 - ``integration/``: everything that touches SGLang (plugin, hooks, quant method, KV pool,
   attention backends, CPU platform). The only folder an SGLang upgrade needs reviewed.

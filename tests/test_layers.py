@@ -26,10 +26,11 @@ LAYERS = {
     "names": set(), "errors": set(),
     "format": {"names", "errors"},
     "kvcache": {"names", "errors"},
-    "kernels": {"names", "errors", "kvcache"},
-    "integration": {"names", "errors", "format", "kvcache", "kernels"},
-    "harness": {"names", "errors", "format", "kvcache", "kernels", "integration"},
-    "cli": {"names", "errors", "format", "kvcache", "kernels", "integration", "harness"},
+    "weights": {"names", "errors", "format"},
+    "kernels": {"names", "errors", "kvcache", "weights"},
+    "integration": {"names", "errors", "format", "kvcache", "weights", "kernels"},
+    "harness": {"names", "errors", "format", "kvcache", "weights", "kernels", "integration"},
+    "cli": {"names", "errors", "format", "kvcache", "weights", "kernels", "integration", "harness"},
 }
 MAY_IMPORT_SGLANG = {"integration", "harness"}
 
@@ -150,8 +151,10 @@ def literals(path: Path):
 def spelled_contract(text: str) -> list[str]:
     """The contracts a literal spells. The quant method's value is the plain word "breccia",
     which is also a package name and a label in reports: that one is found where SGLang reads
-    it (``quant_method_spellings``), the distinctive ones wherever they stand."""
-    return [name for name, value in CONTRACTS.items() if name != "QUANT_METHOD" and value in text]
+    it (``quant_method_spellings``). Kernel names ("emulated", "sglang-fp8") are words inside
+    other names too: spelled when a literal is exactly one. The rest wherever they stand."""
+    return [name for name, value in CONTRACTS.items() if name != "QUANT_METHOD"
+            and (text == value if name.startswith("GEMM_") else value in text)]
 
 
 QUANT_KEYS = {"quantization", "quant_method"}
@@ -199,6 +202,7 @@ def test_each_string_contract_is_spelled_once_in_names_py():
 def test_a_spelled_contract_would_be_found(tmp_path):
     assert spelled_contract("run with --breccia-format here") == ["FLAG"]
     assert spelled_contract(f"set {names.ENV_FP8_KV}=0") == ["ENV_FP8_KV"]
+    assert spelled_contract("triton-block-fp8") == ["GEMM_TRITON_BLOCK_FP8"] and spelled_contract("emulated x") == []
     planted = tmp_path / "planted.py"
     planted.write_text('engine(quantization="breccia")\nconfig = {"quant_method": "breccia"}\n'
                        'if args.quantization != "breccia": pass\nlabel = "breccia"\n')
