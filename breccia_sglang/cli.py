@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("inspect", help="validate a breccia checkpoint; list its layers and kernels")
     p.add_argument("checkpoint")
+    p.add_argument("--capability", type=int, metavar="SM",
+                   help="the kernels an NVIDIA GPU of this compute capability would run (80, 86, 89, 90, 100, ...), "
+                        "instead of this machine's")
 
     args = parser.parse_args(argv)
     try:
@@ -102,7 +105,7 @@ def _quantize(args) -> int:
 def _inspect(args) -> int:
     from .integration.inspect_report import inspect_checkpoint
 
-    print(inspect_checkpoint(args.checkpoint))
+    print(inspect_checkpoint(args.checkpoint, args.capability))
     return 0
 
 

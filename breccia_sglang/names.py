@@ -20,6 +20,16 @@ TORCH_BACKEND = "breccia_torch"  # --attention-backend: the plain-torch referenc
 ATTENTION_BACKENDS = (TRITON_BACKEND, TORCH_BACKEND)
 PLATFORM_CLASS = "breccia_sglang.integration.platform.BrecciaCpuPlatform"  # resolved by SGLang
 
+# --- GEMM kernels a breccia linear layer can get (inspect prints them; BRECCIA_SGLANG_GEMM picks one)
+
+GEMM_EMULATED = "emulated"  # breccia's dequantize in torch, then a matmul: any device
+GEMM_W8A8_REFERENCE = "w8a8-reference"  # FP8 activations too, in fp32 torch: only when asked for
+GEMM_SGLANG_FP8 = "sglang-fp8-linear"  # SGLang's per-tensor FP8 linear (Fp8LinearMethod), sm_89+
+GEMM_TRITON_BLOCK_FP8 = "triton-block-fp8"  # SGLang's Triton W8A8 block kernel with our 1xB configs
+GEMM_MARLIN_FP8 = "marlin-fp8"  # SGLang's FP8 Marlin (W8A16), for GPUs without FP8 tensor cores
+GEMM_BLOCKSCALE_SM90 = "blockscale-sm90"  # 1x128 x 1x128 blockwise FP8 GEMM on Hopper
+GEMM_SGLANG_MXFP8 = "sglang-mxfp8"  # SGLang's own MXFP8 linear, sm_100
+
 # --- environment variables -------------------------------------------------------------------
 
 # "0" keeps the CPU platform inert (it activates by itself when no CUDA device is visible).
@@ -32,3 +42,5 @@ ENV_TRITON_ON_CPU = "BRECCIA_SGLANG_TRITON_ATTENTION"
 ENV_CACHE = "BRECCIA_SGLANG_CACHE"
 # Where the kernel tests and the GPU checks run their kernels: "cpu" (the interpreter) or "cuda".
 ENV_KERNEL_DEVICE = "BRECCIA_KERNEL_DEVICE"
+# A GEMM kernel name (above): every layer it can serve gets it, e.g. "emulated" to compare.
+ENV_GEMM = "BRECCIA_SGLANG_GEMM"

@@ -1,24 +1,26 @@
 """``breccia-sglang inspect``: what a checkpoint holds and which SGLang kernel would run each
-layer on this machine (the kernel choice is SGLang-facing, so the report lives here)."""
+layer on this machine, or on a GPU of a given compute capability (``--capability 90``) that is
+not here (the kernel choice is SGLang-facing, so the report lives here)."""
 
 from __future__ import annotations
 
 import torch
 
 from ..format import BrecciaCheckpoint
-from .gemm import LinearSpec, choose_kernel, current_device_spec
+from .gemm import LinearSpec, Target, choose_kernel
 
 
-def inspect_checkpoint(path) -> str:
-    """Validate ``path`` exactly as loading does and describe it, one line per tensor."""
+def inspect_checkpoint(path, capability: int | None = None) -> str:
+    """Validate ``path`` exactly as loading does and describe it, one line per tensor, with the
+    kernel it would get here, or on an NVIDIA GPU of ``capability`` (e.g. 90 for sm_90)."""
     ckpt = BrecciaCheckpoint.open(path)
     ckpt.check_scale_values()
-    device_type, capability = current_device_spec()
-    here = f"{device_type}" + (f" sm_{capability}" if capability else "")
-    rows = [("tensor", "recipe/layout", "shape", "bytes", f"kernel on this machine ({here})")]
+    target = Target.here() if capability is None else Target.gpu(capability)
+    where = f"this machine ({target})" if capability is None else f"sm_{capability}"
+    rows = [("tensor", "recipe/layout", "shape", "bytes", f"kernel on {where}")]
     for name, entry in sorted(ckpt.entries.items()):
         out_features, in_features = entry.data.shape[-2], entry.data.shape[-1]
-        spec = LinearSpec.for_entry(name, entry, in_features, (out_features,), torch.bfloat16)
+        spec = LinearSpec.for_entry(name, entry, in_features, (out_features,), torch.bfloat16, target)
         kernel = choose_kernel(spec).name
         rows.append((name, entry.label, "x".join(map(str, entry.data.shape)), _size(entry.nbytes), kernel))
     plain_bytes = sum(t.nbytes for t in ckpt.plain.values())

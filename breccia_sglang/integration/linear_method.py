@@ -3,18 +3,22 @@
 It declares the layer's parameters through the chosen GEMM kernel and counts every
 checkpoint tensor SGLang's weight loaders write into them, so a tensor the model silently
 ignored (SGLang models skip names they do not know) is an error, not a layer running on
-uninitialised memory.
+uninitialised memory. The log names the kernel each kind of layer (qkv_proj, down_proj, ...)
+gets, once per kind.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 
 from sglang.srt.layers.quantization.base_config import LinearMethodBase
 
 from ..errors import BrecciaCheckpointError
 from .gemm import LinearSpec, choose_kernel
 from .sglang_params import fp8_param_config
+
+logger = logging.getLogger(__name__)
 
 
 class BrecciaLinearMethod(LinearMethodBase):
@@ -24,8 +28,9 @@ class BrecciaLinearMethod(LinearMethodBase):
     SGLang's shard order (e.g. q, k, v).
     """
 
-    def __init__(self, prefix: str, entries: list):
+    def __init__(self, prefix: str, entries: list, announced: set | None = None):
         self.prefix = prefix
+        self.announced = announced if announced is not None else set()  # (layer kind, kernel) logged
         self.entries = entries
         self.recipe = entries[0].recipe
         self.layout = entries[0].layout
@@ -50,6 +55,11 @@ class BrecciaLinearMethod(LinearMethodBase):
         loader = _counting(extra_weight_attrs["weight_loader"])
         self.kernel.create_weights(layer, spec, loader)
         layer.breccia_kernel = self.kernel.name
+        kind = self.prefix.rpartition(".")[2]
+        if (kind, self.kernel.name) not in self.announced:
+            self.announced.add((kind, self.kernel.name))
+            logger.info("breccia-sglang: %s layers (%s) run GEMM kernel %s", kind, self.entries[0].label,
+                        self.kernel.name)
 
     def process_weights_after_loading(self, layer) -> None:
         self._check_everything_loaded(layer)

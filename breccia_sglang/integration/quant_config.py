@@ -45,6 +45,7 @@ class BrecciaConfig(QuantizationConfig):
         super().__init__()
         self.checkpoint = checkpoint
         self.claimed: set[str] = set()
+        self.announced: set[tuple[str, str]] = set()  # (layer kind, kernel) already in the log
 
     @classmethod
     def from_checkpoint(cls, model_path: str, packed_modules_mapping=None) -> "BrecciaConfig":
@@ -92,7 +93,7 @@ class BrecciaConfig(QuantizationConfig):
         from .linear_method import BrecciaLinearMethod  # imports SGLang's linear layers
 
         self.claimed.update(e.name for e in entries)
-        return BrecciaLinearMethod(prefix, entries)
+        return BrecciaLinearMethod(prefix, entries, self.announced)
 
     def is_linear_unquantized(self, prefix: str) -> bool:
         return not self.entries_for_module(prefix)  # a query: claims nothing

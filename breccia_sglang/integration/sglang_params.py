@@ -87,3 +87,19 @@ def code_params(layer, spec: LinearSpec, weight_loader: Callable) -> None:
     if spec.has_zero_point:
         layer.register_parameter("weight_zero_point", param((rows, blocks), spec.scale_dtype))
     layer.logical_widths = list(spec.output_partition_sizes)
+
+
+@dataclass(frozen=True)
+class StoredWeight:
+    """A breccia linear layer's weight as its parameters hold it (plain tensors, not SGLang's
+    parameter subclasses): what kernels read at run time."""
+
+    data: torch.Tensor  # (N, K) float8_e4m3fn, or uint8 codes
+    scale: torch.Tensor  # (shards,) per-tensor, or (N, K / B)
+    zero_point: torch.Tensor | None
+    shard_widths: tuple[int, ...]  # rows of each merged shard (q, k, v), in order
+
+
+def stored_weight(layer) -> StoredWeight:
+    zero_point = layer.weight_zero_point.data if hasattr(layer, "weight_zero_point") else None
+    return StoredWeight(layer.weight.data, layer.weight_scale.data, zero_point, tuple(layer.logical_widths))

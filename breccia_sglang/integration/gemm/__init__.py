@@ -1,12 +1,16 @@
 """GEMM kernels for breccia linear layers inside SGLang, chosen from a description of the layer.
 
-- ``base.py``: ``LinearSpec`` (what a kernel decides on) and ``GemmKernel`` (the interface).
-- ``emulated.py``: breccia's dequantize, then a plain matmul; runs anywhere.
+- ``base.py``: ``LinearSpec`` (what a kernel decides on), ``Target`` (the machine it is for)
+  and ``GemmKernel`` (the interface).
+- ``emulated.py``: breccia's dequantize in torch, then a plain matmul; runs anywhere.
+- ``w8a8_reference.py``: FP8 activations too, in fp32 torch; only when asked for.
 - ``sglang_fp8.py``: SGLang's native FP8 linear for per-tensor FP8 on sm_89+.
+- ``triton_block_fp8.py``: block FP8 (1x32/64/128) and MXFP8 on SGLang's Triton W8A8 block
+  kernel, with tile configs of ours.
 - ``registry.py``: every kernel, best first, and ``choose_kernel``.
 """
 
-from .base import GemmKernel, LinearSpec, current_device_spec
+from .base import GemmKernel, LinearSpec, Target
 from .registry import KERNELS, choose_kernel, kernel_report
 
-__all__ = ["KERNELS", "GemmKernel", "LinearSpec", "choose_kernel", "current_device_spec", "kernel_report"]
+__all__ = ["KERNELS", "GemmKernel", "LinearSpec", "Target", "choose_kernel", "kernel_report"]

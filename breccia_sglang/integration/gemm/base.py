@@ -7,12 +7,39 @@ Each kernel says whether it can implement a spec (recipe, layout, shapes, device
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch
 
+from ... import names
 from ...format.reader import TORCH_DTYPES
+from ...format.recipes import block_width
+
+
+@dataclass(frozen=True)
+class Target:
+    """The machine a layer is served on: this one, or one described (``inspect --capability``)."""
+
+    device_type: str  # "cuda", "cpu", ...
+    capability: int | None = None  # e.g. 90 for sm_90; None off CUDA
+    simulated: bool = False  # described, not present: kernels cannot probe its libraries
+
+    @classmethod
+    def here(cls) -> "Target":
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            return cls("cuda", major * 10 + minor)
+        return cls("cpu")
+
+    @classmethod
+    def gpu(cls, capability: int) -> "Target":
+        return cls("cuda", capability, simulated=True)
+
+    def __str__(self) -> str:
+        described = " (described)" if self.simulated else ""
+        return self.device_type + (f" sm_{self.capability}" if self.capability else "") + described
 
 
 @dataclass(frozen=True)
@@ -29,25 +56,50 @@ class LinearSpec:
     capability: int | None  # e.g. 90 for sm_90; None off CUDA
     scale_dtype: torch.dtype = torch.float32  # as stored in the checkpoint
     has_zero_point: bool = False
+    forced: str | None = None  # the kernel BRECCIA_SGLANG_GEMM asks for, if any
+    interpreted: bool = False  # Triton's interpreter is on (TRITON_INTERPRET=1): Triton runs on CPU
+    simulated: bool = False  # a described GPU (inspect --capability), not this machine's
 
     @classmethod
-    def for_entry(cls, prefix, entry, input_size_per_partition, output_partition_sizes, params_dtype):
-        """The spec of a layer served from checkpoint ``entry`` (a BrecciaEntry) on this machine."""
-        device_type, capability = current_device_spec()
+    def for_entry(cls, prefix, entry, input_size_per_partition, output_partition_sizes, params_dtype,
+                  target: Target | None = None):
+        """The spec of a layer served from checkpoint ``entry`` (a BrecciaEntry) on ``target``
+        (default: this machine, with this process's environment)."""
+        target = target or Target.here()
         return cls(prefix, entry.recipe, entry.layout, input_size_per_partition, tuple(output_partition_sizes),
-                   params_dtype, device_type, capability, TORCH_DTYPES[entry.scale.dtype],
-                   entry.zero_point is not None)
+                   params_dtype, target.device_type, target.capability, TORCH_DTYPES[entry.scale.dtype],
+                   entry.zero_point is not None, forced=os.environ.get(names.ENV_GEMM) or None,
+                   interpreted=os.environ.get("TRITON_INTERPRET") == "1" and not target.simulated,
+                   simulated=target.simulated)
 
     @property
     def fp8_format(self) -> str | None:
         return getattr(self.recipe, "fp8_format", None)
 
+    @property
+    def block(self) -> int | None:
+        """K elements per scale (1 x B blocks), None for a per-tensor scale."""
+        return block_width(self.layout)
 
-def current_device_spec() -> tuple[str, int | None]:
-    if torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability()
-        return "cuda", major * 10 + minor
-    return "cpu", None
+    @property
+    def out_features(self) -> int:
+        return sum(self.output_partition_sizes)
+
+
+def needs_gpu(spec: LinearSpec, kernel: str, min_capability: int, max_capability: int | None = None,
+              triton: bool = False) -> str | None:
+    """Why a GPU kernel cannot run on ``spec``'s device, or None. A Triton kernel also runs on
+    CPU under Triton's interpreter when it is asked for by name (slow; how CI checks it)."""
+    if spec.device_type == "cuda":
+        capability = spec.capability or 0
+        if capability < min_capability or (max_capability is not None and capability > max_capability):
+            wanted = f"sm_{min_capability}" + (f"-{max_capability}" if max_capability else "+")
+            return f"needs a CUDA GPU of {wanted}, this is sm_{capability}"
+        return None
+    if triton and spec.interpreted and spec.forced == kernel:
+        return None
+    where = f"; on CPU only under TRITON_INTERPRET=1 with {names.ENV_GEMM}={kernel}" if triton else ""
+    return f"needs a CUDA GPU (sm_{min_capability}+){where}"
 
 
 class GemmKernel:

@@ -1,27 +1,35 @@
-"""The emulated kernel: breccia's dequantize, then a plain matmul. Runs anywhere."""
+"""The emulated kernel: the weight dequantized in torch (breccia's values), then a plain matmul.
+
+Runs anywhere (CPU included) and is the numerical reference for every other kernel. Weights
+stay quantized in memory; each call rebuilds the weight in the activation dtype with no NumPy.
+
+- Per-tensor FP8 (the scale is one number per merged shard) in bf16 or fp32: the codes' exact
+  values in the activation dtype (``decode_e4m3_into``: integer bit moves into one reused
+  buffer), the matmul, then each output column times its shard's scale. W8A16 with the scale
+  applied after the matmul, as FP8 GEMMs apply theirs. (Not in fp16: unscaled codes reach 448,
+  and a matmul of them overflows fp16's range.)
+- Everything else: ``weights.dequantize_as``, breccia's rounded values, then the matmul.
+"""
 
 from __future__ import annotations
 
-import breccia
 import torch
 import torch.nn.functional as F
 from breccia.layouts import PerTensor
 
+from ... import names
 from ...format.recipes import PER_TENSOR_FP8, block_width, stores_native_fp8
-from ..sglang_params import code_params, fp8_params
+from ...weights import dequantize, dequantize_as
+from ...weights.codes import DECODES_INTO, decode_e4m3_into
+from ...weights.dequant import has_nan_codes, row_scales
+from ..sglang_params import code_params, fp8_params, stored_weight
 from .base import GemmKernel
 
 
 class EmulatedDequantKernel(GemmKernel):
-    """Dequantize the weight with breccia's own semantics, then ``F.linear``.
+    """Dequantize the weight with breccia's semantics in torch, then ``F.linear`` (W8A16)."""
 
-    Runs anywhere (CPU included) and is the numerical reference for every other kernel.
-    Weights stay quantized in memory and are dequantized per call, so memory use is that of
-    the quantized model and speed is not the point (breccia dequantizes MXFP8 / NVFP4 /
-    INT4 through NumPy).
-    """
-
-    name = "emulated"
+    name = names.GEMM_EMULATED
     priority = 0
 
     @classmethod
@@ -37,29 +45,50 @@ class EmulatedDequantKernel(GemmKernel):
             return "FP8 E5M2 weights have no SGLang weight path; re-quantize with E4M3"
         return None
 
-    def create_weights(self, layer, spec, weight_loader):
-        if stores_native_fp8(spec.recipe):
-            fp8_params(layer, spec, weight_loader)
-        else:
-            code_params(layer, spec, weight_loader)
-        self.recipe, self.layout = spec.recipe, spec.layout
+    def configure(self, spec) -> "EmulatedDequantKernel":
+        """What apply() needs to know of the layer's spec."""
+        self.recipe, self.layout, self.column_scales = spec.recipe, spec.layout, None
+        return self
 
-    def dequantized_weight(self, layer) -> torch.Tensor:
-        """The full-precision (fp32) weight, ``(out_features, in_features)``."""
-        # Plain tensors (.data): breccia picks its torch path from the type's module name,
-        # and SGLang's parameter subclasses live in sglang.*, which it would treat as NumPy.
-        weight, scale = layer.weight.data, layer.weight_scale.data
-        if isinstance(self.layout, PerTensor):
-            # A merged layer (qkv, gate_up) keeps one scale per logical shard.
-            shards = torch.split(weight, layer.logical_widths, dim=0)
-            return torch.cat(
-                [
-                    breccia.dequantize(breccia.from_buffer(w, s, self.recipe, self.layout))
-                    for w, s in zip(shards, scale)
-                ]
-            )
-        zero_point = layer.weight_zero_point.data if hasattr(layer, "weight_zero_point") else None
-        return breccia.dequantize(breccia.from_buffer(weight, scale, self.recipe, self.layout, zero_point))
+    def create_weights(self, layer, spec, weight_loader):
+        self.configure(spec)
+        (fp8_params if stores_native_fp8(spec.recipe) else code_params)(layer, spec, weight_loader)
+
+    def process_weights_after_loading(self, layer):
+        # Once: whether the codes hold an FP8 NaN code, which the fast decodes would not keep NaN.
+        self.nan_free = not (self.recipe.name not in ("nvfp4", "int4") and has_nan_codes(layer.weight.data))
+        self.column_scales = None
+        if isinstance(self.layout, PerTensor) and self.recipe.fp8_format == "E4M3" and self.nan_free:
+            w = stored_weight(layer)
+            self.column_scales = row_scales(w.scale, w.shard_widths, w.data.shape[0])
+
+    def dequantized_weight(self, layer, dtype=None):
+        """The weight breccia.dequantize gives, ``(out_features, in_features)`` fp32, or rounded
+        to ``dtype`` (the same values, without an fp32 copy)."""
+        w = stored_weight(layer)
+        if dtype is None:
+            return dequantize(w.data, w.scale, self.recipe, self.layout, w.zero_point, shard_widths=w.shard_widths)
+        return dequantize_as(w.data, w.scale, self.recipe, self.layout, w.zero_point, dtype=dtype,
+                             shard_widths=w.shard_widths, nan_free=getattr(self, "nan_free", None))
 
     def apply(self, layer, x, bias):
-        return F.linear(x, self.dequantized_weight(layer).to(x.dtype), bias)
+        if self.column_scales is None or x.dtype not in DECODES_INTO:
+            return F.linear(x, self.dequantized_weight(layer, x.dtype), bias)
+        codes = layer.weight.data
+        out = F.linear(x, decode_e4m3_into(codes, x.dtype, workspace(codes.numel(), x.dtype, x.device)))
+        out = (out.float() * self.column_scales).to(x.dtype)
+        return out if bias is None else out.add_(bias)
+
+
+_WORKSPACES: dict = {}
+
+
+def workspace(elements: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """One decode buffer per (dtype, device), grown to the largest weight: every layer's decoded
+    weight lives there only until its matmul returns, and a fresh multi-MB buffer per call would
+    cost page faults on every call on a CPU."""
+    key = (dtype, torch.device(device))
+    buffer = _WORKSPACES.get(key)
+    if buffer is None or buffer.numel() < elements:
+        buffer = _WORKSPACES[key] = torch.empty(elements, dtype=dtype, device=device)
+    return buffer

@@ -2,27 +2,41 @@
 
 ``choose_kernel`` takes the highest-priority kernel that can implement a ``LinearSpec``. The
 emulated kernel can implement everything we load, on any device, so a layer always has a
-kernel; ``breccia-sglang inspect`` prints the choice per layer.
+kernel; ``breccia-sglang inspect`` prints the choice per layer. ``BRECCIA_SGLANG_GEMM=NAME``
+puts kernel NAME first for every layer it can serve (to compare kernels, or to run a Triton
+kernel on CPU under the interpreter); the other layers keep their usual choice.
 """
 
 from __future__ import annotations
 
+from ... import names
 from ...errors import BrecciaCheckpointError
 from .base import GemmKernel, LinearSpec
 from .emulated import EmulatedDequantKernel
 from .sglang_fp8 import SglangFp8PerTensorKernel
+from .triton_block_fp8 import TritonBlockFp8Kernel
+from .w8a8_reference import W8A8ReferenceKernel
 
-KERNELS: list[type[GemmKernel]] = [SglangFp8PerTensorKernel, EmulatedDequantKernel]
+KERNELS: list[type[GemmKernel]] = [SglangFp8PerTensorKernel, TritonBlockFp8Kernel, EmulatedDequantKernel,
+                                   W8A8ReferenceKernel]
+
+
+def ranked(spec: LinearSpec) -> list[type[GemmKernel]]:
+    """Every kernel, best first for ``spec``: the one it asks for, then by priority."""
+    known = {k.name for k in KERNELS}
+    if spec.forced and spec.forced not in known:
+        raise BrecciaCheckpointError(f"{names.ENV_GEMM}={spec.forced!r} names no GEMM kernel "
+                                     f"(known: {', '.join(sorted(known))})")
+    return sorted(KERNELS, key=lambda k: (k.name != spec.forced, -k.priority))
 
 
 def kernel_report(spec: LinearSpec) -> list[tuple[str, str | None]]:
     """Every kernel with the reason it cannot run ``spec`` (None: it can), best first."""
-    ranked = sorted(KERNELS, key=lambda k: -k.priority)
-    return [(k.name, k.why_not(spec)) for k in ranked]
+    return [(k.name, k.why_not(spec)) for k in ranked(spec)]
 
 
 def choose_kernel(spec: LinearSpec) -> type[GemmKernel]:
-    for kernel in sorted(KERNELS, key=lambda k: -k.priority):
+    for kernel in ranked(spec):
         if kernel.why_not(spec) is None:
             return kernel
     reasons = "; ".join(f"{name}: {why}" for name, why in kernel_report(spec))

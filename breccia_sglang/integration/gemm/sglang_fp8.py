@@ -1,10 +1,19 @@
-"""SGLang's native FP8 linear for per-tensor FP8 E4M3 weights."""
+"""SGLang's native FP8 linear for per-tensor FP8 E4M3 weights.
+
+On GPUs with FP8 tensor cores (sm_89+) SGLang runs it W8A8 (cutlass or torch._scaled_mm, one
+scale per merged shard requantized to one per tensor). On sm_80-88 (A100, A10, RTX 30xx)
+SGLang's own ``Fp8LinearMethod`` switches to FP8 Marlin, a W8A16 kernel, with each shard's scale
+expanded to its channels: exactly breccia's values. Marlin's tiles need N % 64 and K % 128.
+"""
 
 from __future__ import annotations
 
+from ... import names
 from ...format.recipes import PER_TENSOR_FP8
 from ..sglang_params import fp8_params
-from .base import GemmKernel
+from .base import GemmKernel, needs_gpu
+
+MARLIN_MIN_CAPABILITY = 80  # SGLang's FP8 Marlin: Ampere and later
 
 
 class SglangFp8PerTensorKernel(GemmKernel):
@@ -14,15 +23,19 @@ class SglangFp8PerTensorKernel(GemmKernel):
     SGLang, exactly as for its own FP8 checkpoints.
     """
 
-    name = "sglang-fp8"
+    name = names.GEMM_SGLANG_FP8
     priority = 100
 
     @classmethod
     def why_not(cls, spec):
         if not isinstance(spec.recipe, PER_TENSOR_FP8) or spec.fp8_format != "E4M3":
             return "needs per-tensor FP8 E4M3"
-        if spec.device_type != "cuda" or (spec.capability or 0) < 89:
-            return "needs a CUDA GPU with FP8 tensor cores (sm_89+)"
+        on_gpu = needs_gpu(spec, cls.name, MARLIN_MIN_CAPABILITY)
+        if on_gpu or (spec.capability or 0) >= 89:
+            return on_gpu
+        n, k = spec.out_features, spec.input_size_per_partition
+        if n % 64 or k % 128:
+            return f"FP8 Marlin (below sm_89) needs N % 64 and K % 128; this layer is {n} x {k}"
         return None
 
     def create_weights(self, layer, spec, weight_loader):

@@ -1,0 +1,62 @@
+"""SGLang's Triton W8A8 block kernel serving a breccia model through the real engine on CPU.
+
+A tiny Llama (2 layers; K = 64 and 96, so 1x32 blocks) in fp16, block FP8 in its attention and
+MXFP8 in its MLP, runs on the Triton GEMM under TRITON_INTERPRET=1
+(``BRECCIA_SGLANG_GEMM=triton-block-fp8``), and the same checkpoint on the fp32 W8A8 reference
+kernel: the greedy tokens must agree, and the engine's log must name the kernel each kind of
+layer got.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from breccia_sglang import names
+from breccia_sglang.format import make_recipe
+from breccia_sglang.format.quantize import quantize_checkpoint
+
+from ..helpers import run_engine
+
+pytestmark = pytest.mark.engine
+
+GREEDY = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
+PROMPTS = [list(range(3, 40)), list(range(50, 57))]  # a 37- and a 7-token prompt, one batch
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_llama, tmp_path_factory):
+    checkpoint = tmp_path_factory.mktemp("block-and-mx") / "ckpt"
+    quantize_checkpoint(tiny_llama, checkpoint, make_recipe("fp8-block", block_k=32),
+                        overrides=(("*.mlp.*", make_recipe("mxfp8")),), progress=False)
+    results = {}
+    for kernel in (names.GEMM_TRITON_BLOCK_FP8, names.GEMM_W8A8_REFERENCE):
+        env = {names.ENV_GEMM: kernel, names.ENV_FP8_KV: "0"}  # KV in fp16: only the GEMM differs
+        if kernel == names.GEMM_TRITON_BLOCK_FP8:
+            env["TRITON_INTERPRET"] = "1"
+        spec = {"env": env,
+                "engine": {"model_path": str(checkpoint), "device": "cpu", "dtype": "float16",
+                           "max_total_tokens": 512, "quantization": names.QUANT_METHOD,
+                           "skip_tokenizer_init": True, "log_level": "info"},
+                "requests": [{"input_ids": PROMPTS, "sampling_params": GREEDY}]}
+        results[kernel] = run_engine(spec, tmp_path_factory.mktemp(kernel))
+        assert results[kernel]["ok"], results[kernel]
+    return results
+
+
+def test_the_triton_gemm_serves_the_w8a8_references_tokens(runs):
+    triton = [r["output_ids"] for r in runs[names.GEMM_TRITON_BLOCK_FP8]["results"][0]]
+    reference = [r["output_ids"] for r in runs[names.GEMM_W8A8_REFERENCE]["results"][0]]
+    assert [len(ids) for ids in triton] == [GREEDY["max_new_tokens"]] * len(PROMPTS)
+    assert triton == reference
+
+
+def test_the_log_names_the_kernel_of_each_kind_of_layer(runs):
+    recipes = {"qkv_proj": "block(E4M3,k=32)", "o_proj": "block(E4M3,k=32)", "gate_up_proj": "mxfp8",
+               "down_proj": "mxfp8"}
+    for kernel, result in runs.items():
+        for kind, recipe in recipes.items():
+            announced = re.findall(rf"breccia-sglang: {kind} layers \((.+?)\) run GEMM kernel (\S+)", result["stderr"])
+            assert announced and {k for _, k in announced} == {kernel}, (kind, announced)
+            assert all(label.startswith(recipe) for label, _ in announced), (kind, announced)

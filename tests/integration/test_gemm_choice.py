@@ -1,0 +1,94 @@
+"""Which GEMM kernel each breccia layer gets, on this machine and on GPUs described by compute
+capability (what ``breccia-sglang inspect --capability`` prints), and the forcing variable."""
+
+from __future__ import annotations
+
+import breccia
+import pytest
+import torch
+
+from breccia_sglang import names
+from breccia_sglang.errors import BrecciaCheckpointError
+from breccia_sglang.format import make_recipe
+from breccia_sglang.integration.gemm import LinearSpec, Target, choose_kernel, kernel_report
+
+RECIPES = {
+    "fp8": make_recipe("fp8"), "fp8-block-128": make_recipe("fp8-block", block_k=128),
+    "fp8-block-64": make_recipe("fp8-block", block_k=64), "fp8-block-32": make_recipe("fp8-block", block_k=32),
+    "fp8-block-256": make_recipe("fp8-block", block_k=256), "mxfp8": make_recipe("mxfp8"),
+    "nvfp4": make_recipe("nvfp4"), "int4": make_recipe("int4", group_size=128),
+}
+
+
+def spec_for(recipe_name: str, target: Target, *, k: int = 512, forced: str | None = None,
+             interpreted: bool = False) -> LinearSpec:
+    st = breccia.cast(torch.zeros(256, k), RECIPES[recipe_name])
+    return LinearSpec("model.layers.0.mlp.down_proj", st.recipe, st.layout, k, (256,), torch.bfloat16,
+                      target.device_type, target.capability, forced=forced, interpreted=interpreted,
+                      simulated=target.simulated)
+
+
+# recipe -> kernel on (CPU, sm_80, sm_89, sm_90). The GPU kernels of issues 15/16 not built yet
+# (1x128 Marlin and Hopper's blockwise GEMMs, NVFP4, INT4) keep the emulated kernel there;
+# this table says what each GPU gets today.
+EXPECTED = {
+    "fp8": ("emulated", "sglang-fp8-linear", "sglang-fp8-linear", "sglang-fp8-linear"),  # Marlin on sm_80
+    "fp8-block-128": ("emulated", "emulated", "triton-block-fp8", "triton-block-fp8"),
+    "fp8-block-64": ("emulated", "emulated", "triton-block-fp8", "triton-block-fp8"),
+    "fp8-block-32": ("emulated", "emulated", "triton-block-fp8", "triton-block-fp8"),
+    "fp8-block-256": ("emulated", "emulated", "emulated", "emulated"),
+    "mxfp8": ("emulated", "emulated", "triton-block-fp8", "triton-block-fp8"),
+    "nvfp4": ("emulated", "emulated", "emulated", "emulated"),
+    "int4": ("emulated", "emulated", "emulated", "emulated"),
+}
+TARGETS = (Target("cpu"), Target.gpu(80), Target.gpu(89), Target.gpu(90))
+
+
+@pytest.mark.parametrize("recipe", list(EXPECTED))
+def test_each_recipe_gets_its_kernel_on_each_gpu(recipe):
+    assert tuple(choose_kernel(spec_for(recipe, t)).name for t in TARGETS) == EXPECTED[recipe]
+
+
+def test_every_refusal_names_what_the_kernel_needs():
+    reasons = dict(kernel_report(spec_for("fp8-block-256", Target.gpu(90))))
+    assert "1x32/64/128 blocks, not 1x256" in reasons[names.GEMM_TRITON_BLOCK_FP8]
+    assert "per-tensor FP8 E4M3" in reasons[names.GEMM_SGLANG_FP8]
+    assert reasons[names.GEMM_EMULATED] is None
+    cpu = dict(kernel_report(spec_for("fp8-block-64", Target("cpu"))))
+    assert "TRITON_INTERPRET=1" in cpu[names.GEMM_TRITON_BLOCK_FP8] and names.ENV_GEMM in cpu[names.GEMM_TRITON_BLOCK_FP8]
+    assert "sm_89" in dict(kernel_report(spec_for("fp8-block-64", Target.gpu(80))))[names.GEMM_TRITON_BLOCK_FP8]
+    # Marlin's tiles: a K of 576 (SmolLM2's hidden size) is no multiple of 128.
+    marlin = dict(kernel_report(spec_for("fp8", Target.gpu(86), k=576)))[names.GEMM_SGLANG_FP8]
+    assert "N % 64 and K % 128" in marlin and "256 x 576" in marlin
+    assert dict(kernel_report(spec_for("fp8", Target.gpu(75))))[names.GEMM_SGLANG_FP8] == \
+        "needs a CUDA GPU of sm_80+, this is sm_75"
+
+
+def test_a_forced_kernel_takes_every_layer_it_can_serve():
+    cpu = Target("cpu")
+    # The Triton kernel on CPU: only under the interpreter, and only when asked for.
+    assert choose_kernel(spec_for("fp8-block-64", cpu, interpreted=True)).name == names.GEMM_EMULATED
+    forced = names.GEMM_TRITON_BLOCK_FP8
+    assert choose_kernel(spec_for("fp8-block-64", cpu, forced=forced, interpreted=True)).name == forced
+    assert choose_kernel(spec_for("fp8-block-64", cpu, forced=forced)).name == names.GEMM_EMULATED
+    assert choose_kernel(spec_for("nvfp4", cpu, forced=forced, interpreted=True)).name == names.GEMM_EMULATED
+    # The emulated kernel wins on a GPU when asked for (to compare), the reference only then.
+    assert choose_kernel(spec_for("fp8", Target.gpu(90), forced=names.GEMM_EMULATED)).name == names.GEMM_EMULATED
+    assert choose_kernel(spec_for("fp8", cpu)).name == names.GEMM_EMULATED
+    assert choose_kernel(spec_for("fp8", cpu, forced=names.GEMM_W8A8_REFERENCE)).name == names.GEMM_W8A8_REFERENCE
+    with pytest.raises(BrecciaCheckpointError, match=f"{names.ENV_GEMM}='fast' names no GEMM kernel"):
+        choose_kernel(spec_for("fp8", cpu, forced="fast"))
+
+
+def test_the_spec_reads_the_forcing_variable_and_the_interpreter(monkeypatch):
+    from breccia_sglang.format.reader import BrecciaEntry, StoredTensor
+
+    st = breccia.cast(torch.zeros(64, 64), RECIPES["fp8-block-32"])
+    entry = BrecciaEntry("w.weight", st.recipe, st.layout, StoredTensor("w.weight.data", "f", "F8_E4M3", (64, 64)),
+                         StoredTensor("w.weight.scale", "f", "F32", (64, 2)), None)
+    monkeypatch.setenv(names.ENV_GEMM, names.GEMM_TRITON_BLOCK_FP8)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    spec = LinearSpec.for_entry("w", entry, 64, [64], torch.float16, Target("cpu"))
+    assert spec.forced == names.GEMM_TRITON_BLOCK_FP8 and spec.interpreted and spec.block == 32
+    described = LinearSpec.for_entry("w", entry, 64, [64], torch.float16, Target.gpu(90))
+    assert described.simulated and not described.interpreted and described.capability == 90

@@ -1,0 +1,109 @@
+"""Block FP8 (1x32 / 1x64 / 1x128) and MXFP8 on SGLang's Triton W8A8 block kernel, under
+TRITON_INTERPRET=1, against the fp32 W8A8 reference (``weights.w8a8``), on awkward shapes:
+M = 1, 7 and 33; N = 77, not a multiple of any tile; K = 2B and 3B."""
+
+from __future__ import annotations
+
+import breccia
+import pytest
+import torch
+
+from breccia_sglang import names
+from breccia_sglang.format import make_recipe
+from breccia_sglang.integration.gemm import LinearSpec
+from breccia_sglang.integration.gemm import triton_block_fp8 as tbf
+from breccia_sglang.weights import quantize_activations_fp8
+from breccia_sglang.weights.w8a8 import w8a8_reference_linear
+
+
+def assert_matches_w8a8(out: torch.Tensor, ref: torch.Tensor) -> None:
+    # Both use the same FP8 activations and weights; they differ by the fp32 summation order
+    # (~1e-6 relative) and the kernel's fp16 output rounding (2^-11 relative): 1e-3 of the
+    # outputs' magnitude bounds both with room.
+    assert out.dtype == torch.float16 and out.shape == ref.shape and torch.isfinite(out).all()
+    assert (out.float() - ref).abs().max().item() <= 1e-3 * max(1.0, ref.abs().max().item())
+
+
+def weight(recipe, n: int, k: int, gen: torch.Generator):
+    w = torch.randn(n, k, generator=gen)
+    w[:, 5] *= 20  # an outlier input channel, so blocks' scales differ
+    return breccia.cast(w, recipe)
+
+
+def run_kernel(x: torch.Tensor, st) -> torch.Tensor:
+    """The kernel class's own path: its weight conversion after loading, then apply()."""
+    n, k = st.data.shape
+    spec = LinearSpec("layer", st.recipe, st.layout, k, (n,), x.dtype, "cpu", None,
+                      forced=names.GEMM_TRITON_BLOCK_FP8, interpreted=True)
+    assert tbf.TritonBlockFp8Kernel.why_not(spec) is None
+    kernel = tbf.TritonBlockFp8Kernel().configure(spec)
+    layer = torch.nn.Module()
+    layer.weight = torch.nn.Parameter(st.data, requires_grad=False)
+    layer.weight_scale = torch.nn.Parameter(st.scale, requires_grad=False)
+    kernel.process_weights_after_loading(layer)
+    return kernel.apply(layer, x, None)
+
+
+CASES = [(b, m, k_blocks) for b in (32, 64, 128) for m, k_blocks in ((1, 2), (7, 3), (33, 2))]
+
+
+@pytest.mark.parametrize("block,m,k_blocks", CASES)
+def test_block_fp8_matches_the_w8a8_reference(block, m, k_blocks):
+    gen = torch.Generator().manual_seed(block + m)
+    st = weight(make_recipe("fp8-block", block_k=block), 77, k_blocks * block, gen)
+    x = torch.randn(m, k_blocks * block, generator=gen).half()
+    ref = w8a8_reference_linear(x, st.data, st.scale, st.recipe, st.layout, group=block)
+    assert_matches_w8a8(run_kernel(x, st), ref)
+
+
+@pytest.mark.parametrize("m,k_blocks", [(1, 2), (7, 3), (33, 2)])
+def test_mxfp8_takes_the_same_path_losslessly(m, k_blocks):
+    gen = torch.Generator().manual_seed(m)
+    st = weight(make_recipe("mxfp8"), 77, k_blocks * 32, gen)
+    x = torch.randn(m, k_blocks * 32, generator=gen).half()
+    ref = w8a8_reference_linear(x, st.data, st.scale, st.recipe, st.layout, group=32)
+    assert_matches_w8a8(run_kernel(x, st), ref)
+
+
+def test_a_merged_layer_is_its_shards_rows():
+    # qkv_proj: SGLang loads the shards' rows one after another, scales with them.
+    gen = torch.Generator().manual_seed(9)
+    recipe = make_recipe("fp8-block", block_k=64)
+    shards = [weight(recipe, rows, 128, gen) for rows in (48, 16, 13)]
+    merged = breccia.from_buffer(torch.cat([s.data for s in shards]), torch.cat([s.scale for s in shards]),
+                                 recipe, shards[0].layout)
+    x = torch.randn(7, 128, generator=gen).half()
+    out = run_kernel(x, merged)
+    for shard, rows in zip(shards, torch.split(out, [48, 16, 13], dim=1)):
+        assert_matches_w8a8(rows.contiguous(), w8a8_reference_linear(x, shard.data, shard.scale, shard.recipe,
+                                                                     shard.layout, group=64))
+
+
+def test_every_listed_gpu_config_is_right_for_every_block():
+    for block in tbf.BLOCKS:
+        for _, config in tbf.TILE_CONFIGS:
+            assert config.why_not(block) is None, (block, config)
+            assert config.block_n >= 16
+        for m in (1, 16, 17, 100, 4096):
+            assert tbf.choose_config(m, block, interpreted=False).why_not(block) is None
+
+
+def test_a_tile_k_that_would_be_wrong_is_never_chosen(monkeypatch):
+    gen = torch.Generator().manual_seed(2)
+    st = weight(make_recipe("fp8-block", block_k=64), 77, 192, gen)
+    x = torch.randn(7, 192, generator=gen).half()
+    ref = w8a8_reference_linear(x, st.data, st.scale, st.recipe, st.layout, group=64)
+    codes, scales = quantize_activations_fp8(x, 64)
+    planted = tbf.TileConfig(16, 32, 128, 1, 1, 1)  # tile K 128 over 64-wide scale blocks
+    assert "does not divide" in planted.why_not(64)
+    # The trap is real: launched as it is, the planted config gives a wrong result...
+    monkeypatch.setattr(tbf, "choose_config", lambda m, block, interpreted: planted)
+    wrong = tbf.block_fp8_matmul(codes, scales, st.data, st.scale, 64, torch.float16, True)
+    assert (wrong.float() - ref).abs().max().item() > 0.05 * ref.abs().max().item()
+    # ...and planted where the path looks configs up, it is never chosen.
+    monkeypatch.undo()
+    monkeypatch.setattr(tbf, "INTERPRETER_CONFIG", planted)
+    monkeypatch.setattr(tbf, "TILE_CONFIGS", [(1 << 62, planted), *tbf.TILE_CONFIGS])
+    for interpreted in (True, False):
+        assert tbf.choose_config(7, 64, interpreted).why_not(64) is None
+    assert_matches_w8a8(tbf.block_fp8_matmul(codes, scales, st.data, st.scale, 64, torch.float16, True), ref)

@@ -1,0 +1,65 @@
+"""``breccia-sglang inspect --capability N``: the kernel each layer would get on a GPU that is not
+here, for checkpoints breccia itself wrote (one file, and sharded with an index)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import breccia
+import pytest
+import torch
+from breccia.bridges import save_safetensors
+
+from breccia_sglang.integration.inspect_report import inspect_checkpoint
+
+from .test_gemm_choice import EXPECTED, RECIPES
+
+TARGETS = {None: 0, 80: 1, 89: 2, 90: 3}  # the column of EXPECTED: CPU (here), sm_80, sm_89, sm_90
+LAYERS = ("model.layers.0.mlp.down_proj.weight", "model.layers.0.self_attn.o_proj.weight")
+
+
+def write_checkpoint(path, recipe_name: str, sharded: bool):
+    """Two layers of one recipe, with breccia's own writer; sharded: one file each and an index."""
+    path.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    tensors = {name: breccia.cast(torch.randn(256, 512, generator=gen), RECIPES[recipe_name]) for name in LAYERS}
+    if not sharded:
+        save_safetensors(tensors, str(path / "model.safetensors"))
+        return path
+    weight_map = {}
+    for i, (name, st) in enumerate(tensors.items()):
+        file = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_safetensors({name: st}, str(path / file))
+        weight_map.update({f"{name}.{part}": file for part in ("data", "scale", "zero_point")
+                           if part != "zero_point" or st.zero_point is not None})
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return path
+
+
+def kernels_in(report: str) -> dict[str, str]:
+    return {line.split()[0]: line.split()[-1] for line in report.splitlines() if line.startswith(LAYERS)}
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["one-file", "sharded"])
+@pytest.mark.parametrize("recipe", list(EXPECTED))
+def test_inspect_shows_the_intended_kernel_on_each_gpu(recipe, sharded, tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "ckpt", recipe, sharded)
+    for capability, column in TARGETS.items():
+        report = inspect_checkpoint(checkpoint, capability)
+        assert kernels_in(report) == {name: EXPECTED[recipe][column] for name in LAYERS}, (capability, report)
+        assert report.rstrip().endswith(f"in {2 if sharded else 1} file(s): OK")
+        if capability:
+            assert f"kernel on sm_{capability}" in report.splitlines()[0]
+
+
+def test_the_command_takes_the_capability(tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "ckpt", "fp8-block-128", sharded=True)
+    done = subprocess.run([sys.executable, "-m", "breccia_sglang.cli", "inspect", str(checkpoint), "--capability", "90"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert set(kernels_in(done.stdout).values()) == {"triton-block-fp8"}
+    here = subprocess.run([sys.executable, "-m", "breccia_sglang.cli", "inspect", str(checkpoint)],
+                          capture_output=True, text=True, timeout=300)
+    assert set(kernels_in(here.stdout).values()) == {"emulated"} and "this machine (cpu)" in here.stdout
