@@ -11,7 +11,9 @@ there. Each launcher runs for real on CPU tensors shaped like one serving step, 
 tile sizes, while a recorder stands in for its kernel; the recorded arguments then go through
 Triton's own binder and specialization for the target, as a launch on that GPU would (alignment
 and divisibility included). SGLang's Triton decode kernel (the baseline of
-``bench_decode.py``) is compiled the same way on BF16 and FP8 KV, side by side.
+``bench_decode.py``) is compiled the same way on BF16 and FP8 KV, side by side. So is SGLang's
+Triton W8A8 block GEMM with each tile config breccia launches it with (1x32 / 1x64 / 1x128
+blocks, one config per range of M), for the GPUs with FP8 tensor cores it runs on (sm_89+).
 
 Per kernel and target the report gives registers per thread, spilled bytes (local memory),
 shared memory against the GPU's per-block limit, warps and pipeline stages, read from the cubin
@@ -120,6 +122,31 @@ def breccia_launches(dtype: torch.dtype, head_dim: int, group: int) -> list[Laun
     return sink
 
 
+GEMM_SHAPE = (6144, 4096)  # (N, K): Llama-3-8B's qkv projection; K is a multiple of every block
+GEMM_MIN_ARCH = 89  # Triton's FP8 dot needs fp8e4nv
+
+
+def gemm_launches(dtype: torch.dtype) -> list[Launch]:
+    """SGLang's block FP8 GEMM as breccia's launcher calls it: each block width, and an M from
+    each range of its tile configs (M <= 16, <= 64, <= 256, larger)."""
+    from sglang.kernels.ops.gemm import fp8_kernel
+
+    from breccia_sglang.integration.gemm import triton_block_fp8 as tbf
+
+    n, k = GEMM_SHAPE
+    sink: list[Launch] = []
+    for block in tbf.BLOCKS:
+        weight = torch.zeros(n, k, dtype=torch.float8_e4m3fn)
+        weight_scale = torch.ones(n, k // block)
+        for m in (1, 64, 256, 2048):
+            config = tbf.choose_config(m, block, interpreted=False)
+            name = f"sglang block fp8 gemm 1x{block} {config.block_m}x{config.block_n}x{config.block_k or block}"
+            with recording(fp8_kernel, "_w8a8_block_fp8_matmul", name, sink):
+                tbf.block_fp8_matmul(torch.zeros(m, k, dtype=torch.float8_e4m3fn), torch.ones(m, k // block),
+                                     weight, weight_scale, block, dtype, interpreted=False)
+    return sink
+
+
 def sglang_launches(dtype: torch.dtype, head_dim: int, group: int) -> list[Launch]:
     """SGLang's ``decode_attention_fwd`` stage 1 and 2 on a BF16 (the query dtype) and an FP8 cache."""
     from sglang.kernels.ops.attention import decode_attention as sglang_decode
@@ -184,12 +211,15 @@ def cubin_resources(cubin: bytes) -> dict:
 
 
 def _compile_case(case: tuple) -> list[dict]:
-    """One (dtype, head_dim) for every arch: recording is cheap, compiling is the work."""
+    """One (dtype, head_dim) for every arch, or (dtype, "gemm"): recording is cheap, compiling is the work."""
     dtype_name, head_dim, group, archs, with_sglang = case
     dtype = getattr(torch, dtype_name)
-    launches = breccia_launches(dtype, head_dim, group)
-    if with_sglang:
-        launches += sglang_launches(dtype, head_dim, group)
+    if head_dim == "gemm":
+        launches, archs, head_dim = gemm_launches(dtype), [a for a in archs if a >= GEMM_MIN_ARCH], 0
+    else:
+        launches = breccia_launches(dtype, head_dim, group)
+        if with_sglang:
+            launches += sglang_launches(dtype, head_dim, group)
     rows = []
     for arch in archs:
         for launch_ in launches:
@@ -219,7 +249,7 @@ def main() -> None:
                         choices=["bfloat16", "float16", "float32"], help="query / model dtype")
     parser.add_argument("--head-dim", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--group", type=int, default=4, help="query heads per kv head")
-    parser.add_argument("--no-sglang", action="store_true", help="skip SGLang's decode kernel")
+    parser.add_argument("--no-sglang", action="store_true", help="skip SGLang's kernels (its decode and block GEMM)")
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--out", type=Path, default=OUT_DIR / "compile_kernels.json")
     args = parser.parse_args()
@@ -228,15 +258,19 @@ def main() -> None:
         parser.error(f"--arch {unknown}: known compute capabilities are {sorted(SHARED_PER_BLOCK)}")
 
     cases = [(d, h, args.group, args.arch, not args.no_sglang) for d in args.dtype for h in args.head_dim]
+    gemm_dtype = next((d for d in ("bfloat16", "float16") if d in args.dtype), None)
+    if not args.no_sglang and gemm_dtype:  # the GEMM's inputs are FP8 whatever the model dtype: one suffices
+        cases.append((gemm_dtype, "gemm", args.group, args.arch, True))
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = [row for case_rows in pool.map(_compile_case, cases) for row in case_rows]
-    failed = [r for r in rows if "error" in r and r["kernel"].startswith("breccia ")]
+    # Ours, and SGLang's GEMM with our configs, must compile (SGLang's decode on FP8 need not).
+    failed = [r for r in rows if "error" in r and r["kernel"].startswith(("breccia ", "sglang block fp8 gemm"))]
     over = [r for r in rows if r.get("shared_limit") and r["shared_bytes"] > r["shared_limit"]]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {**report_header("compile_kernels", args), "triton": triton.__version__, "gpus": GPU_NAMES,
               "rows": rows}
     args.out.write_text(json.dumps(report, indent=1))
-    print(f"{len(rows)} compiles: {len(failed)} breccia kernels failed, "
+    print(f"{len(rows)} compiles: {len(failed)} breccia kernels or GEMM configs failed, "
           f"{len(over)} over the shared-memory limit; wrote {args.out}")
     sys.exit(1 if failed or over else 0)
 

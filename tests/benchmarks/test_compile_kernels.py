@@ -74,3 +74,17 @@ def test_fp32_queries_take_tiles_that_do_not_spill(report):
     for r in (r for r in report[0]["rows"] if r["kernel"] in READS_FP8):
         assert r["spill_bytes"] < 1024, r
         assert r["num_warps"] == (8 if r["dtype"] == "float32" else 4), r
+
+
+def test_the_block_fp8_gemm_compiles_with_every_config_breccia_launches_on_fp8_gpus(report):
+    from breccia_sglang.integration.gemm import triton_block_fp8 as tbf
+
+    gemm = [r for r in report[0]["rows"] if r["kernel"].startswith("sglang block fp8 gemm")]
+    expected = {f"sglang block fp8 gemm 1x{b} {c.block_m}x{c.block_n}x{c.block_k or b}"
+                for b in tbf.BLOCKS for _, c in tbf.TILE_CONFIGS}
+    for arch in (89, 90):
+        assert {r["kernel"] for r in gemm if r["arch"] == arch} == expected, arch
+    assert not any(r["arch"] < 89 for r in gemm)  # no FP8 dot before sm_89: never launched there
+    for r in gemm:
+        assert "error" not in r, r
+        assert r["shared_bytes"] <= r["shared_limit"] and r["spill_bytes"] < 256, r
