@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
+import importlib.util
 import math
 import os
 import platform
 import shlex
 import sys
+import types
 from pathlib import Path
 
 from breccia_sglang.harness.engine_process import run_engine  # the one engine runner
 from breccia_sglang.harness.server import SGLangServer  # the one server wrapper
 
 __all__ = ["OUT_DIR", "PARIS_TEXT", "SGLangServer", "error_summary", "finite_or_none", "machine_info",
-           "report_header", "run_engine"]
+           "report_header", "run_engine", "sglang_kernel_module"]
 
 HERE = Path(__file__).resolve().parent
 OUT_DIR = HERE / "out"  # git-ignored: every benchmark's JSON, logs and plots by default
@@ -87,6 +90,34 @@ def _json_value(value):
     if isinstance(value, (list, tuple)):
         return [_json_value(v) for v in value]
     return value if isinstance(value, (bool, int, float, str, type(None))) else str(value)
+
+
+def sglang_kernel_module(name: str):
+    """An SGLang kernel module (e.g. ``sglang.kernels.ops.gemm.fp8_kernel``), also where SGLang's
+    serving stack is missing.
+
+    On the lent GPU machine SGLang is carried as a wheel without its serving stack
+    (``scripts/gpu_checks.sh``). ``import sglang`` runs the package's ``__init__``, which
+    imports the whole runtime, so when that fails the kernel module is imported under an
+    empty ``sglang`` package: the kernels' own imports are light.
+    """
+    imported_before = set(sys.modules)
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        spec = importlib.util.find_spec("sglang")
+        if spec is None:
+            raise
+        print(f"import {name} failed ({exc}); importing it under an empty sglang package")
+        # Forget the half-done sglang modules (and ours that bound to them, e.g. the platform
+        # plugin), so no class is defined twice; torch's and triton's modules stay.
+        for module in set(sys.modules) - imported_before:
+            if module.split(".")[0] in ("sglang", "breccia_sglang"):
+                del sys.modules[module]
+        package = types.ModuleType("sglang")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["sglang"] = package
+        return importlib.import_module(name)
 
 
 def error_summary(exc: Exception) -> str:

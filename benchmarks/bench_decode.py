@@ -25,14 +25,12 @@ measured copy bandwidth (bytes read + written by a large device-to-device copy).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
 import platform
 import sys
 import time
-import types
 from pathlib import Path
 
 if "--smoke" in sys.argv:
@@ -40,7 +38,7 @@ if "--smoke" in sys.argv:
 
 import torch
 
-from _common import OUT_DIR, error_summary, report_header
+from _common import OUT_DIR, error_summary, report_header, sglang_kernel_module
 from breccia_sglang.kernels.attention import paged_decode_attention, write_kv_fp8
 from breccia_sglang.kernels.attention.decode import default_num_kv_splits
 from breccia_sglang.kernels.attention.reference import reference_attention
@@ -91,31 +89,8 @@ def kv_read_bytes(variant: str, batch: int, context: int, kv_heads: int, head_di
 
 
 def sglang_decode_kernel():
-    """SGLang's Triton ``decode_attention_fwd``.
-
-    On the lent GPU machine SGLang is carried as a wheel without its serving stack
-    (``scripts/gpu_checks.sh``). ``import sglang`` runs the package's ``__init__``, which
-    imports the whole runtime, so when that fails the kernel module is imported under an
-    empty ``sglang`` package: the kernel's own imports are light.
-    """
-    imported_before = set(sys.modules)
-    try:
-        from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd
-    except ImportError as exc:
-        spec = importlib.util.find_spec("sglang")
-        if spec is None:
-            raise
-        print(f"import sglang failed ({exc}); importing its decode kernel module alone")
-        # Forget the half-done sglang modules (and ours that bound to them, e.g. the platform
-        # plugin), so no class is defined twice; torch's and triton's modules stay.
-        for name in set(sys.modules) - imported_before:
-            if name.split(".")[0] in ("sglang", "breccia_sglang"):
-                del sys.modules[name]
-        package = types.ModuleType("sglang")
-        package.__path__ = list(spec.submodule_search_locations)
-        sys.modules["sglang"] = package
-        from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd
-    return decode_attention_fwd
+    """SGLang's Triton ``decode_attention_fwd`` (also on a machine without SGLang's serving stack)."""
+    return sglang_kernel_module("sglang.kernels.ops.attention.decode_attention").decode_attention_fwd
 
 
 def variants(q, cache, sm_scale: float, max_kv_splits: int) -> dict:

@@ -9,6 +9,9 @@
 #    interpreter, plus CUDA-graph capture and replay of a write + decode step (views included).
 # 2. benchmarks/bench_decode.py: decode time and achieved bandwidth of breccia's FP8 kernel
 #    against SGLang's Triton decode on BF16 and per-tensor FP8 KV, side by side.
+# 3. benchmarks/bench_gemm.py: the FP8 recipes' GEMMs (block 1x128 / 1x64 and MXFP8 on SGLang's
+#    Triton block kernel with our configs, per-tensor FP8) against BF16, the emulated kernel and
+#    SGLang's 128x128 block kernel on Llama-3-8B's shapes, with the FP8 GEMM issue's targets.
 # Logs and JSON go to $OUT (the tool brings them back); the last lines printed are the table.
 #
 # To try the script itself without a GPU (the interpreter, tiny sizes), with a Python that
@@ -34,12 +37,10 @@ status=0
 "$PYTHON" -m pytest -q -p no:cacheprovider tests/kernels --junitxml="$OUT/kernels.xml" 2>&1 \
     | tee "$OUT/kernels.log" || status=1
 
-if [ "$DEVICE" = cuda ]; then
-    bench=(--out "$OUT/decode.json")
-else
-    bench=(--smoke --out "$OUT/decode.json")
-fi
-"$PYTHON" benchmarks/bench_decode.py "${bench[@]}" 2>&1 | tee "$OUT/bench.log" || status=1
+smoke=()
+[ "$DEVICE" = cuda ] || smoke=(--smoke)
+"$PYTHON" benchmarks/bench_decode.py "${smoke[@]}" --out "$OUT/decode.json" 2>&1 | tee "$OUT/bench.log" || status=1
+"$PYTHON" benchmarks/bench_gemm.py "${smoke[@]}" --out "$OUT/gemm.json" 2>&1 | tee "$OUT/gemm.log" || status=1
 
 echo "--- kernels: $(tail -1 "$OUT/kernels.log")"
 echo "--- gpu_checks.sh: $([ $status -eq 0 ] && echo PASS || echo FAIL), files in $OUT"
