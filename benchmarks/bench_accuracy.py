@@ -31,6 +31,11 @@ Configurations (``--configs``; the unquantized reference always runs, first)
                               BRECCIA_SGLANG_FP8_KV=0 (KV in the model dtype, as the reference)
   fp8+breccia-fp8-kv          breccia FP8 weights + breccia FP8 KV (the default with quantization="breccia")
   fp8+sglang-fp8-kv           breccia FP8 weights + SGLang's FP8 KV
+  fp8+w8a8 ... mxfp8+w8a8     the FP8 recipes with FP8 activations too (BRECCIA_SGLANG_GEMM=w8a8-reference:
+                              per token and K block, as SGLang's FP8 GEMMs quantize them; fp32 maths), so
+                              the cost of activation quantization reads off against the W8A16 row above it.
+                              fp8-block-128 quantizes down_proj only (576, the other layers' K, is not a
+                              multiple of 128; they stay high precision, as in any 1x128 checkpoint of it).
 Every engine computes in ``--dtype``: float32 by default, the checkpoint's own dtype, so the
 reference is exact and every difference is the quantization's (SGLang's "auto" would pick float16
 for this fp32 checkpoint; ``--dtype bfloat16`` shows a GPU server's setting, whose own rounding then
@@ -122,6 +127,7 @@ NEEDLE_CODES = ("48213", "71956", "30587", "92641", "15378", "66402", "83129")  
 RECIPES = {
     "fp8": dict(name="fp8"),
     "fp8-block-64": dict(name="fp8-block", block_k=64),
+    "fp8-block-128": dict(name="fp8-block", block_k=128),  # down_proj only: see the docstring
     "mxfp8": dict(name="mxfp8"),
     "nvfp4": dict(name="nvfp4"),
     "int4-g32": dict(name="int4", group_size=32),
@@ -138,6 +144,7 @@ class Config:
     name: str
     recipe: str | None  # a RECIPES key; None serves the original checkpoint
     kv: str
+    gemm: str | None = None  # a GEMM kernel to ask for (BRECCIA_SGLANG_GEMM); None: the usual choice
 
     def engine_kwargs(self) -> dict:
         kwargs = {} if self.recipe is None else {"quantization": names.QUANT_METHOD}
@@ -149,7 +156,7 @@ class Config:
         if self.recipe is None:
             return {}
         # Set either way, so a value in the caller's environment cannot change the config.
-        return {names.ENV_FP8_KV: "1" if self.kv == KV_BRECCIA_FP8 else "0"}
+        return {names.ENV_FP8_KV: "1" if self.kv == KV_BRECCIA_FP8 else "0", names.ENV_GEMM: self.gemm or ""}
 
 
 REFERENCE = "unquantized"
@@ -159,6 +166,8 @@ CONFIGS = {c.name: c for c in [
     *(Config(recipe, recipe, KV_MODEL_DTYPE) for recipe in RECIPES),
     Config("fp8+breccia-fp8-kv", "fp8", KV_BRECCIA_FP8),
     Config("fp8+sglang-fp8-kv", "fp8", KV_SGLANG_FP8),
+    *(Config(f"{recipe}+w8a8", recipe, KV_MODEL_DTYPE, names.GEMM_W8A8_REFERENCE)
+      for recipe in ("fp8", "fp8-block-64", "fp8-block-128", "mxfp8")),
 ]}
 
 
@@ -530,7 +539,8 @@ def run_configs(args, source: Path, workload: dict, tokenizer, model_config: dic
             config = CONFIGS[name]
             bar.set_description(name)
             started = time.monotonic()
-            row = {"config": name, "weights": config.recipe or "unquantized", "kv": config.kv}
+            row = {"config": name, "weights": config.recipe or "unquantized", "kv": config.kv,
+                   "activations": "FP8 (W8A8)" if config.gemm == names.GEMM_W8A8_REFERENCE else "model dtype"}
             try:
                 model, row["checkpoint"] = checkpoint_for(config.recipe, source)
                 spec = engine_spec(config, model, workload, args)
