@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from _common import OUT_DIR, error_summary, report_header, sglang_kernel_module
+from breccia_sglang import names
 from breccia_sglang.format import make_recipe
 from breccia_sglang.weights import dequantize_as, quantize_activations_fp8
 from breccia_sglang.weights.codes import decode_e8m0
@@ -55,6 +56,7 @@ from breccia_sglang.weights.w8a8 import w8a8_reference_linear
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 SMOKE_SHAPES = {"qkv": (96, 128), "down": (64, 256)}
 BASELINE = "bf16"
+EMULATED = names.GEMM_EMULATED  # the kernel CPUs and unsupported recipes get
 
 
 def gemm_tools():
@@ -75,7 +77,7 @@ def variants(x: torch.Tensor, w: torch.Tensor, tools, interpreted: bool) -> dict
     found[BASELINE] = (lambda: x @ w_wide.T, x.float() @ w_wide.float().T)
 
     fp8 = breccia.cast(w, make_recipe("fp8-block", block_k=128))
-    found["emulated"] = (lambda: F.linear(x, dequantize_as(fp8.data, fp8.scale, fp8.recipe, fp8.layout,
+    found[EMULATED] = (lambda: F.linear(x, dequantize_as(fp8.data, fp8.scale, fp8.recipe, fp8.layout,
                                                           dtype=x.dtype)),
                          x.float() @ breccia.dequantize(fp8).T)
     for name, recipe, block in (("block-1x128", make_recipe("fp8-block", block_k=128), 128),
@@ -141,7 +143,7 @@ def per_tile_fp8(w: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def moved_bytes(name: str, m: int, n: int, k: int) -> int:
-    weight = {BASELINE: 2, "emulated": 1}.get(name, 1) * n * k
+    weight = {BASELINE: 2, EMULATED: 1}.get(name, 1) * n * k
     return weight + m * k * 2 + m * n * 2  # + activations in, output out (16-bit)
 
 
@@ -189,7 +191,7 @@ def target_checks(rows: list[dict]) -> list[str]:
             lines.append(f"{'PASS' if min(small) >= 1.6 else 'FAIL'} {name} >= 1.6x BF16 at M <= 16: min {min(small):.2f}x")
         if large:
             lines.append(f"{'PASS' if min(large) >= 1.4 else 'FAIL'} {name} >= 1.4x BF16 at M >= 1024: min {min(large):.2f}x")
-    slower = [r for r in timed if r["variant"] not in (BASELINE, "emulated") and r["speedup_vs_bf16"] < 1.0]
+    slower = [r for r in timed if r["variant"] not in (BASELINE, EMULATED) and r["speedup_vs_bf16"] < 1.0]
     lines.append(f"{'PASS' if not slower else 'FAIL'} no FP8 recipe slower than BF16: "
                  + (", ".join(f"{r['variant']} {r['shape']} M={r['m']} {r['speedup_vs_bf16']:.2f}x" for r in slower)
                     or "none"))

@@ -3,6 +3,9 @@ HF transformers reference an engine's tokens are compared with."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -63,6 +66,16 @@ def strip_eos(ids: list[int], eos) -> list[int]:
 # The benchmark scripts. Tests run them as users do (``python benchmarks/X.py``) and import
 # them by name for their pure functions (pytest puts benchmarks/ on the path: pyproject.toml).
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_benchmark(script: str, *args: str, out: Path, timeout: float = 900, env=None) -> tuple[dict, str]:
+    """Run ``benchmarks/<script>`` as a user would, writing its report to ``out``: (report, stdout).
+    A failed run fails the caller with the tail of both streams."""
+    cmd = [sys.executable, str(BENCHMARKS / script), *map(str, args), "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, (f"{script} failed ({done.returncode}):\n"
+                                  f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    return json.loads(out.read_text()), done.stdout
 
 # The folder of a sitecustomize.py that counts how engine processes read the KV pool's views.
 VIEW_SPY = Path(__file__).resolve().parent / "engine" / "view_spy"

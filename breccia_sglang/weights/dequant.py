@@ -22,7 +22,8 @@ import torch
 from breccia.layouts import PerTensor
 
 from ..format.recipes import block_width
-from .codes import FP8_DTYPES, decode_e2m1, decode_e8m0, decode_fp8, decode_int4
+from .codes import decode_e2m1, decode_e8m0, decode_fp8, decode_int4
+
 
 def decode(data: torch.Tensor, recipe) -> torch.Tensor:
     """The codes' values, fp32 (before scaling)."""

@@ -8,17 +8,14 @@ the scoring need no engine.
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 
 import pytest
 
 
 import bench_accuracy
 
-from ..helpers import BENCHMARKS
+from ..helpers import run_benchmark
 
 QUANTIZED = "fp8+breccia-fp8-kv"
 TEXT_TOKENS = 48
@@ -30,14 +27,11 @@ NEEDLE_CONTEXT = 256
 def bench(demo_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("accuracy") / "accuracy.json"
     # The reference is left out of --configs on purpose: it must run (first) anyway.
-    cmd = [sys.executable, str(BENCHMARKS / "bench_accuracy.py"), "--configs", QUANTIZED,
-           "--model", str(demo_model), "--text-tokens", str(TEXT_TOKENS), "--chat-prompts", "1",
-           "--chat-tokens", str(CHAT_TOKENS), "--needle-context", str(NEEDLE_CONTEXT), "--needle-depths", "0.5",
-           "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"benchmark failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    report = json.loads(out.read_text())
-    return report, {c["config"]: c for c in report["configs"]}, out, done.stdout
+    report, stdout = run_benchmark(
+        "bench_accuracy.py", "--configs", QUANTIZED, "--model", demo_model, "--text-tokens", TEXT_TOKENS,
+        "--chat-prompts", "1", "--chat-tokens", CHAT_TOKENS, "--needle-context", NEEDLE_CONTEXT,
+        "--needle-depths", "0.5", out=out)
+    return report, {c["config"]: c for c in report["configs"]}, out, stdout
 
 
 @pytest.mark.engine

@@ -3,9 +3,6 @@ demo model reports every format for every case."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 
 import torch
 
@@ -13,7 +10,7 @@ import torch
 import _kv_oracle as kv
 import bench_kv_alternatives as alt
 
-from ..helpers import BENCHMARKS
+from ..helpers import run_benchmark
 
 
 def test_the_hadamard_rotation_is_orthonormal_so_q_dot_k_is_unchanged():
@@ -44,10 +41,7 @@ def test_subtracting_a_key_mean_leaves_exact_attention_unchanged():
 
 def test_a_run_reports_every_format_on_real_and_synthetic_keys(demo_model, tmp_path):
     out = tmp_path / "alternatives.json"
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_kv_alternatives.py"), "--model", str(demo_model),
-                           "--out", str(out)], capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report, _ = run_benchmark("bench_kv_alternatives.py", "--model", demo_model, out=out)
     assert len(report["results"]) == 1 + 2 * len(kv.SYNTH_HEAD_DIMS)
     formats = ["ours", "int8 K", "int8 K + int8 V", "bf16 K", "hadamard K", "smoothed K (sequence mean)"]
     for case, rows in report["results"].items():

@@ -3,13 +3,10 @@ capacities must add up and breccia's must sit at the 2D/(D+4) bound."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 
 import pytest
 
-from ..helpers import BENCHMARKS
+from ..helpers import run_benchmark
 
 TOKENS = 16384  # SGLang rounds the pool's GiB to 3 digits: big enough that this costs < 0.3%
 
@@ -19,11 +16,8 @@ pytestmark = pytest.mark.engine
 @pytest.fixture(scope="module")
 def report(demo_fp8, tmp_path_factory):
     out = tmp_path_factory.mktemp("capacity") / "kv_capacity.json"
-    cmd = [sys.executable, str(BENCHMARKS / "bench_kv_capacity.py"), "--tokens", str(TOKENS),
-           "--model", str(demo_fp8), "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"benchmark failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return json.loads(out.read_text()), out
+    report, _ = run_benchmark("bench_kv_capacity.py", "--tokens", TOKENS, "--model", demo_fp8, out=out)
+    return report, out
 
 
 def test_every_configuration_reports_a_pool(report):

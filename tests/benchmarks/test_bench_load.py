@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ import torch
 
 import bench_load
 
-from ..helpers import BENCHMARKS, breccia_tensors, stored_tensors
+from ..helpers import breccia_tensors, run_benchmark, stored_tensors
 
 LAYER = "model.layers.3.mlp.down_proj.weight"  # (576, 1536): 9 x 24 tiles of 64 x 64
 
@@ -27,10 +25,8 @@ LAYER = "model.layers.3.mlp.down_proj.weight"  # (576, 1536): 9 x 24 tiles of 64
 @pytest.fixture(scope="module")
 def bench(demo_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("load") / "load.json"
-    cmd = [sys.executable, str(BENCHMARKS / "bench_load.py"), "--repeats", "1", "--warmups", "0", "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"benchmark failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return json.loads(out.read_text()), out
+    report, _ = run_benchmark("bench_load.py", "--repeats", "1", "--warmups", "0", out=out)
+    return report, out
 
 
 @pytest.mark.engine

@@ -7,9 +7,6 @@ statistics need no engine.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 
 import pytest
 
@@ -17,7 +14,7 @@ import pytest
 import bench_multiturn
 import _multiturn_worker as worker
 
-from ..helpers import BENCHMARKS
+from ..helpers import run_benchmark
 
 CONFIGS = ("bf16-kv", "breccia-fp8-weights+breccia-fp8-kv")
 OUTPUT_LEN = 4
@@ -28,15 +25,12 @@ PROMPTS = 2  # 1 group x 2 prompts
 @pytest.fixture(scope="module")
 def bench(demo_model, demo_fp8, tmp_path_factory):
     out = tmp_path_factory.mktemp("multiturn") / "multiturn.json"
-    cmd = [sys.executable, str(BENCHMARKS / "bench_multiturn.py"), "--configs", ",".join(CONFIGS),
-           "--model", str(demo_model), "--breccia-model", str(demo_fp8),
-           "--groups", "1", "--prompts-per-group", str(PROMPTS), "--turns", str(TURNS),
-           "--output-len", str(OUTPUT_LEN), "--system-prompt-len", "64", "--question-len", "16",
-           "--concurrency", "2", "--max-total-tokens", "1024", "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"benchmark failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    report = json.loads(out.read_text())
-    return report, {c["config"]: c for c in report["configs"]}, out, done.stdout
+    report, stdout = run_benchmark(
+        "bench_multiturn.py", "--configs", ",".join(CONFIGS), "--model", demo_model, "--breccia-model", demo_fp8,
+        "--groups", "1", "--prompts-per-group", PROMPTS, "--turns", TURNS, "--output-len", OUTPUT_LEN,
+        "--system-prompt-len", "64", "--question-len", "16", "--concurrency", "2", "--max-total-tokens", "1024",
+        out=out)
+    return report, {c["config"]: c for c in report["configs"]}, out, stdout
 
 
 

@@ -5,14 +5,11 @@ kernels lower for real GPUs, fit their shared memory, and take the right FP8 dec
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from ..helpers import BENCHMARKS
+from ..helpers import BENCHMARKS, run_benchmark
 
 SCRIPT = BENCHMARKS / "compile_kernels.py"
 ARCHS, DTYPES, HEAD_DIMS = (80, 89, 90), ("bfloat16", "float16", "float32"), (64, 128)
@@ -24,10 +21,7 @@ READS_FP8 = {"breccia decode split", "breccia extend"}
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("compile") / "compile_kernels.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled, not interpreted
-    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], capture_output=True, text=True,
-                          timeout=1200, env=env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads(out.read_text()), done.stdout
+    return run_benchmark(SCRIPT.name, out=out, timeout=1200, env=env)
 
 
 def rows_of(report, kernel: str) -> list[dict]:
