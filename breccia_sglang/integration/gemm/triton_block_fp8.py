@@ -11,9 +11,7 @@ divide B gives silently wrong results (an error of 20.9 where 1e-6 is right, B=6
 MXFP8 takes the same path losslessly: its codes are E4M3 bytes and each E8M0 scale is exactly
 a power of two in fp32 (``weights.codes.decode_e8m0``), converted once after loading; B = 32.
 
-Activations are quantized per token and K block like SGLang's FP8 linears do: SGLang's own
-``per_token_group_quant_fp8`` on a GPU; under Triton's interpreter (CPU, how CI runs this) in
-torch with the same formula, because the interpreter's fp32 -> fp8 cast drops the rounding carry.
+Activations are quantized per token and K block as SGLang's FP8 linears do (``activation_quant``).
 """
 
 from __future__ import annotations
@@ -27,9 +25,9 @@ from breccia.recipes import Float8BlockScaling, MXFP8BlockScaling
 
 from ... import names
 from ...errors import BrecciaCheckpointError
-from ...weights import quantize_activations_fp8
 from ...weights.codes import decode_e8m0
 from ..sglang_params import code_params, fp8_params
+from .activation_quant import quantize_input
 from .base import GemmKernel, needs_gpu
 
 BLOCKS = (32, 64, 128)  # the K widths of the 1 x B scale blocks this path takes
@@ -141,13 +139,7 @@ class TritonBlockFp8Kernel(GemmKernel):
             raise BrecciaCheckpointError(f"{self.name}: the loaded weight is not contiguous")
 
     def apply(self, layer, x, bias):
-        rows = x.reshape(-1, x.shape[-1]).contiguous()
-        if rows.is_cuda:
-            from sglang.kernels.ops.quantization.fp8_kernel import per_token_group_quant_fp8
-
-            codes, scales = per_token_group_quant_fp8(rows, self.block)
-        else:
-            codes, scales = quantize_activations_fp8(rows, self.block)
+        codes, scales = quantize_input(x.reshape(-1, x.shape[-1]).contiguous(), self.block)
         out = block_fp8_matmul(codes, scales, layer.weight, layer.weight_scale, self.block, x.dtype, self.interpreted)
         if bias is not None:
             out += bias
