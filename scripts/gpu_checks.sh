@@ -10,8 +10,9 @@
 # 2. benchmarks/bench_decode.py: decode time and achieved bandwidth of breccia's FP8 kernel
 #    against SGLang's Triton decode on BF16 and per-tensor FP8 KV, side by side.
 # 3. benchmarks/bench_gemm.py: the FP8 recipes' GEMMs (block 1x128 / 1x64 and MXFP8 on SGLang's
-#    Triton block kernel with our configs, per-tensor FP8) against BF16, the emulated kernel and
-#    SGLang's 128x128 block kernel on Llama-3-8B's shapes, with the FP8 GEMM issue's targets.
+#    Triton block kernel with our configs, per-tensor FP8; on sm_90 also 1x128 on torch's blockwise
+#    scaled_mm, the blockscale-sm90 kernel) against BF16, the emulated kernel and SGLang's 128x128
+#    block kernel on Llama-3-8B's shapes, with the FP8 GEMM issue's targets and the fastest 1x128.
 # Logs and JSON go to $OUT (the tool brings them back); the last lines printed are the table.
 #
 # To try the script itself without a GPU (the interpreter, tiny sizes), with a Python that

@@ -1,8 +1,10 @@
 """benchmarks/bench_gemm.py --smoke: every variant runs on CPU under the Triton interpreter and is
-checked against its fp32 reference (timings and the targets are GPU-only)."""
+checked against its fp32 reference (timings and the targets are GPU-only); and the target lines
+a GPU run prints, from rows shaped like its own."""
 
 from __future__ import annotations
 
+import bench_gemm
 
 from ..helpers import run_benchmark
 
@@ -19,3 +21,21 @@ def test_smoke_run_checks_every_variant(tmp_path):
         assert r["rel_err"] < 1e-3, r
         assert "time_us" not in r
     assert report["targets"] == [] and report["machine"]["torch"]
+
+
+def timed(variant: str, m: int, us: float, bf16_us: float) -> dict:
+    return {"variant": variant, "shape": "qkv", "m": m, "time_us": us, "speedup_vs_bf16": bf16_us / us}
+
+
+def test_the_targets_read_each_1x128_kernel_and_name_the_fastest():
+    rows = [timed("bf16", m, 10.0, 10.0) for m in (1, 2048)]
+    rows += [timed("sglang-128x128", 1, 5.0, 10.0), timed("sglang-128x128", 2048, 6.0, 10.0)]
+    rows += [timed("block-1x128", 1, 5.0, 10.0), timed("block-1x128", 2048, 8.0, 10.0)]  # 2.0x, 1.25x
+    rows += [timed("sm90-torch", 1, 5.2, 10.0), timed("sm90-torch", 2048, 6.2, 10.0)]
+    lines = bench_gemm.target_checks(rows)
+    assert "PASS block-1x128 >= 1.6x BF16 at M <= 16: min 2.00x" in lines
+    assert "FAIL block-1x128 >= 1.4x BF16 at M >= 1024: min 1.25x" in lines
+    assert "FAIL block-1x128 within 10% of SGLang's 128x128: worst 1.33x its time" in lines
+    assert "PASS sm90-torch within 10% of SGLang's 128x128: worst 1.04x its time" in lines
+    assert "PASS no FP8 recipe slower than BF16: none" in lines
+    assert lines[-1] == "INFO fastest 1x128 kernel, summed over every shape and M: sm90-torch 11.4 us (block-1x128 13.0 us)"

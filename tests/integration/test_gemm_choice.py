@@ -29,8 +29,8 @@ def spec_for(recipe_name: str, target: Target, *, k: int = 512, forced: str | No
 
 
 # recipe -> kernel on (CPU, sm_80, sm_89, sm_90). The GPU kernels of issues 15/16 not built yet
-# (1x128 Marlin and Hopper's blockwise GEMMs, NVFP4, INT4) keep the emulated kernel there;
-# this table says what each GPU gets today.
+# (1x128 Marlin, NVFP4, INT4) keep the emulated kernel there, and Hopper's blockwise GEMM ranks
+# below the Triton kernel until a GPU has measured them: this table says what each GPU gets today.
 EXPECTED = {
     "fp8": ("emulated", "sglang-fp8-linear", "sglang-fp8-linear", "sglang-fp8-linear"),  # Marlin on sm_80
     "fp8-block-128": ("emulated", "emulated", "triton-block-fp8", "triton-block-fp8"),
@@ -92,3 +92,25 @@ def test_the_spec_reads_the_forcing_variable_and_the_interpreter(monkeypatch):
     assert spec.forced == names.GEMM_TRITON_BLOCK_FP8 and spec.interpreted and spec.block == 32
     described = LinearSpec.for_entry("w", entry, 64, [64], torch.float16, Target.gpu(90))
     assert described.simulated and not described.interpreted and described.capability == 90
+
+
+def test_hoppers_blockwise_gemm_takes_1x128_bf16_layers_on_sm_90_only():
+    hopper = Target.gpu(90)
+    assert dict(kernel_report(spec_for("fp8-block-128", hopper)))[names.GEMM_BLOCKSCALE_SM90] is None
+    forced = spec_for("fp8-block-128", hopper, forced=names.GEMM_BLOCKSCALE_SM90)
+    assert choose_kernel(forced).name == names.GEMM_BLOCKSCALE_SM90
+    reasons = {recipe_or_gpu: dict(kernel_report(spec))[names.GEMM_BLOCKSCALE_SM90] for recipe_or_gpu, spec in [
+        ("1x64", spec_for("fp8-block-64", hopper)), ("mxfp8", spec_for("mxfp8", hopper)),
+        ("sm_89", spec_for("fp8-block-128", Target.gpu(89))), ("sm_100", spec_for("fp8-block-128", Target.gpu(100))),
+        ("K 640", spec_for("fp8-block-128", hopper, k=640)), ("cpu", spec_for("fp8-block-128", Target("cpu")))]}
+    assert reasons["1x64"] == "needs 1x128 blocks, not 1x64"
+    assert reasons["mxfp8"] == "needs block FP8 E4M3 with 1x128 scales"
+    assert reasons["sm_89"] == "needs a CUDA GPU of sm_90, this is sm_89"
+    assert reasons["sm_100"] == "needs a CUDA GPU of sm_90, this is sm_100"
+    assert reasons["cpu"].startswith("needs a CUDA GPU (sm_90+)")
+    assert reasons["K 640"] is None  # 640 = 5 x 128: the block width, not a power of two, is what counts
+    fp16 = spec_for("fp8-block-128", hopper)
+    fp16 = LinearSpec(**{**fp16.__dict__, "params_dtype": torch.float16})
+    assert "needs bfloat16 activations, not torch.float16" in dict(kernel_report(fp16))[names.GEMM_BLOCKSCALE_SM90]
+    narrow = LinearSpec(**{**spec_for("fp8-block-128", hopper).__dict__, "output_partition_sizes": (96,)})
+    assert dict(kernel_report(narrow))[names.GEMM_BLOCKSCALE_SM90] == "needs K % 128 and N % 64; this layer is 96 x 512"

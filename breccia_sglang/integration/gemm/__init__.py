@@ -7,6 +7,9 @@
 - ``sglang_fp8.py``: SGLang's native FP8 linear for per-tensor FP8 on sm_89+.
 - ``triton_block_fp8.py``: block FP8 (1x32/64/128) and MXFP8 on SGLang's Triton W8A8 block
   kernel, with tile configs of ours.
+- ``blockscale_sm90.py``: 1x128 block FP8 on Hopper's blockwise GEMMs (FlashInfer's DeepGEMM
+  kernel, or torch's cuBLASLt one); ranked below the Triton kernel until a GPU has measured it.
+- ``activation_quant.py``: FP8 activations per token and K block, as SGLang quantizes them.
 - ``registry.py``: every kernel, best first, and ``choose_kernel``.
 """
 

@@ -93,7 +93,8 @@ def needs_gpu(spec: LinearSpec, kernel: str, min_capability: int, max_capability
     if spec.device_type == "cuda":
         capability = spec.capability or 0
         if capability < min_capability or (max_capability is not None and capability > max_capability):
-            wanted = f"sm_{min_capability}" + (f"-{max_capability}" if max_capability else "+")
+            upto = "" if max_capability == min_capability else f"-{max_capability}" if max_capability else "+"
+            wanted = f"sm_{min_capability}{upto}"
             return f"needs a CUDA GPU of {wanted}, this is sm_{capability}"
         return None
     if triton and spec.interpreted and spec.forced == kernel:

@@ -12,13 +12,14 @@ from __future__ import annotations
 from ... import names
 from ...errors import BrecciaCheckpointError
 from .base import GemmKernel, LinearSpec
+from .blockscale_sm90 import BlockscaleSm90Kernel
 from .emulated import EmulatedDequantKernel
 from .sglang_fp8 import SglangFp8PerTensorKernel
 from .triton_block_fp8 import TritonBlockFp8Kernel
 from .w8a8_reference import W8A8ReferenceKernel
 
-KERNELS: list[type[GemmKernel]] = [SglangFp8PerTensorKernel, TritonBlockFp8Kernel, EmulatedDequantKernel,
-                                   W8A8ReferenceKernel]
+KERNELS: list[type[GemmKernel]] = [SglangFp8PerTensorKernel, TritonBlockFp8Kernel, BlockscaleSm90Kernel,
+                                   EmulatedDequantKernel, W8A8ReferenceKernel]
 
 
 def ranked(spec: LinearSpec) -> list[type[GemmKernel]]:

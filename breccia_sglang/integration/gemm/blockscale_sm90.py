@@ -1,0 +1,112 @@
+"""1x128 block FP8 on Hopper's blockwise FP8 GEMMs: FlashInfer's ``fp8_blockscale_gemm_sm90``
+(DeepGEMM) where FlashInfer has it, else torch's blockwise ``scaled_mm`` (cuBLASLt, CUDA 12.9+).
+
+Both take breccia's 1 x 128 weight scales, (N, K / 128) fp32, without requantizing anything:
+- FlashInfer as they are (its "per-token" weight granularity, beside DeepSeek's 128 x 128); it
+  quantizes the BF16 input itself, per token and 128 K.
+- torch in MN-major strides, converted once after loading: the layout of torch's own blockwise
+  samples (``sample_inputs_scaled_mm_v2``: scales (rows, K / 128), rows contiguous). Its input
+  is quantized as SGLang's FP8 linears do (``activation_quant``).
+SGLang's own dispatch sends 1 x 128 weight scales to neither.
+
+Ranked below ``triton-block-fp8`` until ``benchmarks/bench_gemm.py`` has measured both on an
+H100 / H200 (the issue's rule: the benchmark decides). ``BRECCIA_SGLANG_GEMM=blockscale-sm90``
+selects it meanwhile. Nothing here has run on a GPU yet.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from breccia.layouts import PerBlockK
+from breccia.recipes import Float8BlockScaling
+
+from ... import names
+from ...errors import BrecciaCheckpointError
+from ..sglang_params import fp8_params
+from .activation_quant import quantize_input
+from .base import GemmKernel, needs_gpu
+
+BLOCK = 128
+N_MULTIPLE = 64  # FlashInfer's tile; torch's cuBLASLt path accepts it too
+TORCH_BLOCKWISE_CUDA = (12, 9)  # cuBLASLt's first release with 1x128 blockwise scaling
+
+
+def flashinfer_gemm():
+    """FlashInfer's ``fp8_blockscale_gemm_sm90``, or None where FlashInfer lacks it."""
+    try:
+        from flashinfer.gemm import fp8_blockscale_gemm_sm90
+    except Exception:  # noqa: BLE001 - any import failure means: not this backend
+        return None
+    return fp8_blockscale_gemm_sm90
+
+
+def torch_has_blockwise() -> bool:
+    """torch's ``F.scaled_mm`` with 1 x 128 blockwise scales, built against CUDA 12.9+."""
+    scaling = getattr(F, "ScalingType", None)
+    if not hasattr(F, "scaled_mm") or not hasattr(scaling, "BlockWise1x128") or not torch.version.cuda:
+        return False
+    return tuple(int(part) for part in torch.version.cuda.split(".")[:2]) >= TORCH_BLOCKWISE_CUDA
+
+
+def mn_major(scale: torch.Tensor) -> torch.Tensor:
+    """(rows, K / 128) scales with the rows dimension contiguous, as cuBLASLt reads them."""
+    return scale.t().contiguous().t()
+
+
+def torch_blockwise_matmul(x_codes: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor,
+                           weight_scale_mn_major: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """(M, K) fp8 x (N, K) fp8 -> (M, N): x_scale (M, K / 128), weight_scale (N, K / 128) MN-major."""
+    from torch.nn.functional import ScalingType, SwizzleType
+
+    return F.scaled_mm(x_codes, weight.t(), mn_major(x_scale), ScalingType.BlockWise1x128,
+                       weight_scale_mn_major, ScalingType.BlockWise1x128,
+                       swizzle_a=SwizzleType.NO_SWIZZLE, swizzle_b=SwizzleType.NO_SWIZZLE, output_dtype=out_dtype)
+
+
+class BlockscaleSm90Kernel(GemmKernel):
+    """W8A8 1x128 block FP8 on Hopper: FlashInfer's DeepGEMM kernel, else torch's cuBLASLt one."""
+
+    name = names.GEMM_BLOCKSCALE_SM90
+    priority = 70
+
+    @classmethod
+    def why_not(cls, spec):
+        if not (isinstance(spec.recipe, Float8BlockScaling) and isinstance(spec.layout, PerBlockK)) \
+                or spec.fp8_format != "E4M3":
+            return "needs block FP8 E4M3 with 1x128 scales"
+        if spec.block != BLOCK:
+            return f"needs 1x{BLOCK} blocks, not 1x{spec.block}"
+        n, k = spec.out_features, spec.input_size_per_partition
+        if k % BLOCK or n % N_MULTIPLE:
+            return f"needs K % {BLOCK} and N % {N_MULTIPLE}; this layer is {n} x {k}"
+        if spec.params_dtype != torch.bfloat16:
+            return f"needs bfloat16 activations, not {spec.params_dtype} (FlashInfer's and cuBLASLt's kernels)"
+        gpu = needs_gpu(spec, cls.name, 90, 90)
+        if gpu or spec.simulated:  # a described H100 cannot be probed: SGLang's install brings FlashInfer
+            return gpu
+        if flashinfer_gemm() is None and not torch_has_blockwise():
+            return (f"needs FlashInfer's fp8_blockscale_gemm_sm90 or torch's blockwise scaled_mm "
+                    f"(CUDA {'.'.join(map(str, TORCH_BLOCKWISE_CUDA))}+; this torch: CUDA {torch.version.cuda})")
+        return None
+
+    def create_weights(self, layer, spec, weight_loader):
+        fp8_params(layer, spec, weight_loader)
+
+    def process_weights_after_loading(self, layer):
+        if not layer.weight.is_contiguous():
+            raise BrecciaCheckpointError(f"{self.name}: the loaded weight is not contiguous")
+        self.flashinfer = flashinfer_gemm()
+        if self.flashinfer is None:  # once: the layout cuBLASLt reads
+            layer.weight_scale = torch.nn.Parameter(mn_major(layer.weight_scale.data), requires_grad=False)
+
+    def apply(self, layer, x, bias):
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        if self.flashinfer is not None:
+            out = self.flashinfer(rows, layer.weight, None, layer.weight_scale, out_dtype=x.dtype)
+        else:
+            codes, scales = quantize_input(rows, BLOCK)
+            out = torch_blockwise_matmul(codes, scales, layer.weight, layer.weight_scale, x.dtype)
+        if bias is not None:
+            out += bias
+        return out.view(*x.shape[:-1], out.shape[-1])
