@@ -6,8 +6,8 @@
 - ``quant_config.py``: ``BrecciaConfig``, SGLang's QuantizationConfig, built from the checkpoint.
 - ``linear_method.py``: ``BrecciaLinearMethod``, one breccia linear layer.
 - ``sglang_params.py``: its parameters, from SGLang's own parameter factories.
-- ``gemm/``: the GEMM kernels a layer can get (SGLang's FP8 linear and Triton block kernel, the
-  emulated one), chosen from a ``LinearSpec``.
+- ``gemm/``: the GEMM kernels a layer can get (SGLang's FP8 linear and Triton block kernel,
+  Hopper's blockwise GEMMs, the emulated one), chosen from a ``LinearSpec``.
 - ``weight_loading.py``: checkpoint tensor names -> SGLang's parameters, values checked.
 - ``inspect_report.py``: ``breccia-sglang inspect``, the checkpoint and each layer's kernel here.
 - ``kv_pool.py``: ``BrecciaFP8KVPool``, SGLang's MHA pool with FP8 data and per-(token, head)
