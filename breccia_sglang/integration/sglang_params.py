@@ -1,7 +1,7 @@
 """The parameters a breccia linear layer declares, made by SGLang's own parameter factories.
 
 Weight and scale parameters come from SGLang's FP8 factory (per-tensor and block FP8) or its
-plain ``ModelWeightParameter`` (the uint8 codes of MXFP8, NVFP4 and INT4), so merged layers
+plain ``ModelWeightParameter`` (the uint8 codes of MXFP8; NVFP4 and INT4 two per byte), so merged layers
 and TP shards load through SGLang's own shard-aware weight loaders, exactly as its native
 checkpoints do. Every call into those factories, and every setting they read, is here.
 """
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from breccia.layouts import PerBlockK
 
-from ..format.recipes import block_width
+from ..format.recipes import block_width, packs_two_per_byte
 
 if TYPE_CHECKING:
     from .gemm.base import LinearSpec
@@ -70,19 +70,22 @@ def fp8_param_config(layout) -> Fp8ParamConfig:
 
 
 def code_params(layer, spec: LinearSpec, weight_loader: Callable) -> None:
-    # MXFP8 / NVFP4 / INT4 as breccia stores them: one uint8 code per element, one scale (and
-    # zero-point) per row and K block. Rows concatenate for merged layers and K narrows per
-    # block under row-parallel TP, so SGLang's plain ModelWeightParameter loaders fit all three.
+    # MXFP8: one uint8 code per element; NVFP4 / INT4: two per byte, packed as each tensor
+    # loads (``weight_loading.py``). One scale (and zero point) per row and K block. Rows
+    # concatenate for merged layers and K narrows per block under row-parallel TP (a packed
+    # row narrows by K / 2 bytes: every K block is even), so SGLang's plain
+    # ModelWeightParameter loaders fit all three.
     from sglang.srt.layers.parameter import ModelWeightParameter
 
     rows, k = sum(spec.output_partition_sizes), spec.input_size_per_partition
     blocks = k // block_width(spec.layout)
+    stored_k = k // 2 if packs_two_per_byte(spec.recipe) else k
 
     def param(shape, dtype):
         data = torch.zeros(shape, dtype=dtype)
         return ModelWeightParameter(data=data, input_dim=1, output_dim=0, weight_loader=weight_loader)
 
-    layer.register_parameter("weight", param((rows, k), torch.uint8))
+    layer.register_parameter("weight", param((rows, stored_k), torch.uint8))
     layer.register_parameter(SCALE_PARAM, param((rows, blocks), spec.scale_dtype))
     if spec.has_zero_point:
         layer.register_parameter("weight_zero_point", param((rows, blocks), spec.scale_dtype))
@@ -94,7 +97,7 @@ class StoredWeight:
     """A breccia linear layer's weight as its parameters hold it (plain tensors, not SGLang's
     parameter subclasses): what kernels read at run time."""
 
-    data: torch.Tensor  # (N, K) float8_e4m3fn, or uint8 codes
+    data: torch.Tensor  # (N, K) float8_e4m3fn or uint8 codes; (N, K / 2) packed NVFP4 / INT4
     scale: torch.Tensor  # (shards,) per-tensor, or (N, K / B)
     zero_point: torch.Tensor | None
     shard_widths: tuple[int, ...]  # rows of each merged shard (q, k, v), in order

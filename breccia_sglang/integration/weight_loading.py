@@ -1,7 +1,8 @@
 """Map breccia checkpoint tensor names onto SGLang's FP8 parameter names while loading.
 
 ``NAME.data`` -> ``NAME`` (the ``...weight`` parameter), ``NAME.scale`` -> ``weight_scale``,
-``NAME.zero_point`` -> ``weight_zero_point``. Tensors are streamed one at a time from
+``NAME.zero_point`` -> ``weight_zero_point``; NVFP4 and INT4 codes are packed two per byte on
+the way (``weights/packing.py``). Tensors are streamed one at a time from
 SGLang's own safetensors iterator; nothing is read twice or held whole. Each scale and zero
 point is value-checked as it passes (``check_part_values``, the check ``inspect`` runs too).
 """
@@ -13,8 +14,8 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from ..errors import BrecciaCheckpointError
-from ..format.recipes import stores_native_fp8
 from ..format.values import check_part_values
+from ..weights.packing import served_codes
 from .sglang_params import SCALE_PARAM
 
 
@@ -51,17 +52,10 @@ def rename_breccia_tensors(
             stored = getattr(entry, part)
             check_part_values(entry, name, tensor, str(config.checkpoint.directory / stored.file))
         if part == "data":
-            yield base, _as_stored(tensor, entry.recipe)
+            yield base, served_codes(tensor, entry.recipe)
         elif part == "scale":
             yield f"{module}.{SCALE_PARAM}", tensor
         elif part == "zero_point":
             yield f"{module}.weight_zero_point", tensor
         else:
             yield name, tensor
-
-
-def _as_stored(tensor: torch.Tensor, recipe) -> torch.Tensor:
-    # Codes are re-viewed, never converted numerically: per-tensor / block FP8 live in SGLang's
-    # float8_e4m3fn weights, every other recipe in breccia's uint8 codes.
-    want = torch.float8_e4m3fn if stores_native_fp8(recipe) else torch.uint8
-    return tensor.view(want) if tensor.dtype in (torch.uint8, torch.float8_e4m3fn) else tensor

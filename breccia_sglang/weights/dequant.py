@@ -8,8 +8,9 @@ scale, all in place on one copy (torch's own FP8 conversion and table gathers ru
 on a CPU, ~30x slower than a BF16 matmul of the same weight; fresh temporaries cost page
 faults on every call).
 
-Weights are as SGLang holds them (``integration/sglang_params.py``): ``data`` (N, K) is
-float8_e4m3fn for per-tensor and block FP8, one uint8 code per element otherwise; ``scale``
+Weights are as SGLang holds them (``integration/sglang_params.py``): ``data`` is (N, K)
+float8_e4m3fn for per-tensor and block FP8, (N, K) uint8 codes for MXFP8, and (N, K / 2) bytes
+for NVFP4 and INT4, two codes each (``packing.py``: the even element in the low nibble); ``scale``
 is one value per tensor, one per merged shard (``shard_widths`` rows each), or one per row
 and K block; ``zero_point`` has the scale's shape.
 """
@@ -21,8 +22,9 @@ from collections.abc import Sequence
 import torch
 from breccia.layouts import PerTensor
 
-from ..format.recipes import block_width
+from ..format.recipes import block_width, packs_two_per_byte
 from .codes import decode_e2m1, decode_e8m0, decode_fp8, decode_int4
+from .packing import unpack_low_first
 
 
 def decode(data: torch.Tensor, recipe) -> torch.Tensor:
@@ -46,6 +48,8 @@ def scale_values(scale: torch.Tensor, recipe) -> torch.Tensor:
 def dequantize(data: torch.Tensor, scale: torch.Tensor, recipe, layout, zero_point: torch.Tensor | None = None,
                *, shard_widths: Sequence[int] | None = None) -> torch.Tensor:
     """The weight breccia.dequantize gives, (N, K) fp32."""
+    if packs_two_per_byte(recipe):
+        data = unpack_low_first(data)
     if isinstance(layout, PerTensor):
         return decode(data, recipe) * row_scales(scale, shard_widths, data.shape[0])[:, None]
     rows, k = data.shape
@@ -60,7 +64,7 @@ def dequantize_as(data: torch.Tensor, scale: torch.Tensor, recipe, layout, zero_
     """``dequantize(...).to(dtype)``, bit for bit, fast: a few in-place passes over one int32
     copy of the codes, no fp32 weight beside it. ``nan_free``: the codes hold no FP8 NaN code
     (0x7F / 0xFF), which the bit moves would not decode as NaN; None checks."""
-    rows, k = data.shape
+    rows, k = data.shape[0], data.shape[1] * (2 if packs_two_per_byte(recipe) else 1)
     width = k if isinstance(layout, PerTensor) else block_width(layout)
     if isinstance(layout, PerTensor):
         scale = row_scales(scale, shard_widths, rows)[:, None]
@@ -102,17 +106,17 @@ def _scaled_e4m3(data: torch.Tensor) -> torch.Tensor:
     return bits.view(torch.float32)
 
 
-def _scaled_e2m1(data: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def _scaled_e2m1(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     # E2M1 code c: sign to bit 31, its 2 exponent and 1 mantissa bits to bits 22-24, which reads
     # as value * 2^-126 exactly; two exact multiplies by 2^63 make it the value again.
-    bits = data.view(torch.uint8).to(torch.int32)
+    bits = unpack_low_first(packed, torch.int32)
     sign = (bits & 0x8).bitwise_left_shift_(28)
     bits.bitwise_and_(0x7).bitwise_left_shift_(22).bitwise_or_(sign)
     return bits.view(torch.float32).mul_(2.0**63).mul_(2.0**63)
 
 
-def _int4_values(data: torch.Tensor, signed: bool) -> torch.Tensor:
-    codes = data.view(torch.uint8).to(torch.int32).bitwise_and_(0x0F)
+def _int4_values(packed: torch.Tensor, signed: bool) -> torch.Tensor:
+    codes = unpack_low_first(packed, torch.int32)
     if signed:  # two's complement: bit 3 into the sign
         codes.bitwise_left_shift_(28).bitwise_right_shift_(28)
     return codes.to(torch.float32)

@@ -1,5 +1,5 @@
 """The emulated kernel's forward pass, for every recipe and merged shards, with no NumPy call and
-weights that stay quantized in memory: a matmul on breccia's own dequantized weight bit for bit,
+weights that stay quantized in memory (4-bit codes two per byte): a matmul on breccia's own dequantized weight bit for bit,
 or, for per-tensor FP8, the matmul on the codes' exact values and then each shard's scale."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from breccia_sglang import names
 from breccia_sglang.format import make_recipe
 from breccia_sglang.integration.gemm import LinearSpec
 from breccia_sglang.integration.gemm.emulated import EmulatedDequantKernel
+from breccia_sglang.weights.packing import served_codes
 
 RECIPES = {
     "fp8": make_recipe("fp8"), "fp8-block-64": make_recipe("fp8-block", block_k=64), "mxfp8": make_recipe("mxfp8"),
@@ -28,7 +29,7 @@ def merged_layer(recipe, gen) -> tuple[torch.nn.Module, torch.Tensor]:
     shards = [breccia.cast(torch.randn(rows, 192, generator=gen) * (4.0 ** i), recipe) for i, rows in enumerate(SHARDS)]
     per_tensor = shards[0].scale.dim() == 0
     layer = torch.nn.Module()
-    layer.weight = torch.nn.Parameter(torch.cat([s.data for s in shards]), requires_grad=False)
+    layer.weight = torch.nn.Parameter(torch.cat([served_codes(s.data, recipe) for s in shards]), requires_grad=False)
     scale = torch.stack([s.scale for s in shards]) if per_tensor else torch.cat([s.scale for s in shards])
     layer.weight_scale = torch.nn.Parameter(scale, requires_grad=False)
     if shards[0].zero_point is not None:
@@ -73,6 +74,8 @@ def test_the_forward_pass_is_a_matmul_on_breccias_weight_and_calls_no_numpy(reci
         assert torch.equal(p.data.view(torch.uint8) if p.dtype == torch.float8_e4m3fn else p.data,
                            stored[name].view(torch.uint8) if p.dtype == torch.float8_e4m3fn else stored[name])
     assert layer.weight.element_size() == 1
+    # NVFP4 and INT4 take half a byte per weight: (N, K / 2) bytes.
+    assert layer.weight.shape == (80, 96 if recipe.startswith(("nvfp4", "int4")) else 192)
 
 
 def test_nan_codes_stay_nan(monkeypatch):

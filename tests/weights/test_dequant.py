@@ -13,6 +13,7 @@ from breccia.kernels.reference._utils import dequantize_e8m0_scale
 from breccia_sglang.format import make_recipe
 from breccia_sglang.weights import dequantize, dequantize_as
 from breccia_sglang.weights.codes import decode_e2m1, decode_e8m0, decode_fp8, decode_int4
+from breccia_sglang.weights.packing import served_codes
 
 ALL_CODES = torch.arange(256, dtype=torch.uint8)
 
@@ -69,11 +70,12 @@ def test_dequantize_is_breccias_bit_for_bit_for_every_code(recipe):
     r = make_recipe(params.pop("name"), **params)
     st = every_code_weight(r, torch.Generator().manual_seed(len(recipe)))
     expected = breccia.dequantize(st)
-    got = dequantize(st.data, st.scale, st.recipe, st.layout, st.zero_point)
+    data = served_codes(st.data, st.recipe)  # NVFP4 / INT4: packed two per byte, as served
+    got = dequantize(data, st.scale, st.recipe, st.layout, st.zero_point)
     assert same_bits(got, expected)
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         # The emulated kernel's weight: the same values, rounded once to the activation dtype.
-        assert same_bits(dequantize_as(st.data, st.scale, st.recipe, st.layout, st.zero_point, dtype=dtype),
+        assert same_bits(dequantize_as(data, st.scale, st.recipe, st.layout, st.zero_point, dtype=dtype),
                          expected.to(dtype))
 
 
@@ -106,10 +108,11 @@ def test_dequantize_makes_no_numpy_call(recipe, monkeypatch):
     monkeypatch.setattr(torch.Tensor, "numpy", numpy_was_called)
     monkeypatch.setattr(torch, "from_numpy", numpy_was_called)
     monkeypatch.setattr(torch, "as_tensor", numpy_was_called)
+    data = served_codes(st.data, st.recipe)
     for dtype in (None, torch.bfloat16):
         if dtype is None:
-            dequantize(st.data, st.scale, st.recipe, st.layout, st.zero_point)
+            dequantize(data, st.scale, st.recipe, st.layout, st.zero_point)
         else:
-            dequantize_as(st.data, st.scale, st.recipe, st.layout, st.zero_point, dtype=dtype)
+            dequantize_as(data, st.scale, st.recipe, st.layout, st.zero_point, dtype=dtype)
     with pytest.raises(AssertionError, match="NumPy was called"):  # the patch would catch breccia's path
         breccia.dequantize(st)
