@@ -9,6 +9,7 @@
 - ``gemm/``: the GEMM kernels a layer can get (SGLang's FP8 linear and Triton block kernel,
   Hopper's blockwise GEMMs, the emulated one), chosen from a ``LinearSpec``.
 - ``weight_loading.py``: checkpoint tensor names -> SGLang's parameters, values checked.
+- ``resident_bytes.py``: what the loaded breccia layers hold in memory, in the log.
 - ``inspect_report.py``: ``breccia-sglang inspect``, the checkpoint and each layer's kernel here.
 - ``kv_pool.py``: ``BrecciaFP8KVPool``, SGLang's MHA pool with FP8 data and per-(token, head)
   scales, read and written through ``PagedKV`` views.

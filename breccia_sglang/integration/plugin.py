@@ -67,6 +67,9 @@ HOOKS = (
     # Checkpoint tensor names -> SGLang's parameters (weight_loading.py).
     ("sglang.srt.model_loader.loader.DefaultModelLoader.load_weights_only", "AROUND",
      "weight_loading:load_weights_only"),
+    # What the quantized layers hold once loaded, in the log (resident_bytes.py).
+    ("sglang.srt.model_loader.loader.DefaultModelLoader.postprocess_weights", "AFTER",
+     "resident_bytes:report_resident_bytes"),
     # The FP8 KV pool and its true size (kv_config.py).
     ("sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._resolve_kv_pool_class", "AROUND",
      "kv_config:resolve_kv_pool_class"),
