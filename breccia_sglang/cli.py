@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dst")
     p.add_argument("--recipe", required=True, choices=RECIPE_NAMES)
     p.add_argument("--block-k", type=int, default=128, help="fp8-block: K elements per scale")
-    p.add_argument("--group-size", type=int, default=128, help="int4: K elements per scale")
+    p.add_argument("--group-size", type=int, default=128, help="int4: K elements per scale (default 128; a layer whose K it does not divide takes 64 or 32, "
+                        "reported)")
     p.add_argument("--asymmetric", action="store_true", help="int4: unsigned codes with zero-points")
     p.add_argument("--keep", action="append", metavar="PATTERN",
                    help=f"keep matching weights high precision (fnmatch; default {' '.join(DEFAULT_KEEP)})")
@@ -94,6 +95,10 @@ def _quantize(args) -> int:
     print(f"  quantized: {len(report.quantized)} weights")
     for label in sorted(set(report.labels.values())):
         print(f"    {label}: {sum(1 for v in report.labels.values() if v == label)}")
+    if report.regrouped:
+        print(f"  int4 at a smaller group: {len(report.regrouped)}")
+        for name, reason in report.regrouped:
+            print(f"    {name}: {reason}")
     print(f"  kept high precision: {len(report.kept)}")
     for name, reason in report.kept:
         print(f"    {name}: {reason}")

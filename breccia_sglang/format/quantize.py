@@ -10,12 +10,14 @@ half-written behind.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import breccia
 import torch
+from breccia.recipes import INT4Scaling
 from safetensors import safe_open
 from tqdm import tqdm
 
@@ -37,6 +39,7 @@ class QuantizeReport:
     recipe_label: str
     quantized: list = field(default_factory=list)  # (name, shape)
     kept: list = field(default_factory=list)  # (name, reason)
+    regrouped: list = field(default_factory=list)  # (name, reason): INT4 at a smaller group than asked
     copied: list = field(default_factory=list)  # non-weight tensors (norms, biases, ...)
     labels: dict = field(default_factory=dict)  # quantized name -> recipe/layout label
     bytes_in: int = 0
@@ -88,6 +91,7 @@ def _quantize_one(name, tensor, recipe, keep, writer, report):
         writer.add_plain(name, tensor)
         report.kept.append((name, "kept by --keep rule"))
         return
+    recipe = _int4_group_that_fits(name, tensor, recipe, report)
     try:
         scaled = _cast(tensor.to(torch.float32), recipe)
     except ValueError as exc:  # breccia refuses shapes its layout cannot take
@@ -97,6 +101,25 @@ def _quantize_one(name, tensor, recipe, keep, writer, report):
     writer.add_scaled(name, scaled)
     report.quantized.append((name, tuple(tensor.shape)))
     report.labels[name] = describe(scaled.recipe, scaled.layout)
+
+
+# INT4 groups a layer can fall back to when K does not split into the asked-for group: the
+# group sizes every 4-bit kernel takes (Marlin: -1/32/64/128), largest first.
+INT4_FALLBACK_GROUPS = (64, 32)
+
+
+def _int4_group_that_fits(name, tensor, recipe, report):
+    """INT4 whose group does not divide K (576 % 128 = 64 for a 576-wide model): the largest
+    smaller standard group that does, reported; otherwise the recipe as asked (the cast refuses
+    and the weight stays high precision, reported too)."""
+    if not isinstance(recipe, INT4Scaling) or tensor.shape[-1] % recipe.group_size == 0:
+        return recipe
+    k = tensor.shape[-1]
+    for group in INT4_FALLBACK_GROUPS:
+        if group < recipe.group_size and k % group == 0:
+            report.regrouped.append((name, f"K={k} is not a multiple of {recipe.group_size}: group {group}"))
+            return dataclasses.replace(recipe, group_size=group)
+    return recipe
 
 
 # breccia 0.1.3 encodes MXFP8 (and FP8 on its NumPy path) by a brute-force search over all

@@ -128,3 +128,37 @@ def test_per_layer_overrides_pick_the_recipe_and_keep_rules_still_win(tiny_llama
     assert "int4(g=32,sym)/per_block_k: 6" in done.stdout and "current(E4M3)/per_tensor: 8" in done.stdout
     config = json.loads((dst / "config.json").read_text())["quantization_config"]
     assert config["recipe"] == ["current(E4M3)/per_tensor", "int4(g=32,sym)/per_block_k"]
+
+
+def test_int4_takes_group_128_and_falls_back_per_layer_where_k_requires_it(tiny_llama, tmp_path):
+    # The tiny Llama's K is 64 (q/k/v/o, gate/up) or 96 (down_proj): neither splits into 128.
+    dst = tmp_path / "int4"
+    done = subprocess.run(
+        [sys.executable, "-m", "breccia_sglang.cli", "quantize", str(tiny_llama), str(dst), "--recipe", "int4",
+         "--asymmetric"], capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    scaled = breccia_tensors(dst)
+    assert len(scaled) == 14
+    for name, st in scaled.items():
+        group = 32 if "down_proj" in name else 64
+        assert st.recipe == breccia.INT4Scaling(group_size=group, signed=False, symmetric=False), name
+        # Zero points are whole numbers in the code range: what AWQ / Marlin zero points hold.
+        z = st.zero_point.float()
+        assert torch.equal(z, z.round()) and z.min() >= 0 and z.max() <= 15, name
+    assert "int4 at a smaller group: 14" in done.stdout
+    assert "model.layers.0.mlp.down_proj.weight: K=96 is not a multiple of 128: group 32" in done.stdout
+    assert "model.layers.0.self_attn.q_proj.weight: K=64 is not a multiple of 128: group 64" in done.stdout
+
+
+def test_an_int4_weight_no_group_fits_stays_high_precision_and_is_reported(tmp_path):
+    from safetensors.torch import save_file
+
+    src = tmp_path / "src"
+    src.mkdir()
+    save_file({"a.weight": torch.randn(8, 40), "b.weight": torch.randn(8, 128)}, str(src / "model.safetensors"))
+    (src / "config.json").write_text("{}")
+    report = quantize_checkpoint(src, tmp_path / "dst", make_recipe("int4"), progress=False)
+    assert [name for name, _ in report.quantized] == ["b.weight"]  # 128 keeps its asked-for group
+    assert report.regrouped == []
+    assert [name for name, _ in report.kept] == ["a.weight"] and "40" in report.kept[0][1]
