@@ -14,6 +14,9 @@ and divisibility included). SGLang's Triton decode kernel (the baseline of
 ``bench_decode.py``) is compiled the same way on BF16 and FP8 KV, side by side. So is SGLang's
 Triton W8A8 block GEMM with each tile config breccia launches it with (1x32 / 1x64 / 1x128
 blocks, one config per range of M), for the GPUs with FP8 tensor cores it runs on (sm_89+).
+breccia's W4A16 GEMM is compiled with each of its tile configs for every 4-bit code kind (INT4,
+UINT4 with zero points, E2M1 with E4M3 scale bytes) on fp16 / bf16 activations (fp32 has one
+config of its own), for every GPU from sm_80 on.
 
 Per kernel and target the report gives registers per thread, spilled bytes (local memory),
 shared memory against the GPU's per-block limit, warps and pipeline stages, read from the cubin
@@ -47,6 +50,7 @@ from triton.runtime.jit import create_function_from_signature
 from _common import OUT_DIR, error_summary, report_header  # noqa: E402
 from breccia_sglang.kernels import launch  # noqa: E402
 from breccia_sglang.kernels.attention import decode, extend, write_kv  # noqa: E402
+from breccia_sglang.kernels.gemm import w4a16  # noqa: E402
 from breccia_sglang.kvcache import PagedKV, PagedScaledTensor  # noqa: E402
 
 # Largest shared memory one block may use (opt-in), bytes: CUDA programming guide, table 21.
@@ -77,6 +81,16 @@ def recording(module, attribute: str, name: str, sink: list):
         yield
     finally:
         setattr(module, attribute, kernel)
+
+
+@contextlib.contextmanager
+def gpu_tiles():
+    """Launchers choose the GPU's tile sizes for the CPU tensors the launches are recorded from."""
+    launch.FORCE_GPU_TILES, before = True, launch.FORCE_GPU_TILES
+    try:
+        yield
+    finally:
+        launch.FORCE_GPU_TILES = before
 
 
 def step_tensors(dtype: torch.dtype, head_dim: int, group: int, kv_heads: int = 8, batch: int = 4,
@@ -110,15 +124,12 @@ def breccia_launches(dtype: torch.dtype, head_dim: int, group: int) -> list[Laun
         stack.enter_context(recording(decode, "_decode_split_kernel", "breccia decode split", sink))
         stack.enter_context(recording(decode, "_decode_merge_kernel", "breccia decode merge", sink))
         stack.enter_context(recording(extend, "_extend_kernel", "breccia extend", sink))
-        launch.FORCE_GPU_TILES, tiles_before = True, launch.FORCE_GPU_TILES
-        try:
-            write_kv.write_kv_fp8(t["k_new"], PagedScaledTensor(t["data"], t["scale"], t["out_cache_loc"]))
-            context = PagedKV.of(*pool, t["kv_indices"], indptr=t["kv_indptr"])
-            new = PagedKV.of(*pool, t["out_cache_loc"], indptr=t["qo_indptr"])
-            decode.paged_decode_attention(t["q_decode"], context)
-            extend.paged_extend_attention(t["q_extend"], context, new, max_new_tokens=t["new_tokens"])
-        finally:
-            launch.FORCE_GPU_TILES = tiles_before
+        stack.enter_context(gpu_tiles())
+        write_kv.write_kv_fp8(t["k_new"], PagedScaledTensor(t["data"], t["scale"], t["out_cache_loc"]))
+        context = PagedKV.of(*pool, t["kv_indices"], indptr=t["kv_indptr"])
+        new = PagedKV.of(*pool, t["out_cache_loc"], indptr=t["qo_indptr"])
+        decode.paged_decode_attention(t["q_decode"], context)
+        extend.paged_extend_attention(t["q_extend"], context, new, max_new_tokens=t["new_tokens"])
     return sink
 
 
@@ -144,6 +155,27 @@ def gemm_launches(dtype: torch.dtype) -> list[Launch]:
             with recording(fp8_kernel, "_w8a8_block_fp8_matmul", name, sink):
                 tbf.block_fp8_matmul(torch.zeros(m, k, dtype=torch.float8_e4m3fn), torch.ones(m, k // block),
                                      weight, weight_scale, block, dtype, interpreted=False)
+    return sink
+
+
+W4A16_GROUPS = {"int4": 128, "uint4": 128, "e2m1": 16}  # INT4's common group; NVFP4's 16
+
+
+def w4a16_launches(dtype: torch.dtype) -> list[Launch]:
+    """breccia's W4A16 GEMM as its launcher calls it on a GPU: each code kind (UINT4 with zero
+    points, E2M1 with E4M3 scale bytes) and an M from each range of its tile configs."""
+    n, k = GEMM_SHAPE
+    sink: list[Launch] = []
+    for codes, group in W4A16_GROUPS.items():
+        packed = torch.zeros(n, k // 2, dtype=torch.uint8)
+        scales = torch.zeros(n, k // group, dtype=torch.uint8) if codes == "e2m1" else torch.ones(n, k // group)
+        zero_points = torch.zeros(n, k // group) if codes == "uint4" else None
+        for m in (1, 64, 256, 2048) if dtype != torch.float32 else (64,):  # fp32: one config for all M
+            x = torch.zeros(m, k, dtype=dtype)
+            with gpu_tiles():
+                name = f"breccia w4a16 gemm {codes} {w4a16.choose_config(m, x).name}"
+                with recording(w4a16, "_w4a16_kernel", name, sink):
+                    w4a16.w4a16_matmul(x, packed, scales, zero_points, group=group, codes=codes)
     return sink
 
 
@@ -211,11 +243,14 @@ def cubin_resources(cubin: bytes) -> dict:
 
 
 def _compile_case(case: tuple) -> list[dict]:
-    """One (dtype, head_dim) for every arch, or (dtype, "gemm"): recording is cheap, compiling is the work."""
+    """One (dtype, head_dim) for every arch, or (dtype, "gemm" / "w4a16"): recording is cheap,
+    compiling is the work."""
     dtype_name, head_dim, group, archs, with_sglang = case
     dtype = getattr(torch, dtype_name)
     if head_dim == "gemm":
         launches, archs, head_dim = gemm_launches(dtype), [a for a in archs if a >= GEMM_MIN_ARCH], 0
+    elif head_dim == "w4a16":
+        launches, head_dim = w4a16_launches(dtype), 0
     else:
         launches = breccia_launches(dtype, head_dim, group)
         if with_sglang:
@@ -261,6 +296,8 @@ def main() -> None:
     gemm_dtype = next((d for d in ("bfloat16", "float16") if d in args.dtype), None)
     if not args.no_sglang and gemm_dtype:  # the GEMM's inputs are FP8 whatever the model dtype: one suffices
         cases.append((gemm_dtype, "gemm", args.group, args.arch, True))
+    # W4A16 multiplies in the activation dtype: every one (fp32 takes a single tile config).
+    cases += [(d, "w4a16", args.group, args.arch, False) for d in args.dtype]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = [row for case_rows in pool.map(_compile_case, cases) for row in case_rows]
     # Ours, and SGLang's GEMM with our configs, must compile (SGLang's decode on FP8 need not).

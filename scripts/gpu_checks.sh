@@ -5,8 +5,9 @@
 #   run(command="bash scripts/gpu_checks.sh", carry=[".whl"], timeout_s=540)
 #
 # 1. tests/kernels on the GPU, compiled (BRECCIA_KERNEL_DEVICE=cuda): the write, decode and
-#    extend kernels against their fp32 references on the same awkward shapes as under the
-#    interpreter, plus CUDA-graph capture and replay of a write + decode step (views included).
+#    extend kernels and the W4A16 GEMM (INT4 / NVFP4 codes packed two per byte, bf16 too) against
+#    their fp32 references on the same awkward shapes as under the interpreter, plus CUDA-graph
+#    capture and replay of a write + decode step (views included) and of a W4A16 GEMM.
 # 2. benchmarks/bench_decode.py: decode time and achieved bandwidth of breccia's FP8 kernel
 #    against SGLang's Triton decode on BF16 and per-tensor FP8 KV, side by side.
 # 3. benchmarks/bench_gemm.py: the FP8 recipes' GEMMs (block 1x128 / 1x64 and MXFP8 on SGLang's

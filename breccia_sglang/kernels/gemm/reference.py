@@ -1,0 +1,29 @@
+"""The fp32 torch reference the W4A16 kernel is tested against: the packed codes unpacked and
+decoded with breccia's tables (``weights``), scaled in fp32 as breccia's dequantize scales them,
+then a plain fp32 matmul."""
+
+from __future__ import annotations
+
+import torch
+
+from ...weights.codes import decode_e2m1, decode_fp8, decode_int4
+from ...weights.packing import unpack_low_first
+
+
+def w4a16_weight(packed: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None, *, group: int,
+                 codes: str) -> torch.Tensor:
+    """The dequantized weight, (N, K) fp32: (value - z) * s, or value * s without zero points."""
+    unpacked = unpack_low_first(packed)
+    values = decode_e2m1(unpacked) if codes == "e2m1" else decode_int4(unpacked, signed=codes == "int4")
+    rows, k = values.shape
+    s = decode_fp8(scales, "E4M3") if scales.dtype == torch.uint8 else scales.to(torch.float32)
+    values = values.view(rows, k // group, group)
+    if zero_points is not None:
+        values = values - zero_points.to(torch.float32)[..., None]
+    return (values * s[..., None]).view(rows, k)
+
+
+def w4a16_reference(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None,
+                    *, group: int, codes: str) -> torch.Tensor:
+    """What ``w4a16_matmul`` computes, (M, N) fp32: x in fp32 times the fp32 dequantized weight."""
+    return x.to(torch.float32) @ w4a16_weight(packed, scales, zero_points, group=group, codes=codes).T

@@ -1,0 +1,207 @@
+"""W4A16 dequant-GEMM: out = x @ W^T, with W's 4-bit codes read in place, two per byte.
+
+``packed`` (N, K / 2) uint8 holds element 2j of a row in the LOW nibble of byte j and 2j + 1
+in the high one (``weights.packing.pack_low_first``). Each program loads a (BLOCK_N, BLOCK_K / 2)
+tile of bytes with vector loads, decodes both nibbles and scales them in fp32 as breccia's
+dequantize does (``(value - z) * s``), interleaves the halves back into K order, rounds the
+tile to the activation dtype and multiplies on tensor cores with fp32 accumulation. The two
+nibbles of a byte are always in the same scale group (groups are even), so each pair of
+elements reads one scale (and zero point).
+
+No host synchronisation and no branch on tensor values: a launch can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ..attention.fp8_codec import e4m3_decode
+from ..launch import check_tensor, fp32_on_gpu, gpu_tiles, native_fp8_decode
+
+CODES = ("int4", "uint4", "e2m1")  # two's complement, unsigned 0..15 (zero points allowed), FP4 E2M1
+GROUPS = (16, 32, 64, 128)  # K elements per scale: 16 for NVFP4 (e2m1), 32 / 64 / 128 for INT4
+X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+SCALE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8)  # uint8: E4M3 codes
+ZERO_POINT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _nibble_values(c, CODE: tl.constexpr):
+    """int32 codes 0..15 -> their fp32 values before scaling."""
+    if CODE == 0:  # int4: two's complement
+        return ((c ^ 8) - 8).to(tl.float32)
+    elif CODE == 1:  # uint4
+        return c.to(tl.float32)
+    else:
+        # e2m1: sign to fp16's sign bit, the 2 exponent and 1 mantissa bits to fp16's low
+        # exponent and top mantissa bits. That reads as the value * 2^-14 (fp16's exponent bias is
+        # 14 more than E2M1's), 0.5 (E2M1's subnormal) landing on an fp16 subnormal that the fp16 ->
+        # fp32 conversion reads exactly; one multiply by 2^14 restores every value.
+        bits = ((c & 8) << 12) | ((c & 7) << 9)
+        return bits.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32) * 16384.0
+
+
+@triton.jit
+def _w4a16_kernel(
+    x_ptr, packed_ptr, scale_ptr, zero_ptr, out_ptr,
+    M, N, K,
+    stride_xm, stride_pn, stride_sn, stride_sk, stride_zn, stride_zk, stride_om,
+    GROUP: tl.constexpr, CODE: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_E4M3: tl.constexpr,
+    NATIVE_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # Programs in GROUP_M-row bands over M, so the weight tiles a band reads stay in L2.
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    band = GROUP_M * num_pid_n
+    first_m = (pid // band) * GROUP_M
+    band_rows = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % band) % band_rows
+    pid_n = (pid % band) // band_rows
+
+    HALF_K: tl.constexpr = BLOCK_K // 2
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok, n_ok = m < M, n < N
+    x_rows = x_ptr + m.to(tl.int64)[:, None] * stride_xm
+    byte_rows = packed_ptr + n.to(tl.int64)[:, None] * stride_pn
+    scale_rows = scale_ptr + n.to(tl.int64) * stride_sn
+    zero_rows = zero_ptr + n.to(tl.int64) * stride_zn
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & (k < K)[None, :], other=0.0)
+        j = k0 // 2 + tl.arange(0, HALF_K)  # byte index in the row; element 2j and 2j + 1
+        j_ok = n_ok[:, None] & (j < K // 2)[None, :]
+        c = tl.load(byte_rows + j[None, :], mask=j_ok, other=0).to(tl.int32)
+        low, high = _nibble_values(c & 15, CODE), _nibble_values(c >> 4, CODE)
+
+        if GROUP % BLOCK_K == 0:  # one group covers the tile: one scale per row
+            s_ptrs = scale_rows[:, None] + (k0 // GROUP) * stride_sk
+            z_ptrs = zero_rows[:, None] + (k0 // GROUP) * stride_zk
+            s_ok = n_ok[:, None]
+        else:  # several groups per tile: a scale per pair (repeated addresses, served from L1)
+            s_ptrs = scale_rows[:, None] + (j // (GROUP // 2))[None, :] * stride_sk
+            z_ptrs = zero_rows[:, None] + (j // (GROUP // 2))[None, :] * stride_zk
+            s_ok = j_ok
+        s = tl.load(s_ptrs, mask=s_ok, other=0)
+        if SCALE_E4M3:
+            s = e4m3_decode(s, tl.float32, NATIVE_FP8)
+        else:
+            s = s.to(tl.float32)
+        if HAS_ZERO:
+            z = tl.load(z_ptrs, mask=s_ok, other=0).to(tl.float32)
+            low, high = low - z, high - z
+        # (BLOCK_N, BLOCK_K / 2, 2) -> (BLOCK_N, BLOCK_K): element 2j then 2j + 1, K order again.
+        w = tl.reshape(tl.join(low * s, high * s), (BLOCK_N, BLOCK_K)).to(x.dtype)
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+
+    out_ptrs = out_ptr + m.to(tl.int64)[:, None] * stride_om + n[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One launch configuration: the output tile (block_m x block_n), the K step, the rows of
+    programs that share weight tiles in L2 (group_m), warps and pipeline stages."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int
+    num_warps: int
+    num_stages: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.block_m}x{self.block_n}x{self.block_k}"
+
+    def launch_args(self) -> dict:
+        return {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "BLOCK_K": self.block_k,
+                "GROUP_M": self.group_m, "num_warps": self.num_warps, "num_stages": self.num_stages}
+
+
+# (largest M, config), smallest M first; a launch takes the first whose M bound it fits. Decode
+# (M <= 16) streams the weight once: narrow N tiles give many programs to keep memory busy.
+# Large M reuses each weight tile over many rows: big tiles. Not tuned on a GPU yet.
+TILE_CONFIGS: list[tuple[int, TileConfig]] = [
+    (16, TileConfig(16, 32, 128, 1, 4, 4)),
+    (64, TileConfig(32, 64, 128, 4, 4, 3)),
+    (256, TileConfig(64, 128, 64, 8, 4, 3)),
+    (1 << 62, TileConfig(128, 128, 64, 8, 8, 3)),
+]
+# fp32 activations take the exact ("ieee") dot on FMA units, tiles held in registers: the
+# configs above spill 0.2-11 KB per thread there, this one none (benchmarks/compile_kernels.py).
+FP32_CONFIG = TileConfig(32, 64, 32, 4, 8, 2)
+# Under the interpreter every program runs in Python: small tiles (tl.dot takes 16 per dimension
+# at least). K = 64 puts groups 16 / 32 inside a K tile, 64 on one, 128 across two.
+INTERPRETER_CONFIG = TileConfig(16, 32, 64, 1, 1, 1)
+
+
+def choose_config(m: int, x: torch.Tensor) -> TileConfig:
+    """The tile config of a launch over M rows of activations ``x``."""
+    if not gpu_tiles(x):
+        return INTERPRETER_CONFIG
+    if fp32_on_gpu(x):
+        return FP32_CONFIG
+    return next(config for top, config in TILE_CONFIGS if m <= top)
+
+
+def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
+                 zero_points: torch.Tensor | None = None, *, group: int, codes: str) -> torch.Tensor:
+    """x @ W^T for a 4-bit weight W read in place, two codes per byte.
+
+    Parameters
+    ----------
+    x : (M, K) float16 / bfloat16 / float32, last dimension contiguous.
+    packed : (N, K / 2) uint8, element 2j of a row in the low nibble of byte j.
+    scales : (N, K / group) float32 / float16 / bfloat16, or uint8 E4M3 codes (NVFP4).
+    zero_points : (N, K / group) float (integer-valued), ``codes="uint4"`` only: W = (u - z) * s.
+    group : K elements per scale, one of ``GROUPS``.
+    codes : "int4" (two's complement), "uint4" (0..15) or "e2m1" (FP4), see ``weights.codes``.
+
+    Returns (M, N) in x's dtype: fp32 accumulation of x times the dequantized weight rounded to
+    x's dtype (fp32 x: true fp32 products).
+    """
+    if codes not in CODES:
+        raise ValueError(f"codes: expected one of {CODES}, got {codes!r}")
+    if group not in GROUPS:
+        raise ValueError(f"group: expected one of {GROUPS}, got {group!r}")
+    check_tensor("x", x, shape=(None, None), dtypes=X_DTYPES, last_dim_contiguous=True)
+    m, k = x.shape
+    if k % group:
+        raise ValueError(f"x: K={k} is not a whole number of {group}-wide scale groups")
+    check_tensor("packed", packed, shape=(None, k // 2), dtypes=(torch.uint8,), last_dim_contiguous=True)
+    n = packed.shape[0]
+    check_tensor("scales", scales, shape=(n, k // group), dtypes=SCALE_DTYPES)
+    if zero_points is not None:
+        if codes != "uint4":
+            raise ValueError(f"zero_points: only uint4 codes take zero points, not {codes}")
+        check_tensor("zero_points", zero_points, shape=(n, k // group), dtypes=ZERO_POINT_DTYPES)
+    for name, t in (("packed", packed), ("scales", scales), ("zero_points", zero_points)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name}: on {t.device}, x on {x.device}")
+    out = x.new_empty((m, n))
+    if m == 0 or n == 0:
+        return out
+
+    config = choose_config(m, x)
+    zeros = zero_points if zero_points is not None else scales  # never read without HAS_ZERO
+    grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n),)
+    _w4a16_kernel[grid](
+        x, packed, scales, zeros, out,
+        m, n, k,
+        x.stride(0), packed.stride(0), scales.stride(0), scales.stride(1), zeros.stride(0), zeros.stride(1),
+        out.stride(0),
+        GROUP=group, CODE=CODES.index(codes), HAS_ZERO=zero_points is not None,
+        SCALE_E4M3=scales.dtype == torch.uint8, NATIVE_FP8=native_fp8_decode(x),
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
+        **config.launch_args(),
+    )
+    return out
