@@ -40,13 +40,13 @@ def stores_native_fp8(recipe) -> bool:
     return isinstance(recipe, PER_TENSOR_FP8 + (Float8BlockScaling,))
 
 
+FOUR_BIT_RECIPES = ("nvfp4", "int4")
+
+
 def packs_two_per_byte(recipe) -> bool:
     """4-bit recipes (NVFP4, INT4): breccia stores one code per byte; served, they take two
     (``weights/packing.py``), so a layer's weight is (N, K / 2) bytes."""
     return recipe.name in FOUR_BIT_RECIPES
-
-
-FOUR_BIT_RECIPES = ("nvfp4", "int4")
 
 
 def block_width(layout) -> int | None:

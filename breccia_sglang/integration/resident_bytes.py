@@ -3,10 +3,10 @@
 A 4-bit checkpoint exists to serve a model in a quarter of BF16's memory, so the log says what
 the quantized layers really hold, read from their parameters (codes, scales, zero points;
 biases are the model's own and not counted), beside what BF16 weights of the same shapes would
-take, e.g.::
+take, in one line (``benchmarks/bench_memory.py`` reads its bracketed bytes)::
 
-    breccia-sglang: 210 quantized linear layers hold 50.62 MiB (weights 44.30 MiB, scales
-    6.33 MiB, zero points 0 B) against 177.19 MiB in BF16: 0.286x [bytes 53078016 / 185794560]
+    breccia-sglang: LAYERS quantized linear layers hold TOTAL (weights W, scales S, zero points Z)
+    against BF16_TOTAL in BF16: RATIOx [bytes TOTAL_BYTES / BF16_BYTES]
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from breccia.layouts import PerTensor
 
 from ... import names
-from ...format.recipes import PER_TENSOR_FP8, block_width, stores_native_fp8
+from ...format.recipes import PER_TENSOR_FP8, block_width, packs_two_per_byte, stores_native_fp8
 from ...weights import dequantize, dequantize_as
 from ...weights.codes import DECODES_INTO, decode_e4m3_into
 from ...weights.dequant import has_nan_codes, row_scales
@@ -56,7 +56,7 @@ class EmulatedDequantKernel(GemmKernel):
 
     def process_weights_after_loading(self, layer):
         # Once: whether the codes hold an FP8 NaN code, which the fast decodes would not keep NaN.
-        self.nan_free = not (self.recipe.name not in ("nvfp4", "int4") and has_nan_codes(layer.weight.data))
+        self.nan_free = packs_two_per_byte(self.recipe) or not has_nan_codes(layer.weight.data)
         self.column_scales = None
         if isinstance(self.layout, PerTensor) and self.recipe.fp8_format == "E4M3" and self.nan_free:
             w = stored_weight(layer)
