@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--capability", type=int, metavar="SM",
                    help="the kernels an NVIDIA GPU of this compute capability would run (80, 86, 89, 90, 100, ...), "
                         "instead of this machine's")
+    p.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16",
+                   help="the activation dtype the server would run (SGLang's --dtype); some kernels take only one "
+                        "(default: bfloat16)")
 
     args = parser.parse_args(argv)
     try:
@@ -110,7 +113,7 @@ def _quantize(args) -> int:
 def _inspect(args) -> int:
     from .integration.inspect_report import inspect_checkpoint
 
-    print(inspect_checkpoint(args.checkpoint, args.capability))
+    print(inspect_checkpoint(args.checkpoint, args.capability, dtype=args.dtype))
     return 0
 
 

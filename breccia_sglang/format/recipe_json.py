@@ -62,7 +62,7 @@ def describe(recipe, layout) -> str:
     if hasattr(recipe, "block_k"):
         detail = f"{detail},k={recipe.block_k}"
     if hasattr(recipe, "group_size"):
-        sym = "sym" if recipe.symmetric else "asym"
+        sym = "asym" if not recipe.symmetric else "sym" if recipe.signed else "sym,unsigned"
         detail = f"g={recipe.group_size},{sym}"
     label = f"{recipe.name}({detail})" if detail else recipe.name
     return f"{label}/{layout.name}"

@@ -10,17 +10,18 @@ from ..format import BrecciaCheckpoint
 from .gemm import LinearSpec, Target, choose_kernel
 
 
-def inspect_checkpoint(path, capability: int | None = None) -> str:
+def inspect_checkpoint(path, capability: int | None = None, dtype: str = "bfloat16") -> str:
     """Validate ``path`` exactly as loading does and describe it, one line per tensor, with the
-    kernel it would get here, or on an NVIDIA GPU of ``capability`` (e.g. 90 for sm_90)."""
+    kernel it would get here, or on an NVIDIA GPU of ``capability`` (e.g. 90 for sm_90), for
+    activations in ``dtype`` (SGLang's --dtype: FP4 Marlin, for one, takes only float16)."""
     ckpt = BrecciaCheckpoint.open(path)
     ckpt.check_scale_values()
     target = Target.here() if capability is None else Target.gpu(capability)
     where = f"this machine ({target})" if capability is None else f"sm_{capability}"
-    rows = [("tensor", "recipe/layout", "shape", "bytes", f"kernel on {where}")]
+    rows = [("tensor", "recipe/layout", "shape", "bytes", f"kernel on {where}, {dtype}")]
     for name, entry in sorted(ckpt.entries.items()):
         out_features, in_features = entry.data.shape[-2], entry.data.shape[-1]
-        spec = LinearSpec.for_entry(name, entry, in_features, (out_features,), torch.bfloat16, target)
+        spec = LinearSpec.for_entry(name, entry, in_features, (out_features,), getattr(torch, dtype), target)
         kernel = choose_kernel(spec).name
         rows.append((name, entry.label, "x".join(map(str, entry.data.shape)), _size(entry.nbytes), kernel))
     plain_bytes = sum(t.nbytes for t in ckpt.plain.values())

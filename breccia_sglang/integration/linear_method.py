@@ -55,6 +55,7 @@ class BrecciaLinearMethod(LinearMethodBase):
         loader = _counting(extra_weight_attrs["weight_loader"])
         self.kernel.create_weights(layer, spec, loader)
         layer.breccia_kernel = self.kernel.name
+        layer.breccia_prefix = self.prefix  # kernels name the layer in their errors
         layer.breccia_shape = (sum(output_partition_sizes), input_size_per_partition)  # (N, K) of this rank
         kind = self.prefix.rpartition(".")[2]
         if (kind, self.kernel.name) not in self.announced:

@@ -50,12 +50,12 @@ def resident_bytes(model) -> ResidentBytes:
         found.bf16 += rows * k * BF16_BYTES
         for name, param in module.named_parameters(recurse=False):
             size = param.numel() * param.element_size()
-            if name == "weight":
-                found.weights += size
-            elif "zero" in name:
+            if "zero" in name:  # weight_zero_point; AWQ-Marlin's qzeros
                 found.zero_points += size
-            elif "scale" in name:
+            elif "scale" in name:  # weight_scale, weight_global_scale; AWQ-Marlin's scales
                 found.scales += size
+            elif name.endswith("weight"):  # weight; AWQ-Marlin's qweight
+                found.weights += size
     return found
 
 

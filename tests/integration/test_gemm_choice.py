@@ -17,20 +17,23 @@ RECIPES = {
     "fp8-block-64": make_recipe("fp8-block", block_k=64), "fp8-block-32": make_recipe("fp8-block", block_k=32),
     "fp8-block-256": make_recipe("fp8-block", block_k=256), "mxfp8": make_recipe("mxfp8"),
     "nvfp4": make_recipe("nvfp4"), "int4": make_recipe("int4", group_size=128),
+    "int4-g64-asym": make_recipe("int4", group_size=64, symmetric=False), "int4-g32": make_recipe("int4", group_size=32),
 }
 
 
-def spec_for(recipe_name: str, target: Target, *, k: int = 512, forced: str | None = None,
-             interpreted: bool = False) -> LinearSpec:
-    st = breccia.cast(torch.zeros(256, k), RECIPES[recipe_name])
-    return LinearSpec("model.layers.0.mlp.down_proj", st.recipe, st.layout, k, (256,), torch.bfloat16,
-                      target.device_type, target.capability, forced=forced, interpreted=interpreted,
-                      simulated=target.simulated)
+def spec_for(recipe_name: str, target: Target, *, k: int = 512, n: int = 256, forced: str | None = None,
+             interpreted: bool = False, dtype: torch.dtype = torch.bfloat16) -> LinearSpec:
+    st = breccia.cast(torch.zeros(n, k), RECIPES[recipe_name])
+    return LinearSpec("model.layers.0.mlp.down_proj", st.recipe, st.layout, k, (n,), dtype,
+                      target.device_type, target.capability, has_zero_point=st.zero_point is not None,
+                      forced=forced, interpreted=interpreted, simulated=target.simulated)
 
 
-# recipe -> kernel on (CPU, sm_80, sm_89, sm_90). The GPU kernels of issues 15/16 not built yet
-# (1x128 Marlin, NVFP4, INT4) keep the emulated kernel there, and Hopper's blockwise GEMM ranks
-# below the Triton kernel until a GPU has measured them: this table says what each GPU gets today.
+# recipe -> kernel on (CPU, sm_80, sm_89, sm_90), for a 256 x 512 layer with bf16 activations.
+# 1x128 FP8 Marlin is not built (block FP8 keeps the emulated kernel below sm_89), and Hopper's
+# blockwise GEMM ranks below the Triton kernel until a GPU has measured them: this table says
+# what each GPU gets today. 4-bit: SGLang's Marlin first; NVFP4 in bf16 takes our Triton kernel
+# (FP4 Marlin misreads subnormal scales in bf16).
 EXPECTED = {
     "fp8": ("emulated", "sglang-fp8-linear", "sglang-fp8-linear", "sglang-fp8-linear"),  # Marlin on sm_80
     "fp8-block-128": ("emulated", "emulated", "triton-block-fp8", "triton-block-fp8"),
@@ -38,8 +41,10 @@ EXPECTED = {
     "fp8-block-32": ("emulated", "emulated", "triton-block-fp8", "triton-block-fp8"),
     "fp8-block-256": ("emulated", "emulated", "emulated", "emulated"),
     "mxfp8": ("emulated", "emulated", "triton-block-fp8", "triton-block-fp8"),
-    "nvfp4": ("emulated", "emulated", "emulated", "emulated"),
-    "int4": ("emulated", "emulated", "emulated", "emulated"),
+    "nvfp4": ("emulated", "triton-w4a16", "triton-w4a16", "triton-w4a16"),
+    "int4": ("emulated", "marlin-int4", "marlin-int4", "marlin-int4"),
+    "int4-g64-asym": ("emulated", "marlin-int4", "marlin-int4", "marlin-int4"),
+    "int4-g32": ("emulated", "marlin-int4", "marlin-int4", "marlin-int4"),
 }
 TARGETS = (Target("cpu"), Target.gpu(80), Target.gpu(89), Target.gpu(90))
 
@@ -114,3 +119,44 @@ def test_hoppers_blockwise_gemm_takes_1x128_bf16_layers_on_sm_90_only():
     assert "needs bfloat16 activations, not torch.float16" in dict(kernel_report(fp16))[names.GEMM_BLOCKSCALE_SM90]
     narrow = LinearSpec(**{**spec_for("fp8-block-128", hopper).__dict__, "output_partition_sizes": (96,)})
     assert dict(kernel_report(narrow))[names.GEMM_BLOCKSCALE_SM90] == "needs K % 128 and N % 64; this layer is 96 x 512"
+
+
+def test_4_bit_layers_take_sglangs_marlin_where_it_fits_and_our_triton_kernel_elsewhere():
+    hopper, ampere = Target.gpu(90), Target.gpu(80)
+    # SGLang's FP4 Marlin serves NVFP4 in fp16, with any N and K (it pads to its tiles).
+    assert choose_kernel(spec_for("nvfp4", hopper, dtype=torch.float16, k=80, n=40)).name == names.GEMM_MARLIN_NVFP4
+    bf16 = dict(kernel_report(spec_for("nvfp4", hopper)))[names.GEMM_MARLIN_NVFP4]
+    assert "float16 activations, not torch.bfloat16" in bf16 and "subnormal" in bf16
+    # AWQ-Marlin takes every INT4 recipe on groups 32 / 64 / 128 when N % 64 and K % 128 ...
+    for recipe in ("int4", "int4-g64-asym", "int4-g32"):
+        assert choose_kernel(spec_for(recipe, ampere)).name == names.GEMM_MARLIN_INT4, recipe
+    # ... and SGLang's own rule says why not otherwise: SmolLM2's K = 576, an N of 96.
+    odd_k = spec_for("int4-g64-asym", hopper, k=576)
+    assert choose_kernel(odd_k).name == names.GEMM_TRITON_W4A16
+    assert dict(kernel_report(odd_k))[names.GEMM_MARLIN_INT4] == \
+        "SGLang's Marlin needs N % 64 and K % 128; this layer is 256 x 576"
+    assert choose_kernel(spec_for("int4-g32", hopper, n=96)).name == names.GEMM_TRITON_W4A16
+    fp32 = spec_for("int4", hopper, dtype=torch.float32)
+    assert "float16 or bfloat16 activations" in dict(kernel_report(fp32))[names.GEMM_MARLIN_INT4]
+    assert choose_kernel(fp32).name == names.GEMM_TRITON_W4A16  # fp32 x takes the exact dot there
+    # Below sm_80 neither runs; the emulated kernel does, with the reasons.
+    turing = dict(kernel_report(spec_for("int4", Target.gpu(75))))
+    assert turing[names.GEMM_MARLIN_INT4] == turing[names.GEMM_TRITON_W4A16] == \
+        "needs a CUDA GPU of sm_80+, this is sm_75"
+    assert turing[names.GEMM_EMULATED] is None
+    # Our kernel's groups: 16 to 128 (a 256-wide group is served emulated, and says so).
+    wide = LinearSpec(**{**spec_for("int4", hopper).__dict__, "layout": breccia.PerBlockK(256)})
+    assert dict(kernel_report(wide))[names.GEMM_TRITON_W4A16] == "needs groups of 16/32/64/128 along K, not 256"
+    assert dict(kernel_report(spec_for("fp8", hopper)))[names.GEMM_TRITON_W4A16] == \
+        "needs a 4-bit recipe (NVFP4 or INT4)"
+
+
+def test_the_triton_w4a16_kernel_runs_on_cpu_only_under_the_interpreter_when_asked_for():
+    cpu, forced = Target("cpu"), names.GEMM_TRITON_W4A16
+    assert choose_kernel(spec_for("nvfp4", cpu, forced=forced, interpreted=True)).name == forced
+    assert choose_kernel(spec_for("int4-g64-asym", cpu, forced=forced, interpreted=True)).name == forced
+    assert choose_kernel(spec_for("int4", cpu, interpreted=True)).name == names.GEMM_EMULATED
+    assert choose_kernel(spec_for("int4", cpu, forced=forced)).name == names.GEMM_EMULATED
+    # Marlin is JIT CUDA: never on CPU, not even when asked for.
+    assert choose_kernel(spec_for("int4", cpu, forced=names.GEMM_MARLIN_INT4, interpreted=True)).name == \
+        names.GEMM_EMULATED

@@ -63,3 +63,14 @@ def test_the_command_takes_the_capability(tmp_path):
     here = subprocess.run([sys.executable, "-m", "breccia_sglang.cli", "inspect", str(checkpoint)],
                           capture_output=True, text=True, timeout=300)
     assert set(kernels_in(here.stdout).values()) == {"emulated"} and "this machine (cpu)" in here.stdout
+
+
+def test_inspect_takes_the_activation_dtype_which_decides_nvfp4s_kernel(tmp_path):
+    # FP4 Marlin serves NVFP4 in float16 only; in bfloat16 our Triton W4A16 kernel does.
+    checkpoint = write_checkpoint(tmp_path / "ckpt", "nvfp4", sharded=False)
+    report = inspect_checkpoint(checkpoint, 90, dtype="float16")
+    assert set(kernels_in(report).values()) == {"marlin-nvfp4"} and "kernel on sm_90, float16" in report
+    done = subprocess.run([sys.executable, "-m", "breccia_sglang.cli", "inspect", str(checkpoint), "--capability", "90",
+                           "--dtype", "bfloat16"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert set(kernels_in(done.stdout).values()) == {"triton-w4a16"} and "kernel on sm_90, bfloat16" in done.stdout

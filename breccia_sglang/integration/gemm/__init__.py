@@ -9,6 +9,10 @@
   kernel, with tile configs of ours.
 - ``blockscale_sm90.py``: 1x128 block FP8 on Hopper's blockwise GEMMs (FlashInfer's DeepGEMM
   kernel, or torch's cuBLASLt one); ranked below the Triton kernel until a GPU has measured it.
+- ``marlin_w4a16.py``: INT4 on SGLang's AWQ-Marlin and NVFP4 on its FP4 Marlin (W4A16, sm_80+),
+  converted once after loading.
+- ``triton_w4a16.py``: INT4 and NVFP4 on our Triton W4A16 GEMM, packed codes read in place
+  (sm_80+; every group and shape Marlin refuses).
 - ``activation_quant.py``: FP8 activations per token and K block, as SGLang quantizes them.
 - ``registry.py``: every kernel, best first, and ``choose_kernel``.
 """

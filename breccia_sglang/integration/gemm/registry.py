@@ -14,11 +14,14 @@ from ...errors import BrecciaCheckpointError
 from .base import GemmKernel, LinearSpec
 from .blockscale_sm90 import BlockscaleSm90Kernel
 from .emulated import EmulatedDequantKernel
+from .marlin_w4a16 import MarlinInt4Kernel, MarlinNvfp4Kernel
 from .sglang_fp8 import SglangFp8PerTensorKernel
 from .triton_block_fp8 import TritonBlockFp8Kernel
+from .triton_w4a16 import TritonW4A16Kernel
 from .w8a8_reference import W8A8ReferenceKernel
 
-KERNELS: list[type[GemmKernel]] = [SglangFp8PerTensorKernel, TritonBlockFp8Kernel, BlockscaleSm90Kernel,
+KERNELS: list[type[GemmKernel]] = [SglangFp8PerTensorKernel, MarlinInt4Kernel, MarlinNvfp4Kernel,
+                                   TritonBlockFp8Kernel, BlockscaleSm90Kernel, TritonW4A16Kernel,
                                    EmulatedDequantKernel, W8A8ReferenceKernel]
 
 
