@@ -1,7 +1,7 @@
-"""Linear-layer GEMMs: each breccia FP8 recipe's kernel against BF16, the emulated kernel and SGLang's
-own 128x128 block FP8 kernel, side by side on Llama-3-8B's shapes.
+"""Linear-layer GEMMs: each breccia recipe's kernel (FP8 and 4-bit) against BF16, the emulated kernel
+and SGLang's own 128x128 block FP8 kernel, side by side on Llama-3-8B's shapes.
 
-GPU (the numbers the FP8 GEMM issue asks for):
+GPU (the numbers the FP8 GEMM and 4-bit issues ask for):
     python benchmarks/bench_gemm.py                        # 4 shapes x M = 1 .. 2048
     python benchmarks/bench_gemm.py --m 1 8 --shapes qkv down
 
@@ -21,6 +21,12 @@ tokens in flight, from 1 (decode) to 2048 (prefill). Variants, per (shape, M):
   sm90-flashinfer   sm_90 only, where FlashInfer is installed: its fp8_blockscale_gemm_sm90 (DeepGEMM)
   per-tensor-fp8    torch._scaled_mm with a per-tensor weight scale and per-token activation scales
                     (what SGLang's per-tensor FP8 linear runs when cutlass is not there)
+  int4-g128         symmetric INT4, groups of 128, on our Triton W4A16 kernel (codes read in place)
+  int4-g128-asym    the same with zero points
+  nvfp4             NVFP4 (E2M1 codes, E4M3 scales per 16) on the same kernel
+  int4-emulated     the emulated kernel on the INT4 weight: unpacked and dequantized each call
+  int4-g128-marlin  the marlin-int4 kernel as the server runs it (SGLang's AWQ-Marlin), where SGLang's
+                    CUDA kernels are installed; a row that says why not elsewhere
 The W8A8 variants include their activation quantization (torch on a bare GPU machine, where
 SGLang's CUDA quantization kernel is not installed: that time is in the numbers, so they are an
 upper bound). Every variant is checked against the fp32 reference first (W8A8 for the FP8
@@ -29,8 +35,10 @@ events, warm-up first). TFLOP/s = 2 M N K / time; TB/s counts the weight's bytes
 activations' and the output's.
 
 Targets (H100 / H200): per-tensor and 1x128 FP8 >= 1.6x BF16 at M <= 16 and >= 1.4x at
-M >= 1024; no recipe slower than BF16 at any M; 1x128 within 10% of sglang-128x128. The run also
-says which 1x128 kernel was fastest: blockscale-sm90 ranks below triton-block-fp8 until it wins here.
+M >= 1024; no recipe slower than BF16 at any M; 1x128 within 10% of sglang-128x128; 4-bit
+(int4-g128 with and without zero points, nvfp4) >= 2.5x BF16 at M <= 16 and >= 1.0x up to M = 128.
+The run also says which 1x128 kernel was fastest: blockscale-sm90 ranks below triton-block-fp8
+until it wins here.
 """
 
 from __future__ import annotations
@@ -53,6 +61,9 @@ import torch.nn.functional as F
 from _common import OUT_DIR, error_summary, report_header, sglang_kernel_module
 from breccia_sglang import names
 from breccia_sglang.format import make_recipe
+from breccia_sglang.format.recipes import layout_of
+from breccia_sglang.kernels.gemm import w4a16_matmul
+from breccia_sglang.kernels.gemm.reference import w4a16_weight
 from breccia_sglang.weights import dequantize_as, quantize_activations_fp8
 from breccia_sglang.weights.codes import decode_e8m0
 from breccia_sglang.weights.w8a8 import w8a8_reference_linear
@@ -61,6 +72,7 @@ SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "dow
 SMOKE_SHAPES = {"qkv": (96, 128), "down": (64, 256)}
 BASELINE = "bf16"
 ONE_BY_128 = ("block-1x128", "sm90-torch", "sm90-flashinfer")  # the variants that serve 1x128 weights
+FOUR_BIT = ("int4-g128", "int4-g128-asym", "nvfp4", "int4-g128-marlin")  # the 4-bit issue's targets
 EMULATED = names.GEMM_EMULATED  # the kernel CPUs and unsupported recipes get
 
 
@@ -126,7 +138,72 @@ def variants(x: torch.Tensor, w: torch.Tensor, tools, interpreted: bool) -> dict
             return torch._scaled_mm(codes, per_tensor.data.T, scale_a=x_scale, scale_b=per_tensor.scale.reshape(1, 1),
                                     out_dtype=x.dtype)
         found["per-tensor-fp8"] = (run_scaled_mm, ref)
+    found.update(four_bit_variants(x, w.shape))
     return found
+
+
+# (variant, recipe, codes the W4A16 kernel reads, group, zero points)
+FOUR_BIT_RECIPES = (("int4-g128", make_recipe("int4", group_size=128), "int4", 128, False),
+                    ("int4-g128-asym", make_recipe("int4", group_size=128, symmetric=False), "uint4", 128, True),
+                    ("nvfp4", make_recipe("nvfp4"), "e2m1", 16, False))
+
+
+def four_bit_variants(x: torch.Tensor, shape) -> dict:
+    """INT4 / NVFP4 on the Triton W4A16 kernel, the emulated kernel, and SGLang's AWQ-Marlin
+    through the marlin-int4 kernel where SGLang's CUDA kernels are here."""
+    found = {}
+    for name, recipe, codes, group, zeros in FOUR_BIT_RECIPES:
+        packed, scales, zero_points = random_4bit(shape, group, codes, zeros, x.device)
+        ref = x.float() @ w4a16_weight(packed, scales, zero_points, group=group, codes=codes).T
+        found[name] = (lambda p=packed, s=scales, z=zero_points, g=group, c=codes:
+                       w4a16_matmul(x, p, s, z, group=g, codes=c), ref)
+        if name == "int4-g128":
+            weight = dequantize_as(packed, scales, recipe, layout_of(recipe), dtype=x.dtype)
+            found["int4-emulated"] = (lambda p=packed, s=scales, r=recipe: F.linear(
+                x, dequantize_as(p, s, r, layout_of(r), dtype=x.dtype)), x.float() @ weight.float().T)
+            found["int4-g128-marlin"] = (marlin_int4(x, packed, scales, recipe), ref)
+    return found
+
+
+def random_4bit(shape, group: int, codes: str, zeros: bool, device):
+    """Random packed codes, scales (E4M3 bytes for NVFP4) and integer zero points: breccia's cast
+    goes through NumPy, far too slow for 28672 x 4096, and the kernels' speed does not depend on
+    the values. Scales keep outputs near 1 for x ~ N(0, 1)."""
+    n, k = shape
+    gen = torch.Generator(device=device).manual_seed(2)
+    packed = torch.randint(0, 256, (n, k // 2), generator=gen, device=device, dtype=torch.int32).to(torch.uint8)
+    if codes == "e2m1":  # E4M3 codes 0x08..0x1F: 2^-6 .. ~2^-4
+        scales = torch.randint(0x08, 0x20, (n, k // group), generator=gen, device=device, dtype=torch.int32)
+        scales = scales.to(torch.uint8)
+    else:
+        scales = torch.rand(n, k // group, generator=gen, device=device) * 0.01 + 0.005
+    zero_points = torch.randint(0, 16, (n, k // group), generator=gen, device=device).float() if zeros else None
+    return packed, scales, zero_points
+
+
+def marlin_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, recipe):
+    """The marlin-int4 kernel on this weight, prepared as the server prepares it; or why it cannot
+    run here (SGLang's Marlin is JIT CUDA: no SGLang or no GPU, no row)."""
+    if not x.is_cuda:
+        return "needs a CUDA GPU and SGLang's CUDA kernels"
+    try:
+        from breccia_sglang.integration.gemm import LinearSpec, Target
+        from breccia_sglang.integration.gemm.marlin_w4a16 import MarlinInt4Kernel
+
+        target = Target.here()
+        spec = LinearSpec("bench.int4", recipe, layout_of(recipe), packed.shape[1] * 2, (packed.shape[0],), x.dtype,
+                          target.device_type, target.capability)
+        if (why := MarlinInt4Kernel.why_not(spec)) is not None:
+            return why
+        layer, kernel = torch.nn.Module(), MarlinInt4Kernel()
+        kernel.create_weights(layer, spec, weight_loader=None)
+        layer.to(x.device)
+        layer.weight.data, layer.weight_scale.data = packed, scales
+        layer.breccia_prefix = spec.prefix
+        kernel.process_weights_after_loading(layer)
+    except Exception as exc:  # noqa: BLE001 - reported in its row, the other variants still run
+        return error_summary(exc)
+    return lambda: kernel.apply(layer, x, None)
 
 
 def hopper_variants(x: torch.Tensor, w: torch.Tensor) -> dict:
@@ -173,8 +250,8 @@ def per_tile_fp8(w: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def moved_bytes(name: str, m: int, n: int, k: int) -> int:
-    weight = {BASELINE: 2, EMULATED: 1}.get(name, 1) * n * k
-    return weight + m * k * 2 + m * n * 2  # + activations in, output out (16-bit)
+    weight = n * k * (0.5 if name in (*FOUR_BIT, "int4-emulated") else 2 if name == BASELINE else 1)
+    return int(weight) + m * k * 2 + m * n * 2  # + activations in, output out (16-bit)
 
 
 def run_case(shape: str, n: int, k: int, m: int, device, gen, tools, interpreted: bool) -> list[dict]:
@@ -221,7 +298,15 @@ def target_checks(rows: list[dict]) -> list[str]:
             lines.append(f"{'PASS' if min(small) >= 1.6 else 'FAIL'} {name} >= 1.6x BF16 at M <= 16: min {min(small):.2f}x")
         if large:
             lines.append(f"{'PASS' if min(large) >= 1.4 else 'FAIL'} {name} >= 1.4x BF16 at M >= 1024: min {min(large):.2f}x")
-    slower = [r for r in timed if r["variant"] not in (BASELINE, EMULATED) and r["speedup_vs_bf16"] < 1.0]
+    for name in FOUR_BIT:
+        small = [r["speedup_vs_bf16"] for r in timed if r["variant"] == name and r["m"] <= 16]
+        upto = [r["speedup_vs_bf16"] for r in timed if r["variant"] == name and r["m"] <= 128]
+        if small:
+            lines.append(f"{'PASS' if min(small) >= 2.5 else 'FAIL'} {name} >= 2.5x BF16 at M <= 16: min {min(small):.2f}x")
+        if upto:
+            lines.append(f"{'PASS' if min(upto) >= 1.0 else 'FAIL'} {name} >= 1.0x BF16 up to M = 128: min {min(upto):.2f}x")
+    slower = [r for r in timed if r["variant"] not in (BASELINE, EMULATED, "int4-emulated", *FOUR_BIT)
+              and r["speedup_vs_bf16"] < 1.0]
     lines.append(f"{'PASS' if not slower else 'FAIL'} no FP8 recipe slower than BF16: "
                  + (", ".join(f"{r['variant']} {r['shape']} M={r['m']} {r['speedup_vs_bf16']:.2f}x" for r in slower)
                     or "none"))

@@ -13,7 +13,10 @@
 # 3. benchmarks/bench_gemm.py: the FP8 recipes' GEMMs (block 1x128 / 1x64 and MXFP8 on SGLang's
 #    Triton block kernel with our configs, per-tensor FP8; on sm_90 also 1x128 on torch's blockwise
 #    scaled_mm, the blockscale-sm90 kernel) against BF16, the emulated kernel and SGLang's 128x128
-#    block kernel on Llama-3-8B's shapes, with the FP8 GEMM issue's targets and the fastest 1x128.
+#    block kernel on Llama-3-8B's shapes, with the FP8 GEMM issue's targets and the fastest 1x128;
+#    and the 4-bit recipes (int4-g128 with and without zero points, nvfp4) on our Triton W4A16
+#    kernel against BF16 and the emulated kernel, with the 4-bit issue's targets. (SGLang's Marlin
+#    rows need its CUDA kernels, which a bare machine lacks: they say so.)
 # Logs and JSON go to $OUT (the tool brings them back); the last lines printed are the table.
 #
 # To try the script itself without a GPU (the interpreter, tiny sizes), with a Python that

@@ -13,9 +13,13 @@ def test_smoke_run_checks_every_variant(tmp_path):
     out = tmp_path / "gemm.json"
     report, _ = run_benchmark("bench_gemm.py", "--smoke", out=out)
     variants = {r["variant"] for r in report["rows"]}
-    assert variants == {"bf16", "emulated", "block-1x128", "block-1x64", "mxfp8"}  # the rest need a GPU
+    assert variants == {"bf16", "emulated", "block-1x128", "block-1x64", "mxfp8",  # the rest need a GPU
+                        "int4-g128", "int4-g128-asym", "nvfp4", "int4-emulated", "int4-g128-marlin"}
     assert {(r["shape"], r["m"]) for r in report["rows"]} == {(s, m) for s in ("qkv", "down") for m in (1, 7, 33)}
     for r in report["rows"]:
+        if r["variant"] == "int4-g128-marlin":  # SGLang's Marlin is JIT CUDA: a row that says why not
+            assert r["error"] == "needs a CUDA GPU and SGLang's CUDA kernels", r
+            continue
         assert "error" not in r, r
         # fp16 outputs (2^-11 relative) against fp32 references of the same maths.
         assert r["rel_err"] < 1e-3, r
@@ -39,3 +43,15 @@ def test_the_targets_read_each_1x128_kernel_and_name_the_fastest():
     assert "PASS sm90-torch within 10% of SGLang's 128x128: worst 1.04x its time" in lines
     assert "PASS no FP8 recipe slower than BF16: none" in lines
     assert lines[-1] == "INFO fastest 1x128 kernel, summed over every shape and M: sm90-torch 11.4 us (block-1x128 13.0 us)"
+
+
+def test_the_4_bit_targets_read_each_4_bit_kernel():
+    rows = [timed("bf16", m, 10.0, 10.0) for m in (1, 128, 2048)]
+    rows += [timed("int4-g128", 1, 3.0, 10.0), timed("int4-g128", 128, 9.0, 10.0), timed("int4-g128", 2048, 20.0, 10.0)]
+    rows += [timed("nvfp4", 1, 5.0, 10.0), timed("nvfp4", 128, 12.5, 10.0)]
+    lines = bench_gemm.target_checks(rows)
+    assert "PASS int4-g128 >= 2.5x BF16 at M <= 16: min 3.33x" in lines
+    assert "PASS int4-g128 >= 1.0x BF16 up to M = 128: min 1.11x" in lines  # M = 2048 is not held to it
+    assert "FAIL nvfp4 >= 2.5x BF16 at M <= 16: min 2.00x" in lines
+    assert "FAIL nvfp4 >= 1.0x BF16 up to M = 128: min 0.80x" in lines
+    assert "PASS no FP8 recipe slower than BF16: none" in lines
