@@ -27,7 +27,7 @@ from breccia_sglang.format.recipes import packs_two_per_byte
 from breccia_sglang.harness.demo_model import cache_dir, fetch_demo_model
 
 RECIPES = {"fp8": dict(name="fp8"), "int4-g64": dict(name="int4", group_size=64), "nvfp4": dict(name="nvfp4")}
-RESIDENT_LINE = re.compile(r"(\d+) quantized linear layers hold .*? against .*? in BF16: ([\d.]+)x \[bytes ([\d]+) / ([\d]+)\]")
+RESIDENT_LINE = re.compile(r"(\d+) quantized layers \(linear and MoE\) hold .*? against .*? in BF16: ([\d.]+)x \[bytes ([\d]+) / ([\d]+)\]")
 SGLANG_LINE = re.compile(r"Load weight end\..*mem usage=([\d.]+) GB")
 TOLERANCE = 0.01  # the bar: resident within 1% of the packed ideal
 

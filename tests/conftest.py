@@ -50,6 +50,14 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_moe(tmp_path_factory) -> Path:
+    """A small random Qwen3-MoE (3 layers, 6 experts, top-2; K = 64 and 96), HF checkpoint."""
+    from breccia_sglang.harness.demo_moe import build_tiny_moe
+
+    return build_tiny_moe(tmp_path_factory.mktemp("tiny_moe") / "model", num_hidden_layers=3)
+
+
+@pytest.fixture(scope="session")
 def chat_prompt_ids(demo_fp8) -> list[int]:
     from transformers import AutoTokenizer
 

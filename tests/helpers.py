@@ -56,6 +56,52 @@ def hf_reference_ids(demo_model, breccia_checkpoint, prompt_ids) -> list[int]:
     return strip_eos(out[0, len(prompt_ids):].tolist(), model.generation_config.eos_token_id)
 
 
+def dequantized_hf_checkpoint(model_dir: Path, breccia_checkpoint: Path, dest: Path) -> Path:
+    """An HF checkpoint of ``model_dir``'s config holding ``breccia_checkpoint``'s weights, each
+    breccia tensor dequantized by breccia: what HF transformers compares the engine with.
+    (transformers' own loader then maps per-expert tensors onto its fused expert modules.)"""
+    import shutil
+
+    import breccia
+    from safetensors.torch import save_file
+
+    dest.mkdir(parents=True)
+    shutil.copy(Path(model_dir) / "config.json", dest / "config.json")
+    tensors = {name: t for name, t in stored_tensors(breccia_checkpoint).items()
+               if not name.endswith((".data", ".scale", ".zero_point"))}
+    tensors.update({name: breccia.dequantize(st).contiguous() for name, st in breccia_tensors(breccia_checkpoint).items()})
+    save_file(tensors, str(dest / "model.safetensors"))
+    return dest
+
+
+def hf_argmax_tokens(model_dir: Path, prompt: list[int], new_tokens: int) -> tuple[list[int], list[tuple]]:
+    """Plain argmax decoding in fp32 (no EOS or generation-config rules): the tokens, and per
+    step (runner-up token, its logit gap to the chosen one)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ids, gaps = torch.tensor([prompt]), []
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            top = torch.topk(model(ids).logits[0, -1], 2)
+            gaps.append((int(top.indices[1]), float(top.values[0] - top.values[1])))
+            ids = torch.cat([ids, top.indices[:1].view(1, 1)], dim=1)
+    return ids[0, len(prompt):].tolist(), gaps
+
+
+def assert_same_greedy_tokens(served: list[int], reference: list[int], gaps: list[tuple], tie: float,
+                              at_least: int) -> None:
+    """``served`` is ``reference`` up to the reference's first near-tie (a step whose top-2 logit
+    gap is below ``tie``), where either of the two tied tokens may come; the sequences may part
+    after it. At least ``at_least`` steps must come before that tie, or the check is too weak."""
+    steps = next((i for i, (_, gap) in enumerate(gaps) if gap < tie), len(reference))
+    assert steps >= at_least, f"a near-tie at step {steps} of {reference} ({gaps}): too few steps to compare"
+    assert served[:steps] == reference[:steps], (served, reference, gaps)
+    if steps < len(reference):
+        assert served[steps] in (reference[steps], gaps[steps][0]), (served, reference, gaps)
+
+
 def strip_eos(ids: list[int], eos) -> list[int]:
     eos = set(eos if isinstance(eos, list) else [eos])
     for i, t in enumerate(ids):

@@ -4,6 +4,7 @@
 - ``recipes.py``: the CLI's recipe names, and how each recipe is stored and blocked.
 - ``values.py``: scale and zero-point values, checked as they load.
 - ``reader.py``: ``BrecciaCheckpoint``, every tensor of a checkpoint from its headers alone.
+- ``experts.py``: an MoE layer's expert weights, each projection onto FusedMoE's w1 / w3 / w2.
 - ``writer.py``: shards, index and an output directory that appears only when complete.
 - ``quantize.py``: a breccia checkpoint from a Hugging Face one, through ``breccia.cast``.
 - ``convert.py``: DeepSeek-V3 and compressed-tensors FP8 into breccia, and back to SGLang's FP8.

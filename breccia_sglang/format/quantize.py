@@ -28,8 +28,11 @@ from .recipes import PER_TENSOR_FP8, layout_of
 from .writer import ShardWriter, atomic_output_dir, check_paths, write_metadata_files
 
 # Embeddings and the LM head stay high precision by default: SGLang serves them through
-# embedding layers, not its quantized GEMM paths.
-DEFAULT_KEEP = ("*embed_tokens*", "lm_head*", "*.embed*")
+# embedding layers, not its quantized GEMM paths. So do MoE routers (Qwen / DeepSeek
+# ``mlp.gate``, Mixtral ``block_sparse_moe.gate``, shared-expert gates): tiny, and their
+# logits pick the experts, so a rounding there changes which weights run at all.
+DEFAULT_KEEP = ("*embed_tokens*", "lm_head*", "*.embed*", "*.mlp.gate.weight", "*.block_sparse_moe.gate.weight",
+                "*shared_expert_gate.weight")
 
 
 @dataclass

@@ -6,8 +6,10 @@
 - ``quant_config.py``: ``BrecciaConfig``, SGLang's QuantizationConfig, built from the checkpoint.
 - ``linear_method.py``: ``BrecciaLinearMethod``, one breccia linear layer.
 - ``sglang_params.py``: its parameters, from SGLang's own parameter factories.
-- ``gemm/``: the GEMM kernels a layer can get (SGLang's FP8 linear and Triton block kernel,
-  Hopper's blockwise GEMMs, the emulated one), chosen from a ``LinearSpec``.
+- ``gemm/``: the GEMM kernels a layer can get (SGLang's FP8 linear, Triton block kernel and
+  Marlin, Hopper's blockwise GEMMs, our Triton W4A16, the emulated one), chosen from a ``LinearSpec``.
+- ``moe_method.py``: ``BrecciaMoEMethod``, one breccia mixture-of-experts layer (FusedMoE).
+- ``moe/``: the kernels an MoE layer can get, chosen from a ``MoESpec``, and its expert parameters.
 - ``weight_loading.py``: checkpoint tensor names -> SGLang's parameters, values checked.
 - ``resident_bytes.py``: what the loaded breccia layers hold in memory, in the log.
 - ``inspect_report.py``: ``breccia-sglang inspect``, the checkpoint and each layer's kernel here.

@@ -9,14 +9,13 @@ gets, once per kind.
 
 from __future__ import annotations
 
-import functools
 import logging
 
 from sglang.srt.layers.quantization.base_config import LinearMethodBase
 
 from ..errors import BrecciaCheckpointError
 from .gemm import LinearSpec, choose_kernel
-from .sglang_params import fp8_param_config
+from .sglang_params import counting_loads, fp8_param_config
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +51,11 @@ class BrecciaLinearMethod(LinearMethodBase):
                                     output_partition_sizes, params_dtype)
         self.kernel = choose_kernel(spec)()
         self.expected_loads = len(output_partition_sizes)
-        loader = _counting(extra_weight_attrs["weight_loader"])
+        loader = counting_loads(extra_weight_attrs["weight_loader"])
         self.kernel.create_weights(layer, spec, loader)
         layer.breccia_kernel = self.kernel.name
         layer.breccia_prefix = self.prefix  # kernels name the layer in their errors
-        layer.breccia_shape = (sum(output_partition_sizes), input_size_per_partition)  # (N, K) of this rank
+        layer.breccia_elements = sum(output_partition_sizes) * input_size_per_partition  # N * K of this rank
         kind = self.prefix.rpartition(".")[2]
         if (kind, self.kernel.name) not in self.announced:
             self.announced.add((kind, self.kernel.name))
@@ -80,12 +79,3 @@ class BrecciaLinearMethod(LinearMethodBase):
                     f"from the checkpoint (breccia tensors: {sources}); the model did not "
                     "consume the rest, so this layer would run on uninitialised memory"
                 )
-
-
-def _counting(weight_loader):
-    @functools.wraps(weight_loader)
-    def load(param, loaded_weight, *args, **kwargs):
-        param.breccia_loads = getattr(param, "breccia_loads", 0) + 1
-        return weight_loader(param, loaded_weight, *args, **kwargs)
-
-    return load

@@ -17,6 +17,7 @@ from sglang.srt.layers.quantization.base_config import QuantizationConfig
 from .. import names
 from ..errors import BrecciaCheckpointError
 from ..format import BrecciaCheckpoint
+from ..format.experts import expert_weights
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +84,11 @@ class BrecciaConfig(QuantizationConfig):
 
     def get_quant_method(self, layer, prefix: str):
         from sglang.srt.layers.linear import LinearBase
+        from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
         from sglang.srt.layers.quantization.unquant import UnquantizedLinearMethod
 
+        if isinstance(layer, FusedMoE):
+            return self.moe_method(prefix)
         if not isinstance(layer, LinearBase):
             return None
         entries = self.entries_for_module(prefix)
@@ -94,6 +98,17 @@ class BrecciaConfig(QuantizationConfig):
 
         self.claimed.update(e.name for e in entries)
         return BrecciaLinearMethod(prefix, entries, self.announced)
+
+    def moe_method(self, prefix: str):
+        """The method of FusedMoE layer ``prefix``: breccia experts, or None (SGLang's
+        unquantized MoE) when the checkpoint keeps them high precision."""
+        experts = expert_weights(self.checkpoint.entries, prefix)
+        if experts is None:
+            return None
+        from .moe_method import BrecciaMoEMethod  # imports SGLang's MoE layers
+
+        self.claimed.update(e.name for e in experts.all())
+        return BrecciaMoEMethod(experts, self.announced)
 
     def is_linear_unquantized(self, prefix: str) -> bool:
         return not self.entries_for_module(prefix)  # a query: claims nothing

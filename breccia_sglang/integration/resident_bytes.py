@@ -5,7 +5,7 @@ the quantized layers really hold, read from their parameters (codes, scales, zer
 biases are the model's own and not counted), beside what BF16 weights of the same shapes would
 take, in one line (``benchmarks/bench_memory.py`` reads its bracketed bytes)::
 
-    breccia-sglang: LAYERS quantized linear layers hold TOTAL (weights W, scales S, zero points Z)
+    breccia-sglang: LAYERS quantized layers hold TOTAL (weights W, scales S, zero points Z)
     against BF16_TOTAL in BF16: RATIOx [bytes TOTAL_BYTES / BF16_BYTES]
 """
 
@@ -32,29 +32,29 @@ class ResidentBytes:
         return self.weights + self.scales + self.zero_points
 
     def line(self) -> str:
-        return (f"{self.layers} quantized linear layers hold {_size(self.total)} (weights {_size(self.weights)}, "
+        return (f"{self.layers} quantized layers (linear and MoE) hold {_size(self.total)} (weights {_size(self.weights)}, "
                 f"scales {_size(self.scales)}, zero points {_size(self.zero_points)}) against {_size(self.bf16)} "
                 f"in BF16: {self.total / max(self.bf16, 1):.3f}x [bytes {self.total} / {self.bf16}]")
 
 
 def resident_bytes(model) -> ResidentBytes:
-    """Sum the parameters of every breccia linear layer of ``model`` (this rank's shards)."""
+    """Sum the parameters of every breccia linear and MoE layer of ``model`` (this rank's shards)."""
     from .linear_method import BrecciaLinearMethod
+    from .moe_method import BrecciaMoEMethod
 
     found = ResidentBytes()
     for module in model.modules():
-        if not isinstance(getattr(module, "quant_method", None), BrecciaLinearMethod):
+        if not isinstance(getattr(module, "quant_method", None), (BrecciaLinearMethod, BrecciaMoEMethod)):
             continue
         found.layers += 1
-        rows, k = module.breccia_shape
-        found.bf16 += rows * k * BF16_BYTES
+        found.bf16 += module.breccia_elements * BF16_BYTES
         for name, param in module.named_parameters(recurse=False):
             size = param.numel() * param.element_size()
             if "zero" in name:  # weight_zero_point; AWQ-Marlin's qzeros
                 found.zero_points += size
             elif "scale" in name:  # weight_scale, weight_global_scale; AWQ-Marlin's scales
                 found.scales += size
-            elif name.endswith("weight"):  # weight; AWQ-Marlin's qweight
+            elif name.endswith("weight"):  # weight; AWQ-Marlin's qweight; w13_weight, w2_weight
                 found.weights += size
     return found
 

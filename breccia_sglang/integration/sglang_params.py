@@ -8,6 +8,7 @@ checkpoints do. Every call into those factories, and every setting they read, is
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -106,3 +107,15 @@ class StoredWeight:
 def stored_weight(layer) -> StoredWeight:
     zero_point = layer.weight_zero_point.data if hasattr(layer, "weight_zero_point") else None
     return StoredWeight(layer.weight.data, layer.weight_scale.data, zero_point, tuple(layer.logical_widths))
+
+
+def counting_loads(weight_loader: Callable) -> Callable:
+    """``weight_loader``, counting on each parameter how many checkpoint tensors it wrote there
+    (``param.breccia_loads``): the layer methods check the count after loading, because SGLang
+    models skip names they do not know."""
+    @functools.wraps(weight_loader)
+    def load(param, loaded_weight, *args, **kwargs):
+        param.breccia_loads = getattr(param, "breccia_loads", 0) + 1
+        return weight_loader(param, loaded_weight, *args, **kwargs)
+
+    return load

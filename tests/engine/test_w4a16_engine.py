@@ -73,7 +73,7 @@ def test_the_log_names_each_4_bit_layers_kernel_and_recipe(runs):
 def test_the_quantized_layers_stay_packed_two_codes_per_byte(runs):
     # The resident-bytes line: weights are N * K / 2 bytes under either kernel (read in place).
     for result in runs.values():
-        line = re.search(r"quantized linear layers hold .* \[bytes (\d+) / (\d+)\]", result["stderr"])
+        line = re.search(r"quantized layers \(linear and MoE\) hold .* \[bytes (\d+) / (\d+)\]", result["stderr"])
         assert line, result["stderr"][-2000:]
         held, bf16 = map(int, line.groups())
         assert held < 0.35 * bf16  # 4 bits of 16 plus scales: 0.25x + ~0.06x at groups of 16-32

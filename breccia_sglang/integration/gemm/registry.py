@@ -20,28 +20,34 @@ from .triton_block_fp8 import TritonBlockFp8Kernel
 from .triton_w4a16 import TritonW4A16Kernel
 from .w8a8_reference import W8A8ReferenceKernel
 
+# Every kernel name BRECCIA_SGLANG_GEMM may give, dense or MoE (a name one family lacks leaves
+# that family's choice as it is).
+ALL_KERNEL_NAMES = {getattr(names, n) for n in dir(names) if n.startswith("GEMM_")}
+
 KERNELS: list[type[GemmKernel]] = [SglangFp8PerTensorKernel, MarlinInt4Kernel, MarlinNvfp4Kernel,
                                    TritonBlockFp8Kernel, BlockscaleSm90Kernel, TritonW4A16Kernel,
                                    EmulatedDequantKernel, W8A8ReferenceKernel]
 
 
-def ranked(spec: LinearSpec) -> list[type[GemmKernel]]:
-    """Every kernel, best first for ``spec``: the one it asks for, then by priority."""
-    known = {k.name for k in KERNELS}
-    if spec.forced and spec.forced not in known:
-        raise BrecciaCheckpointError(f"{names.ENV_GEMM}={spec.forced!r} names no GEMM kernel "
-                                     f"(known: {', '.join(sorted(known))})")
-    return sorted(KERNELS, key=lambda k: (k.name != spec.forced, -k.priority))
+def ranked(spec: LinearSpec, kernels: list | None = None) -> list[type[GemmKernel]]:
+    """Every kernel of ``kernels`` (default: the GEMMs), best first for ``spec``: the one it
+    asks for, then by priority."""
+    kernels = KERNELS if kernels is None else kernels
+    known = {k.name for k in kernels}
+    if spec.forced and spec.forced not in known | ALL_KERNEL_NAMES:
+        raise BrecciaCheckpointError(f"{names.ENV_GEMM}={spec.forced!r} names no kernel "
+                                     f"(known: {', '.join(sorted(known | ALL_KERNEL_NAMES))})")
+    return sorted(kernels, key=lambda k: (k.name != spec.forced, -k.priority))
 
 
-def kernel_report(spec: LinearSpec) -> list[tuple[str, str | None]]:
+def kernel_report(spec: LinearSpec, kernels: list | None = None) -> list[tuple[str, str | None]]:
     """Every kernel with the reason it cannot run ``spec`` (None: it can), best first."""
-    return [(k.name, k.why_not(spec)) for k in ranked(spec)]
+    return [(k.name, k.why_not(spec)) for k in ranked(spec, kernels)]
 
 
-def choose_kernel(spec: LinearSpec) -> type[GemmKernel]:
-    for kernel in ranked(spec):
+def choose_kernel(spec: LinearSpec, kernels: list | None = None) -> type[GemmKernel]:
+    for kernel in ranked(spec, kernels):
         if kernel.why_not(spec) is None:
             return kernel
-    reasons = "; ".join(f"{name}: {why}" for name, why in kernel_report(spec))
+    reasons = "; ".join(f"{name}: {why}" for name, why in kernel_report(spec, kernels))
     raise BrecciaCheckpointError(f"{spec.prefix}: no kernel can serve this layer ({reasons})")

@@ -1,0 +1,14 @@
+"""Kernels for breccia mixture-of-experts layers inside SGLang's FusedMoE, chosen like the GEMMs.
+
+- ``spec.py``: ``MoESpec``, what a kernel decides on (a ``LinearSpec`` of the gate/up
+  projection plus the number of experts).
+- ``params.py``: the stacked expert parameters (codes, scales, zero points) SGLang's FusedMoE
+  weight loader fills, one expert and shard at a time.
+- ``emulated.py``: each routed expert dequantized in torch, then SGLang's native MoE loop.
+- ``registry.py``: every MoE kernel, best first, and ``choose_moe_kernel``.
+"""
+
+from .registry import MOE_KERNELS, choose_moe_kernel, moe_kernel_report
+from .spec import MoESpec
+
+__all__ = ["MOE_KERNELS", "MoESpec", "choose_moe_kernel", "moe_kernel_report"]

@@ -1,0 +1,88 @@
+"""The emulated MoE kernel: SGLang's own native MoE loop over experts dequantized as they are used.
+
+SGLang's ``moe_forward_native`` sorts the tokens by expert and, for each expert that got any,
+reads ``layer.w13_weight[e]`` and ``layer.w2_weight[e]``. Here those reads dequantize expert
+``e`` (breccia's values, ``weights.dequantize_as``, in the activation dtype), so the stacked
+weights stay quantized in memory and only routed experts are ever expanded, one at a time.
+It runs on any device and every recipe the dense emulated kernel serves: it is the reference
+the fused kernels are compared against.
+"""
+
+from __future__ import annotations
+
+import torch
+from breccia.layouts import PerTensor
+
+from ... import names
+from ...format.recipes import packs_two_per_byte
+from ...weights import dequantize_as
+from ...weights.dequant import has_nan_codes
+from ..gemm.emulated import EmulatedDequantKernel
+from .params import WEIGHTS, expert_params, stored_experts
+from .spec import MoESpec
+
+
+class _DequantizedExperts:
+    """``weights[e]``: expert ``e`` of one stacked weight, dequantized to ``dtype``."""
+
+    def __init__(self, stored, spec: MoESpec, dtype: torch.dtype, nan_free: bool):
+        self.stored, self.spec, self.dtype, self.nan_free = stored, spec, dtype, nan_free
+
+    def __getitem__(self, e: int) -> torch.Tensor:
+        s = self.stored
+        widths = s.shard_widths if isinstance(self.spec.layout, PerTensor) else None
+        return dequantize_as(s.data[e], s.scale[e], self.spec.recipe, self.spec.layout,
+                             None if s.zero_point is None else s.zero_point[e], dtype=self.dtype,
+                             shard_widths=widths, nan_free=self.nan_free)
+
+
+class _ExpertLayer:
+    """What ``moe_forward_native`` reads of a FusedMoE layer, with the experts dequantized on read."""
+
+    def __init__(self, layer, spec: MoESpec, dtype: torch.dtype, nan_free: bool):
+        self.num_experts = layer.num_experts
+        self.w13_weight = _DequantizedExperts(stored_experts(layer, "w13"), spec, dtype, nan_free)
+        self.w2_weight = _DequantizedExperts(stored_experts(layer, "w2"), spec, dtype, nan_free)
+
+
+class EmulatedMoEKernel:
+    """Per-expert dequantize in torch, then SGLang's native MoE (W8A16 / W4A16 numerics)."""
+
+    name = names.GEMM_EMULATED
+    priority = 0
+
+    @classmethod
+    def why_not(cls, spec: MoESpec) -> str | None:
+        for w, (n, k) in spec.projections().items():
+            why = EmulatedDequantKernel.why_not(_projection(spec, n, k))
+            if why:
+                return f"{w}: {why}"
+        return None
+
+    def create_weights(self, layer, spec: MoESpec, weight_loader) -> None:
+        self.spec = spec
+        expert_params(layer, spec, weight_loader)
+
+    def create_moe_runner(self, layer, moe_runner_config) -> None:
+        self.moe_runner_config = moe_runner_config
+
+    def process_weights_after_loading(self, layer) -> None:
+        # Once: whether any FP8 code is a NaN code, which the fast decodes would not keep NaN.
+        self.nan_free = packs_two_per_byte(self.spec.recipe) or not any(
+            has_nan_codes(getattr(layer, f"{w}_weight").data) for w in WEIGHTS)
+
+    def apply(self, layer, dispatch_output):
+        from sglang.srt.layers.moe.fused_moe_native import moe_forward_native
+        from sglang.srt.layers.moe.token_dispatcher import StandardCombineInput
+
+        x = dispatch_output.hidden_states
+        experts = _ExpertLayer(layer, self.spec, x.dtype, self.nan_free)
+        out = moe_forward_native(experts, x, dispatch_output.topk_output, self.moe_runner_config)
+        return StandardCombineInput(hidden_states=out)
+
+
+def _projection(spec: MoESpec, n: int, k: int):
+    """One expert projection as a dense layer spec (N x K), for the checks dense kernels make."""
+    from dataclasses import replace
+
+    return replace(spec, input_size_per_partition=k, output_partition_sizes=(n,))

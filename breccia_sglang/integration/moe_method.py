@@ -1,0 +1,75 @@
+"""``BrecciaMoEMethod``: SGLang's FusedMoEMethodBase for one breccia mixture-of-experts layer.
+
+It declares the layer's stacked expert parameters through the chosen MoE kernel
+(``moe/registry.py``), and counts every checkpoint tensor FusedMoE's weight loader writes into
+them: each expert's gate and up projections into ``w13_*`` and its down projection into
+``w2_*``, so a tensor the model skipped is an error that names the layer, not an expert running
+on zeros. The log names the kernel, once per (recipe, kernel).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sglang.srt.layers.quantization.base_config import FusedMoEMethodBase
+
+from ..errors import BrecciaCheckpointError
+from .moe import MoESpec, choose_moe_kernel
+from .sglang_params import counting_loads
+
+logger = logging.getLogger(__name__)
+
+# loads each stacked parameter takes per expert: w13 holds two projections (gate, up), w2 one
+LOADS_PER_EXPERT = {"w13": 2, "w2": 1}
+
+
+class BrecciaMoEMethod(FusedMoEMethodBase):
+    """Serve one FusedMoE layer from breccia expert tensors (``format.experts.ExpertWeights``)."""
+
+    def __init__(self, experts, announced: set | None = None):
+        self.experts = experts
+        self.announced = announced if announced is not None else set()
+        self.kernel = None
+
+    def create_weights(self, layer, num_experts: int, hidden_size: int, intermediate_size_per_partition: int,
+                       params_dtype, **extra_weight_attrs):
+        if num_experts != self.experts.num_experts:
+            raise BrecciaCheckpointError(
+                f"{self.experts.prefix}: the model has {num_experts} experts on this rank, the checkpoint "
+                f"{self.experts.num_experts} breccia experts (expert parallelism is not supported)")
+        spec = MoESpec.for_experts(self.experts.prefix, self.experts.first, num_experts, hidden_size,
+                                   intermediate_size_per_partition, params_dtype)
+        self.kernel = choose_moe_kernel(spec)()
+        self.num_experts = num_experts
+        self.kernel.create_weights(layer, spec, counting_loads(extra_weight_attrs["weight_loader"]))
+        layer.breccia_kernel = self.kernel.name
+        layer.breccia_elements = num_experts * sum(n * k for n, k in spec.projections().values())  # this rank's
+        label = self.experts.first.label
+        if (f"experts {label}", self.kernel.name) not in self.announced:
+            self.announced.add((f"experts {label}", self.kernel.name))
+            logger.info("breccia-sglang: MoE experts (%s, %d per layer) run kernel %s", label, num_experts,
+                        self.kernel.name)
+
+    def create_moe_runner(self, layer, moe_runner_config):
+        self.moe_runner_config = moe_runner_config
+        self.kernel.create_moe_runner(layer, moe_runner_config)
+
+    def get_moe_runner_backend(self, layer):
+        return getattr(self.kernel, "runner_backend", None)
+
+    def process_weights_after_loading(self, layer) -> None:
+        self._check_everything_loaded(layer)
+        self.kernel.process_weights_after_loading(layer)
+
+    def apply(self, layer, dispatch_output):
+        return self.kernel.apply(layer, dispatch_output)
+
+    def _check_everything_loaded(self, layer) -> None:
+        for name, param in layer.named_parameters(recurse=False):
+            expected = LOADS_PER_EXPERT[name.split("_", 1)[0]] * self.num_experts
+            loads = getattr(param, "breccia_loads", 0)
+            if loads != expected:
+                raise BrecciaCheckpointError(
+                    f"{self.experts.prefix}.{name}: {loads} of {expected} expert tensors were loaded from the "
+                    f"checkpoint ({self.experts.num_experts} experts under {self.experts.prefix}); the model did "
+                    "not consume the rest, so experts would run on zeros")

@@ -1,0 +1,95 @@
+"""Breccia mixture-of-experts weights through the real ``sgl.Engine`` on CPU: a tiny Qwen3-MoE
+(3 layers, 6 experts, top-2) whose experts are quantized with every recipe serves, token for
+token, what HF transformers serves on the same weights dequantized by breccia.
+
+Two checkpoints cover the six recipes, one per MoE layer (every expert of a layer shares one
+recipe, as SGLang runs them as one fused kernel); attention layers take a seventh. The router
+(``mlp.gate``) stays high precision, as quantize keeps it by default.
+"""
+
+from __future__ import annotations
+
+import re
+
+import breccia
+import pytest
+
+from breccia_sglang.format import make_recipe
+from breccia_sglang.format.quantize import quantize_checkpoint
+
+from ..helpers import (assert_same_greedy_tokens, breccia_tensors, dequantized_hf_checkpoint, hf_argmax_tokens,
+                       run_engine)
+
+pytestmark = pytest.mark.engine
+
+PROMPT = [1, 5, 17, 42, 99, 7, 3, 250, 64]
+NEW_TOKENS = 12
+# A random model's logits are flat: HF's own top-2 gap falls to 5e-5 on these prompts, where two
+# fp32 implementations of the same maths (other summation orders, SGLang's fused top-k) may pick
+# either token. Compare up to the first step whose gap is below this.
+NEAR_TIE = 1e-3
+# checkpoint -> (attention recipe, the experts' recipe of layers 0, 1, 2)
+CHECKPOINTS = {
+    "fp8-family": (make_recipe("int4", group_size=32, symmetric=False),
+                   (make_recipe("fp8"), make_recipe("fp8-block", block_k=32), make_recipe("mxfp8"))),
+    "4-bit-family": (make_recipe("fp8-block", block_k=32),
+                     (make_recipe("nvfp4"), make_recipe("int4", group_size=32),
+                      make_recipe("int4", group_size=32, symmetric=False))),
+}
+
+
+def quantize(tiny_moe, dest, attention, experts):
+    overrides = tuple((f"model.layers.{i}.mlp.experts.*", recipe) for i, recipe in enumerate(experts))
+    return quantize_checkpoint(tiny_moe, dest, attention, overrides=overrides, progress=False)
+
+
+@pytest.fixture(scope="module", params=list(CHECKPOINTS))
+def served(request, tiny_moe, tmp_path_factory):
+    attention, experts = CHECKPOINTS[request.param]
+    tmp = tmp_path_factory.mktemp(request.param)
+    report = quantize(tiny_moe, tmp / "ckpt", attention, experts)
+    spec = {"env": {"BRECCIA_SGLANG_FP8_KV": "0"},  # KV in fp32 like HF: only the weights differ
+            "engine": {"model_path": str(tmp / "ckpt"), "device": "cpu", "max_total_tokens": 1024,
+                       "quantization": "breccia", "skip_tokenizer_init": True, "log_level": "info"},
+            "requests": [{"input_ids": PROMPT,
+                          "sampling_params": {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}}]}
+    result = run_engine(spec, tmp)
+    assert result["ok"], result
+    return tmp / "ckpt", report, result, experts
+
+
+def test_every_expert_recipe_serves_hfs_tokens_on_the_dequantized_weights(served, tiny_moe, tmp_path):
+    checkpoint, _, result, _ = served
+    reference, gaps = hf_argmax_tokens(dequantized_hf_checkpoint(tiny_moe, checkpoint, tmp_path / "hf"), PROMPT,
+                                       NEW_TOKENS)
+    assert_same_greedy_tokens(result["results"][0]["output_ids"], reference, gaps, NEAR_TIE, at_least=6)
+
+
+def test_experts_are_quantized_and_routers_kept_high_precision(served):
+    checkpoint, report, _, experts = served
+    scaled = breccia_tensors(checkpoint)
+    for layer, recipe in enumerate(experts):
+        names = [n for n in scaled if n.startswith(f"model.layers.{layer}.mlp.experts.")]
+        assert len(names) == 6 * 3  # every expert's gate, up and down projection
+        assert {scaled[n].recipe.name for n in names} == {recipe.name}
+    kept = {name for name, _ in report.kept}
+    assert {f"model.layers.{i}.mlp.gate.weight" for i in range(3)} <= kept
+    assert not any(".mlp.gate.weight" in n for n in scaled)
+
+
+def test_the_log_names_the_expert_kernel_of_each_recipe(served):
+    _, _, result, experts = served
+    announced = re.findall(r"breccia-sglang: MoE experts \((.+?), 6 per layer\) run kernel (\S+)", result["stderr"])
+    assert {label.split("(")[0] for label, _ in announced} == {r.name for r in experts}
+    assert {kernel for _, kernel in announced} == {"emulated"}  # CPU: the fused Triton kernels need CUDA
+
+
+def test_the_resident_bytes_count_the_experts(served):
+    _, _, result, experts = served
+    line = re.search(r"(\d+) quantized layers \(linear and MoE\) hold .* \[bytes (\d+) / (\d+)\]", result["stderr"])
+    assert line, result["stderr"][-2000:]
+    layers, held, bf16 = map(int, line.groups())
+    assert layers == 3 * 2 + 3  # qkv_proj and o_proj per layer, and the 3 MoE layers
+    # Experts are 6 * (2 * 96 * 64 + 64 * 96) elements per layer, 5.6x the attention weights:
+    # 1 byte per element (FP8) or half a byte (4-bit), plus scales, against 2 in BF16.
+    assert held < (0.6 if experts[0].name in ("current", "delayed") else 0.45) * bf16
