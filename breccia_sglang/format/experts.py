@@ -39,6 +39,15 @@ class ExpertWeights:
         return [self.entries[e][s] for e in sorted(self.entries) for s in SHARD_ORDER]
 
 
+_EXPERT_NAME = re.compile(r"(.+\.experts)\.(\d+)\.(\w+)\.weight")
+
+
+def moe_prefixes(entries: dict) -> list[str]:
+    """Every MoE layer (``...experts``) with breccia expert weights, in name order."""
+    found = {m.group(1) for m in map(_EXPERT_NAME.fullmatch, entries) if m and m.group(3) in EXPERT_SHARDS}
+    return sorted(found)
+
+
 def expert_weights(entries: dict, prefix: str) -> ExpertWeights | None:
     """The breccia weights under MoE layer ``prefix`` (None if it has none). Every expert must
     have all three projections, all in one recipe: SGLang runs them as one fused kernel."""

@@ -119,3 +119,12 @@ def counting_loads(weight_loader: Callable) -> Callable:
         return weight_loader(param, loaded_weight, *args, **kwargs)
 
     return load
+
+
+def replace_param(layer, name: str, tensor: torch.Tensor | None) -> None:
+    """Swap parameter ``name`` for ``tensor`` (None: drop it), freeing the loaded one: a kernel
+    that converts its weights once after loading keeps one copy, not two."""
+    if hasattr(layer, name):
+        delattr(layer, name)
+    if tensor is not None:
+        layer.register_parameter(name, torch.nn.Parameter(tensor, requires_grad=False))

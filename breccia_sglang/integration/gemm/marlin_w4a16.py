@@ -33,7 +33,7 @@ import torch
 
 from ... import names
 from ...weights.sglang_layouts import to_awq, to_modelopt_nvfp4
-from ..sglang_params import code_params, stored_weight
+from ..sglang_params import code_params, replace_param, stored_weight
 from .base import GemmKernel, needs_gpu
 
 MIN_CAPABILITY = 80  # Marlin: Ampere and later
@@ -55,14 +55,6 @@ def _marlin_refusal(spec, quant_type, has_zp: bool) -> str | None:
     n, k = spec.out_features, spec.input_size_per_partition
     ok, why = check_marlin_supports_shape(n, k, k, spec.block)
     return None if ok else f"SGLang's Marlin needs N % 64 and K % 128; this layer is {n} x {k}"
-
-
-def _replace(layer, name: str, tensor: torch.Tensor | None) -> None:
-    """Swap parameter ``name`` for ``tensor`` (None: drop it), freeing the loaded one."""
-    if hasattr(layer, name):
-        delattr(layer, name)
-    if tensor is not None:
-        layer.register_parameter(name, torch.nn.Parameter(tensor, requires_grad=False))
 
 
 class MarlinInt4Kernel(GemmKernel):
@@ -90,10 +82,10 @@ class MarlinInt4Kernel(GemmKernel):
         awq = to_awq(w.data, w.scale, w.zero_point, self.recipe, dtype=self.params_dtype, name=layer.breccia_prefix)
         n, k = w.data.shape[0], w.data.shape[1] * 2
         for ours in ("weight", "weight_scale", "weight_zero_point"):
-            _replace(layer, ours, None)
-        _replace(layer, "qweight", awq.qweight)
-        _replace(layer, "qzeros", awq.qzeros)
-        _replace(layer, "scales", awq.scales)
+            replace_param(layer, ours, None)
+        replace_param(layer, "qweight", awq.qweight)
+        replace_param(layer, "qzeros", awq.qzeros)
+        replace_param(layer, "scales", awq.scales)
         layer.input_size_per_partition, layer.output_size_per_partition = k, n
         layer.num_groups = k // self.group
 
@@ -141,8 +133,8 @@ class MarlinNvfp4Kernel(GemmKernel):
         """The loaded weight as the parameters ``prepare_nvfp4_layer_for_marlin`` reads."""
         w = stored_weight(layer)
         fp4 = to_modelopt_nvfp4(w.data, w.scale, name=layer.breccia_prefix)
-        _replace(layer, "weight_scale", fp4.weight_scale)
-        _replace(layer, "weight_global_scale", fp4.weight_scale_2[:1])  # 1.0 for every shard alike
+        replace_param(layer, "weight_scale", fp4.weight_scale)
+        replace_param(layer, "weight_global_scale", fp4.weight_scale_2[:1])  # 1.0 for every shard alike
         layer.output_size_per_partition, layer.input_size_per_partition = w.data.shape[0], w.data.shape[1] * 2
         layer.params_dtype = self.params_dtype
 

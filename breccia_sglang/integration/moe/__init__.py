@@ -4,6 +4,8 @@
   projection plus the number of experts).
 - ``params.py``: the stacked expert parameters (codes, scales, zero points) SGLang's FusedMoE
   weight loader fills, one expert and shard at a time.
+- ``triton_fused.py``: SGLang's fused MoE Triton kernels through its Triton MoE runner, with
+  tile configs of ours: FP8 experts W8A8, INT4 experts W4A16.
 - ``emulated.py``: each routed expert dequantized in torch, then SGLang's native MoE loop.
 - ``registry.py``: every MoE kernel, best first, and ``choose_moe_kernel``.
 """

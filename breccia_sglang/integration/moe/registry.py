@@ -7,8 +7,9 @@ from __future__ import annotations
 from ..gemm.registry import choose_kernel, kernel_report
 from .emulated import EmulatedMoEKernel
 from .spec import MoESpec
+from .triton_fused import TritonFusedMoEKernel, TritonMoEWna16Kernel
 
-MOE_KERNELS: list = [EmulatedMoEKernel]
+MOE_KERNELS: list = [TritonFusedMoEKernel, TritonMoEWna16Kernel, EmulatedMoEKernel]
 
 
 def moe_kernel_report(spec: MoESpec) -> list[tuple[str, str | None]]:

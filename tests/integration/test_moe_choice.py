@@ -1,0 +1,77 @@
+"""Which kernel a breccia MoE layer gets, here and on described GPUs, and ``inspect``'s MoE rows."""
+
+from __future__ import annotations
+
+import breccia
+import pytest
+import torch
+
+from breccia_sglang import names
+from breccia_sglang.format import make_recipe
+from breccia_sglang.format.quantize import quantize_checkpoint
+from breccia_sglang.integration.gemm import Target
+from breccia_sglang.integration.inspect_report import inspect_checkpoint
+from breccia_sglang.integration.moe import MoESpec, choose_moe_kernel, moe_kernel_report
+
+RECIPES = {"fp8": make_recipe("fp8"), "fp8-block-128": make_recipe("fp8-block", block_k=128),
+           "fp8-block-64": make_recipe("fp8-block", block_k=64), "mxfp8": make_recipe("mxfp8"),
+           "nvfp4": make_recipe("nvfp4"), "int4": make_recipe("int4", group_size=128),
+           "int4-asym": make_recipe("int4", group_size=64, symmetric=False)}
+# recipe -> kernel on (CPU, sm_80, sm_89, sm_90): NVFP4 experts have no fused kernel yet (SGLang's
+# needs sm_100 and a calibrated activation scale), FP8 needs FP8 tensor cores.
+EXPECTED = {
+    "fp8": ("emulated", "emulated", "triton-fused-moe", "triton-fused-moe"),
+    "fp8-block-128": ("emulated", "emulated", "triton-fused-moe", "triton-fused-moe"),
+    "fp8-block-64": ("emulated", "emulated", "triton-fused-moe", "triton-fused-moe"),
+    "mxfp8": ("emulated", "emulated", "triton-fused-moe", "triton-fused-moe"),
+    "nvfp4": ("emulated", "emulated", "emulated", "emulated"),
+    "int4": ("emulated", "triton-moe-wna16", "triton-moe-wna16", "triton-moe-wna16"),
+    "int4-asym": ("emulated", "triton-moe-wna16", "triton-moe-wna16", "triton-moe-wna16"),
+}
+TARGETS = (Target("cpu"), Target.gpu(80), Target.gpu(89), Target.gpu(90))
+
+
+def moe_spec(recipe_name, target, *, hidden=2048, inter=768, dtype=torch.bfloat16) -> MoESpec:
+    st = breccia.cast(torch.zeros(2, 256), RECIPES[recipe_name])
+    return MoESpec("model.layers.0.mlp.experts", st.recipe, st.layout, hidden, (inter, inter), dtype,
+                   target.device_type, target.capability, has_zero_point=st.zero_point is not None,
+                   simulated=target.simulated, num_experts=128)
+
+
+@pytest.mark.parametrize("recipe", list(EXPECTED))
+def test_each_expert_recipe_gets_its_kernel_on_each_gpu(recipe):
+    # Qwen3-30B-A3B's experts: hidden 2048, expert intermediate 768 (= 6 x 128).
+    assert tuple(choose_moe_kernel(moe_spec(recipe, t)).name for t in TARGETS) == EXPECTED[recipe]
+
+
+def test_every_moe_refusal_says_why():
+    hopper = Target.gpu(90)
+    reasons = dict(moe_kernel_report(moe_spec("fp8-block-128", hopper, inter=704)))  # 704 = 5.5 x 128
+    assert reasons[names.GEMM_TRITON_FUSED_MOE] == "w2: K=704 splits a 128-wide scale block"
+    assert reasons[names.GEMM_EMULATED] == "w2: K=704 splits a 128-wide scale block"  # no kernel can: refused
+    assert dict(moe_kernel_report(moe_spec("fp8", Target.gpu(80))))[names.GEMM_TRITON_FUSED_MOE] == \
+        "needs a CUDA GPU of sm_89+, this is sm_80"
+    assert dict(moe_kernel_report(moe_spec("nvfp4", hopper)))[names.GEMM_TRITON_MOE_WNA16] == "needs INT4 experts"
+    assert "float16 or bfloat16" in dict(moe_kernel_report(moe_spec("int4", hopper, dtype=torch.float32)))[
+        names.GEMM_TRITON_MOE_WNA16]
+    cpu = dict(moe_kernel_report(moe_spec("int4", Target("cpu"))))
+    assert cpu[names.GEMM_TRITON_MOE_WNA16] == "needs a CUDA GPU (sm_80+)"  # SGLang's runner is CUDA only
+    forced = MoESpec(**{**vars(moe_spec("int4", hopper)), "forced": names.GEMM_EMULATED})
+    assert choose_moe_kernel(forced).name == names.GEMM_EMULATED
+
+
+def test_inspect_lists_each_moe_layer_once_with_its_kernel_here_and_on_a_gpu(tiny_moe, tmp_path):
+    checkpoint = tmp_path / "ckpt"
+    quantize_checkpoint(tiny_moe, checkpoint, make_recipe("int4", group_size=32),
+                        overrides=(("model.layers.1.mlp.experts.*", make_recipe("fp8-block", block_k=32)),),
+                        progress=False)
+    for capability, kernels in ((None, ("emulated", "emulated")), (90, ("triton-moe-wna16", "triton-fused-moe"))):
+        report = inspect_checkpoint(checkpoint, capability)
+        rows = {line.split()[0]: line.split() for line in report.splitlines() if "(MoE)" in line}
+        assert set(rows) == {f"model.layers.{i}.mlp.experts" for i in range(3)}, report
+        assert rows["model.layers.0.mlp.experts"][2].startswith("int4(g=32,sym)")
+        assert rows["model.layers.1.mlp.experts"][2].startswith("block(E4M3,k=32)")
+        assert rows["model.layers.0.mlp.experts"][3] == "6x(192x64+64x96)"
+        assert (rows["model.layers.0.mlp.experts"][-1], rows["model.layers.1.mlp.experts"][-1]) == kernels
+        assert ".experts.0.gate_proj" not in report  # one row per MoE layer, not per expert
+        assert report.rstrip().endswith("OK")

@@ -1,0 +1,160 @@
+"""SGLang's fused MoE Triton kernels under TRITON_INTERPRET=1, fed breccia experts as our MoE kernels
+prepare them (``integration/moe/triton_fused.py``: the stacked parameters after
+``process_weights_after_loading``, the quant info the runner gets, our tile configs), against an
+fp32 reference per (token, expert) pair.
+
+SGLang's runner cannot run on CPU (its ``moe_align_block_size`` is CUDA only), so the test calls
+``invoke_fused_moe_kernel`` itself with the token order ``align`` builds as that op documents it.
+Routing is uneven on purpose: expert 3 gets no token, expert 0 most. Activations are fp16 (bf16
+``tl.dot`` is wrong in the interpreter); W8A8 activations are quantized in torch beforehand
+(the interpreter's fp32 -> fp8 cast drops its rounding carry), as SGLang's pre-quantized path
+takes them.
+"""
+
+from __future__ import annotations
+
+import breccia
+import pytest
+import torch
+
+from breccia_sglang.format import make_recipe
+from breccia_sglang.integration.gemm import Target
+from breccia_sglang.integration.moe import MoESpec
+from breccia_sglang.integration.moe.triton_fused import (TritonFusedMoEKernel, TritonMoEWna16Kernel,
+                                                         moe_tile_config)
+from breccia_sglang.weights import quantize_activations_fp8
+from breccia_sglang.weights.packing import pack_low_first
+
+E, TOP_K = 4, 2
+
+
+def routing(m: int, gen: torch.Generator) -> torch.Tensor:
+    """(M, top_k) expert ids: two distinct experts per token from 0..2 (expert 3 never routed),
+    expert 0 about half the picks."""
+    first = torch.where(torch.rand(m, generator=gen) < 0.6, 0, torch.randint(1, 3, (m,), generator=gen))
+    second = (first + torch.randint(1, 3, (m,), generator=gen)) % 3
+    return torch.stack([first, second], dim=1).to(torch.int32)
+
+
+def align(topk_ids: torch.Tensor, block_m: int, num_experts: int):
+    """SGLang's ``moe_align_block_size`` contract in torch: the flat (token * top_k + k) indices
+    grouped by expert, each group padded to a multiple of ``block_m`` with the out-of-range index
+    ``numel``; the expert of each block; and the padded length."""
+    flat = topk_ids.flatten()
+    order, experts = [], []
+    for e in range(num_experts):
+        picks = (flat == e).nonzero().flatten().tolist()
+        if not picks:
+            continue
+        padded = picks + [flat.numel()] * (-len(picks) % block_m)
+        order += padded
+        experts += [e] * (len(padded) // block_m)
+    return (torch.tensor(order, dtype=torch.int32), torch.tensor(experts, dtype=torch.int32),
+            torch.tensor([len(order)], dtype=torch.int32))
+
+
+def prepared_layer(kernel, recipe, hidden: int, inter: int, gen: torch.Generator):
+    """Breccia experts loaded into the kernel's parameters (as FusedMoE's loader stacks them) and
+    prepared by the kernel; also each expert's breccia weights, per stacked weight."""
+    experts = {w: [breccia.cast(torch.randn(n, k, generator=gen) * 0.05, recipe) for _ in range(E)]
+               for w, (n, k) in {"w13": (2 * inter, hidden), "w2": (hidden, inter)}.items()}
+    st = experts["w13"][0]
+    spec = MoESpec("model.layers.0.mlp.experts", st.recipe, st.layout, hidden, (inter, inter), torch.float16, "cuda",
+                   90, scale_dtype=st.scale.dtype, has_zero_point=st.zero_point is not None, simulated=True,
+                   num_experts=E)
+    assert kernel.why_not(spec) is None, kernel.why_not(spec)
+    layer, prepared = torch.nn.Module(), kernel()
+    prepared.create_weights(layer, spec, weight_loader=None)
+    for w, tensors in experts.items():
+        codes = torch.stack([t.data for t in tensors])
+        getattr(layer, f"{w}_weight").data.copy_(pack_low_first(codes) if recipe.name == "int4" else
+                                                 codes.view(getattr(layer, f"{w}_weight").dtype))
+        getattr(layer, f"{w}_weight_scale").data.copy_(torch.stack([t.scale for t in tensors]))
+        if tensors[0].zero_point is not None:
+            getattr(layer, f"{w}_weight_zero_point").data.copy_(torch.stack([t.zero_point for t in tensors]))
+    prepared.process_weights_after_loading(layer)
+    return prepared, layer, experts
+
+
+def run_kernel(prepared, layer, w: str, x: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+    """One stacked weight's GEMM for every (token, k): (M, top_k, N) fp16."""
+    import triton.language as tl
+    from sglang.kernels.ops.moe.fused_moe_triton_kernels import invoke_fused_moe_kernel
+
+    info = prepared.quant_info(layer)
+    weight, scale = getattr(info, f"{w}_weight"), getattr(info, f"{w}_scale")
+    config = moe_tile_config(topk_ids.numel(), prepared.block, interpreted=True)
+    sorted_ids, expert_ids, padded = align(topk_ids, config["BLOCK_SIZE_M"], E)
+    a, a_scale = x, None
+    if info.use_fp8_w8a8:
+        a, a_scale = quantize_activations_fp8(x, info.block_shape[1])
+    out = torch.zeros(x.shape[0], TOP_K, weight.shape[1], dtype=torch.float16)
+    invoke_fused_moe_kernel(a, weight, None, out, a_scale, scale, getattr(info, f"{w}_zp"),
+                            torch.ones(topk_ids.shape, dtype=torch.float32), topk_ids, sorted_ids, expert_ids, padded,
+                            False, TOP_K, config, tl.float16, use_fp8_w8a8=info.use_fp8_w8a8, use_int8_w8a8=False,
+                            use_int8_w8a16=False, use_int4_w4a16=info.use_int4_w4a16,
+                            per_channel_quant=info.per_channel_quant, block_shape=info.block_shape)
+    return out
+
+
+def reference(experts, x, topk_ids, w8a8_group: int | None):
+    """(M, top_k, N) fp32: each routed pair through its expert's breccia weight (W8A8: the
+    activations through their FP8 codes and scales first)."""
+    if w8a8_group:
+        codes, scale = quantize_activations_fp8(x, w8a8_group)
+        x = (codes.float().view(x.shape[0], -1, w8a8_group) * scale[..., None]).view(x.shape)
+    weights = [breccia.dequantize(st) for st in experts]
+    return torch.stack([torch.stack([x[t].float() @ weights[int(e)].T for e in row]) for t, row in enumerate(topk_ids)])
+
+
+CASES = [  # (kernel, recipe, hidden, expert intermediate): K = 2B and 3B for the blocks / groups
+    (TritonFusedMoEKernel, make_recipe("fp8-block", block_k=64), 128, 192),
+    (TritonFusedMoEKernel, make_recipe("fp8-block", block_k=128), 256, 128),
+    (TritonMoEWna16Kernel, make_recipe("int4", group_size=32), 64, 96),
+    (TritonMoEWna16Kernel, make_recipe("int4", group_size=32, symmetric=False), 96, 64),
+    (TritonMoEWna16Kernel, breccia.INT4Scaling(group_size=32, symmetric=True, signed=False), 64, 96),
+]
+
+
+@pytest.mark.parametrize("m", [1, 7, 33])
+@pytest.mark.parametrize("kernel,recipe,hidden,inter", CASES, ids=lambda v: getattr(v, "name", None))
+def test_sglangs_fused_moe_kernels_on_breccia_experts_match_fp32(kernel, recipe, hidden, inter, m):
+    gen = torch.Generator().manual_seed(m)
+    prepared, layer, experts = prepared_layer(kernel, recipe, hidden, inter, gen)
+    topk_ids = routing(m, gen)
+    w8a8 = recipe.name != "int4"
+    for w, k in (("w13", hidden), ("w2", inter)):
+        x = torch.randn(m, k, generator=gen).to(torch.float16)
+        out = run_kernel(prepared, layer, w, x, topk_ids).float()
+        ref = reference(experts[w], x, topk_ids, recipe.block_k if w8a8 else None)
+        weights = [breccia.dequantize(st).abs() for st in experts[w]]
+        magnitude = torch.stack([torch.stack([x[t].float().abs() @ weights[int(e)].T for e in row])
+                                 for t, row in enumerate(topk_ids)])
+        # W8A8: the same fp8 products in fp32, in another order, then one fp16 rounding of the
+        # output (2^-11 of |out| <= magnitude). W4A16: also each dequantized weight rounded to
+        # fp16 once (2^-11), so twice that. Plus fp32 summation, < 1e-5 of the magnitude.
+        tolerance = (2.0**-11 if w8a8 else 2 * 2.0**-11) + 1e-5
+        assert (out - ref).abs().max().item() <= (tolerance * magnitude).max().item(), (w, (out - ref).abs().max())
+        assert ((out - ref).abs() <= tolerance * magnitude + 1e-6).all(), w
+
+
+def test_a_tile_config_with_a_k_tile_that_straddles_scale_blocks_is_never_chosen():
+    for routed in (1, 64, 65, 5000):
+        for block in (32, 64, 128):
+            config = moe_tile_config(routed, block, interpreted=False)
+            assert block % config["BLOCK_SIZE_K"] == 0 and config["BLOCK_SIZE_N"] >= 16
+    assert moe_tile_config(7, 16, interpreted=True)["BLOCK_SIZE_K"] == 16
+
+
+def test_int4_zero_points_pack_two_rows_per_byte_and_signed_codes_flip_to_unsigned():
+    gen = torch.Generator().manual_seed(0)
+    asym, layer, experts = prepared_layer(TritonMoEWna16Kernel, make_recipe("int4", group_size=32, symmetric=False),
+                                          64, 96, gen)
+    zp = layer.w13_weight_zero_point
+    assert zp.dtype == torch.uint8 and zp.shape == (E, 96, 2)  # (E, 2I / 2, H / G)
+    z = experts["w13"][2].zero_point
+    assert torch.equal((zp[2] & 0x0F).float(), z[0::2]) and torch.equal((zp[2] >> 4).float(), z[1::2])
+    signed, layer, experts = prepared_layer(TritonMoEWna16Kernel, make_recipe("int4", group_size=32), 64, 96, gen)
+    assert signed.quant_info(layer).w13_zp is None
+    codes = experts["w2"][1].data  # two's complement nibbles; the kernel reads u - 8
+    assert torch.equal(layer.w2_weight[1], pack_low_first(codes) ^ 0x88)
