@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from breccia.layouts import PerBlockK
 
+from .. import names
 from ..format.recipes import block_width, packs_two_per_byte
 
 if TYPE_CHECKING:
@@ -63,6 +64,11 @@ class Fp8ParamConfig:
 
     weight_block_size: list | None
     activation_scheme: str = "dynamic"
+
+    def get_name(self) -> str:
+        # Model code asks a layer's quant config its name (DeepSeek's MLA and shared experts
+        # check for packed AWQ layouts): ours is breccia's.
+        return names.QUANT_METHOD
 
 
 def fp8_param_config(layout) -> Fp8ParamConfig:

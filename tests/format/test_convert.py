@@ -28,12 +28,12 @@ def _block_expand(scale, rows, k, bn, bk):
     return scale.repeat_interleave(bn, 0)[:rows].repeat_interleave(bk, 1)[:, :k]
 
 
-def _fp8_checkpoint(tiny_llama, dst, scales_for, quant_config, extra=None):
-    """Write tiny_llama with every linear as FP8 codes + the scales ``scales_for`` computes."""
+def _fp8_checkpoint(tiny_llama, dst, scales_for, quant_config, extra=None, is_fp8=_is_linear):
+    """Write tiny_llama with every linear (``is_fp8``) as FP8 codes + the scales ``scales_for`` computes."""
     dst.mkdir()
     out = {}
     for name, t in stored_tensors(tiny_llama).items():
-        if not _is_linear(name, t):
+        if not is_fp8(name, t):
             out[name] = t
             continue
         scale_name, scale, expanded = scales_for(t)
@@ -50,8 +50,8 @@ def _fp8_checkpoint(tiny_llama, dst, scales_for, quant_config, extra=None):
     return dst
 
 
-def _deepseek_scales(t):
-    bn, bk = BLOCK
+def _deepseek_scales(t, block=BLOCK):
+    bn, bk = block
     rows, k = t.shape
     padded = torch.zeros(-(-rows // bn) * bn, -(-k // bk) * bk)
     padded[:rows, :k] = t.abs()  # zero-padded edges, as DeepSeek-V3's checkpoints
