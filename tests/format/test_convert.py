@@ -50,8 +50,8 @@ def _fp8_checkpoint(tiny_llama, dst, scales_for, quant_config, extra=None, is_fp
     return dst
 
 
-def _deepseek_scales(t, block=BLOCK):
-    bn, bk = block
+def _deepseek_scales(t, block=None):
+    bn, bk = block or BLOCK
     rows, k = t.shape
     padded = torch.zeros(-(-rows // bn) * bn, -(-k // bk) * bk)
     padded[:rows, :k] = t.abs()  # zero-padded edges, as DeepSeek-V3's checkpoints
