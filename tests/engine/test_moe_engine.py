@@ -93,3 +93,22 @@ def test_the_resident_bytes_count_the_experts(served):
     # Experts are 6 * (2 * 96 * 64 + 64 * 96) elements per layer, 5.6x the attention weights:
     # 1 byte per element (FP8) or half a byte (4-bit), plus scales, against 2 in BF16.
     assert held < (0.6 if experts[0].name in ("current", "delayed") else 0.45) * bf16
+
+
+def test_tensor_parallel_experts_serve_hfs_tokens(tiny_moe, tmp_path):
+    # tp=2 over gloo: each rank holds half of every expert's intermediate (96 -> 48), so the
+    # down projection's K blocks, groups and zero points are narrowed by SGLang's FusedMoE loader.
+    # 48 takes 16-wide blocks only: zero-point INT4 in layer 0, block FP8 in 1, MXFP8 needs 32.
+    experts = (make_recipe("int4", group_size=16, symmetric=False), make_recipe("fp8-block", block_k=16),
+               make_recipe("nvfp4"))
+    quantize(tiny_moe, tmp_path / "ckpt", make_recipe("fp8"), experts)
+    spec = {"env": {"BRECCIA_SGLANG_FP8_KV": "0", "SGLANG_CPU_OMP_THREADS_BIND": "0|1"},
+            "engine": {"model_path": str(tmp_path / "ckpt"), "device": "cpu", "max_total_tokens": 1024, "tp_size": 2,
+                       "quantization": "breccia", "skip_tokenizer_init": True, "log_level": "error"},
+            "requests": [{"input_ids": PROMPT,
+                          "sampling_params": {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}}]}
+    result = run_engine(spec, tmp_path)
+    assert result["ok"], result
+    reference, gaps = hf_argmax_tokens(dequantized_hf_checkpoint(tiny_moe, tmp_path / "ckpt", tmp_path / "hf"), PROMPT,
+                                       NEW_TOKENS)
+    assert_same_greedy_tokens(result["results"][0]["output_ids"], reference, gaps, NEAR_TIE, at_least=6)
