@@ -17,7 +17,11 @@
 #    and the 4-bit recipes (int4-g128 with and without zero points, nvfp4) on our Triton W4A16
 #    kernel against BF16 and the emulated kernel, with the 4-bit issue's targets. (SGLang's Marlin
 #    rows need its CUDA kernels, which a bare machine lacks: they say so.)
-# Logs and JSON go to $OUT (the tool brings them back); the last lines printed are the table.
+# 4. benchmarks/bench_moe.py: FP8 1x128 and INT4 g128 experts on SGLang's fused MoE Triton
+#    kernels against BF16 experts on the same kernels, Qwen3-30B-A3B's MoE shapes, batch 1-256,
+#    with the MoE issue's targets.
+# Logs and JSON go to $OUT (the tool brings them back, 8 files at most: env.txt, kernels.log and a
+# log and a JSON per benchmark); the last lines printed are the table.
 #
 # To try the script itself without a GPU (the interpreter, tiny sizes), with a Python that
 # has torch and triton: BRECCIA_KERNEL_DEVICE=cpu PYTHON=... bash scripts/gpu_checks.sh
@@ -39,13 +43,14 @@ export PYTHONPATH="$SITE:$PWD"
 
 status=0
 # The kernel tests need only torch, triton, breccia and this package (no SGLang, no model).
-"$PYTHON" -m pytest -q -p no:cacheprovider tests/kernels --junitxml="$OUT/kernels.xml" 2>&1 \
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/kernels 2>&1 \
     | tee "$OUT/kernels.log" || status=1
 
 smoke=()
 [ "$DEVICE" = cuda ] || smoke=(--smoke)
 "$PYTHON" benchmarks/bench_decode.py "${smoke[@]}" --out "$OUT/decode.json" 2>&1 | tee "$OUT/bench.log" || status=1
 "$PYTHON" benchmarks/bench_gemm.py "${smoke[@]}" --out "$OUT/gemm.json" 2>&1 | tee "$OUT/gemm.log" || status=1
+"$PYTHON" benchmarks/bench_moe.py "${smoke[@]}" --out "$OUT/moe.json" 2>&1 | tee "$OUT/moe.log" || status=1
 
 echo "--- kernels: $(tail -1 "$OUT/kernels.log")"
 echo "--- gpu_checks.sh: $([ $status -eq 0 ] && echo PASS || echo FAIL), files in $OUT"

@@ -4,7 +4,8 @@ prepare them (``integration/moe/triton_fused.py``: the stacked parameters after
 fp32 reference per (token, expert) pair.
 
 SGLang's runner cannot run on CPU (its ``moe_align_block_size`` is CUDA only), so the test calls
-``invoke_fused_moe_kernel`` itself with the token order ``align`` builds as that op documents it.
+``invoke_fused_moe_kernel`` itself with the token order ``align_routed_pairs`` builds as that op
+documents it.
 Routing is uneven on purpose: expert 3 gets no token, expert 0 most. Activations are fp16 (bf16
 ``tl.dot`` is wrong in the interpreter); W8A8 activations are quantized in torch beforehand
 (the interpreter's fp32 -> fp8 cast drops its rounding carry), as SGLang's pre-quantized path
@@ -20,6 +21,7 @@ import torch
 from breccia_sglang.format import make_recipe
 from breccia_sglang.integration.gemm import Target
 from breccia_sglang.integration.moe import MoESpec
+from breccia_sglang.integration.moe.align import align_routed_pairs
 from breccia_sglang.integration.moe.triton_fused import (TritonFusedMoEKernel, TritonMoEWna16Kernel,
                                                          moe_tile_config)
 from breccia_sglang.weights import quantize_activations_fp8
@@ -34,23 +36,6 @@ def routing(m: int, gen: torch.Generator) -> torch.Tensor:
     first = torch.where(torch.rand(m, generator=gen) < 0.6, 0, torch.randint(1, 3, (m,), generator=gen))
     second = (first + torch.randint(1, 3, (m,), generator=gen)) % 3
     return torch.stack([first, second], dim=1).to(torch.int32)
-
-
-def align(topk_ids: torch.Tensor, block_m: int, num_experts: int):
-    """SGLang's ``moe_align_block_size`` contract in torch: the flat (token * top_k + k) indices
-    grouped by expert, each group padded to a multiple of ``block_m`` with the out-of-range index
-    ``numel``; the expert of each block; and the padded length."""
-    flat = topk_ids.flatten()
-    order, experts = [], []
-    for e in range(num_experts):
-        picks = (flat == e).nonzero().flatten().tolist()
-        if not picks:
-            continue
-        padded = picks + [flat.numel()] * (-len(picks) % block_m)
-        order += padded
-        experts += [e] * (len(padded) // block_m)
-    return (torch.tensor(order, dtype=torch.int32), torch.tensor(experts, dtype=torch.int32),
-            torch.tensor([len(order)], dtype=torch.int32))
 
 
 def prepared_layer(kernel, recipe, hidden: int, inter: int, gen: torch.Generator):
@@ -84,7 +69,7 @@ def run_kernel(prepared, layer, w: str, x: torch.Tensor, topk_ids: torch.Tensor)
     info = prepared.quant_info(layer)
     weight, scale = getattr(info, f"{w}_weight"), getattr(info, f"{w}_scale")
     config = moe_tile_config(topk_ids.numel(), prepared.block, interpreted=True)
-    sorted_ids, expert_ids, padded = align(topk_ids, config["BLOCK_SIZE_M"], E)
+    sorted_ids, expert_ids, padded = align_routed_pairs(topk_ids, config["BLOCK_SIZE_M"], E)
     a, a_scale = x, None
     if info.use_fp8_w8a8:
         a, a_scale = quantize_activations_fp8(x, info.block_shape[1])
@@ -158,3 +143,11 @@ def test_int4_zero_points_pack_two_rows_per_byte_and_signed_codes_flip_to_unsign
     assert signed.quant_info(layer).w13_zp is None
     codes = experts["w2"][1].data  # two's complement nibbles; the kernel reads u - 8
     assert torch.equal(layer.w2_weight[1], pack_low_first(codes) ^ 0x88)
+
+
+def test_the_routed_pairs_are_grouped_by_expert_in_whole_blocks():
+    topk_ids = torch.tensor([[0, 2], [2, 0], [0, 1], [2, 0]], dtype=torch.int32)  # expert 3: none
+    sorted_ids, expert_ids, padded = align_routed_pairs(topk_ids, 4, E)
+    pad = topk_ids.numel()
+    assert sorted_ids.tolist() == [0, 3, 4, 7, 5, pad, pad, pad, 1, 2, 6, pad]
+    assert expert_ids.tolist() == [0, 1, 2] and padded.tolist() == [12]

@@ -7,6 +7,8 @@
 - ``triton_fused.py``: SGLang's fused MoE Triton kernels through its Triton MoE runner, with
   tile configs of ours: FP8 experts W8A8, INT4 experts W4A16.
 - ``emulated.py``: each routed expert dequantized in torch, then SGLang's native MoE loop.
+- ``align.py``: SGLang's routed-pair alignment in torch, for its kernels without its CUDA op
+  (tests and benchmarks only).
 - ``registry.py``: every MoE kernel, best first, and ``choose_moe_kernel``.
 """
 
