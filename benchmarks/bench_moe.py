@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from _common import OUT_DIR, error_summary, report_header, sglang_kernel_module
 from breccia_sglang.integration.moe.align import align_routed_pairs
-from breccia_sglang.integration.moe.triton_fused import moe_tile_config
+from breccia_sglang.integration.moe.triton_fused import MAX_TILE_K, moe_tile_config
 from breccia_sglang.weights import quantize_activations_fp8
 from breccia_sglang.weights.packing import pack_low_first
 
@@ -129,8 +129,6 @@ def run_batch(m: int, shape: dict, experts: dict, device, gen, invoke, interpret
     logits = torch.randn(m, e, generator=gen, device=device)
     topk_weights, topk_ids = torch.topk(logits.softmax(-1), top_k)
     topk_ids = topk_ids.to(torch.int32)
-    config = moe_tile_config(topk_ids.numel(), BLOCK, interpreted)
-    aligned = (*align_routed_pairs(topk_ids, config["BLOCK_SIZE_M"], e), config)
     routed = topk_ids.unique().numel()
     rows = []
     for variant, (w13, w2, weights_bytes) in {
@@ -143,6 +141,10 @@ def run_batch(m: int, shape: dict, experts: dict, device, gen, invoke, interpret
         key = variant.split("-")[0]
         w13_ref = experts["w13"][key][-1] if key != "bf16" else experts["w13"]["bf16"][0].float()
         w2_ref = experts["w2"][key][-1] if key != "bf16" else experts["w2"]["bf16"][0].float()
+        # the serving kernels' configs: INT4's K tile is capped lower (its shared memory)
+        config = moe_tile_config(topk_ids.numel(), BLOCK, interpreted,
+                                 MAX_TILE_K["w4a16" if key == "int4" else "w8a8"])
+        aligned = (*align_routed_pairs(topk_ids, config["BLOCK_SIZE_M"], e), config)  # outside the timing
         run = lambda: moe_layer(x, w13, w2, topk_weights, topk_ids, aligned, invoke, variant, interpreted)  # noqa: E731
         try:
             out = run().float()

@@ -16,7 +16,9 @@ Triton W8A8 block GEMM with each tile config breccia launches it with (1x32 / 1x
 blocks, one config per range of M), for the GPUs with FP8 tensor cores it runs on (sm_89+).
 breccia's W4A16 GEMM is compiled with each of its tile configs for every 4-bit code kind (INT4,
 UINT4 with zero points, E2M1 with E4M3 scale bytes) on fp16 / bf16 activations (fp32 has one
-config of its own), for every GPU from sm_80 on.
+config of its own), for every GPU from sm_80 on. And SGLang's fused MoE kernels with each MoE tile
+config breccia's MoE kernels launch them with: W8A8 FP8 experts with 1x128 scales (sm_89+) and
+W4A16 INT4 experts with groups of 128 (sm_80+), at Qwen3-30B-A3B's expert shapes.
 
 Per kernel and target the report gives registers per thread, spilled bytes (local memory),
 shared memory against the GPU's per-block limit, warps and pipeline stages, read from the cubin
@@ -179,6 +181,50 @@ def w4a16_launches(dtype: torch.dtype) -> list[Launch]:
     return sink
 
 
+MOE_SHAPE = (128, 8, 2048, 768)  # experts, top_k, hidden, expert intermediate: Qwen3-30B-A3B
+MOE_BLOCK = 128  # 1x128 FP8 scale blocks; INT4 groups of 128
+
+
+def moe_launches(dtype: torch.dtype) -> list[Launch]:
+    """SGLang's fused MoE kernels as breccia's MoE kernels launch them: the W8A8 FP8 kernel
+    (1x128 blocks) and the W4A16 INT4 kernel, gate/up GEMM, with a routed-pair count from each
+    range of the MoE tile configs."""
+    from sglang.kernels.ops.moe import fused_moe_triton_kernels as moe
+    import triton.language as tl
+
+    from breccia_sglang.integration.moe.align import align_routed_pairs
+    from breccia_sglang.integration.moe.triton_fused import MAX_TILE_K, MOE_TILE_CONFIGS, moe_tile_config
+
+    e, top_k, hidden, inter = MOE_SHAPE
+    compute = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
+    sink: list[Launch] = []
+    for tokens in (4, 64, 512):  # 32, 512, 4096 routed pairs: one per range of MOE_TILE_CONFIGS
+        topk_ids = (torch.arange(tokens * top_k, dtype=torch.int32) % e).view(tokens, top_k)
+        out = torch.empty(tokens, top_k, 2 * inter, dtype=dtype)
+        for kind, kernel in (("w8a8", "fused_moe_kernel"), ("w4a16", "fused_moe_kernel_gptq_awq")):
+            config = moe_tile_config(topk_ids.numel(), MOE_BLOCK, interpreted=False, max_tile_k=MAX_TILE_K[kind])
+            sorted_ids, expert_ids, padded = align_routed_pairs(topk_ids, config["BLOCK_SIZE_M"], e)
+            tile = f"{config['BLOCK_SIZE_M']}x{config['BLOCK_SIZE_N']}x{config['BLOCK_SIZE_K']}"
+            routing = (torch.ones(tokens, top_k), topk_ids, sorted_ids, expert_ids, padded, False, top_k, config,
+                       compute)
+            flags = {"use_int8_w8a8": False, "use_int8_w8a16": False, "per_channel_quant": False}
+            if kind == "w8a8":
+                with recording(moe, kernel, f"sglang fused moe fp8 1x{MOE_BLOCK} {tile}", sink):
+                    moe.invoke_fused_moe_kernel(
+                        torch.zeros(tokens, hidden, dtype=torch.float8_e4m3fn),
+                        torch.zeros(e, 2 * inter, hidden, dtype=torch.float8_e4m3fn), None, out,
+                        torch.ones(tokens, hidden // MOE_BLOCK), torch.ones(e, 2 * inter, hidden // MOE_BLOCK), None,
+                        *routing, use_fp8_w8a8=True, use_int4_w4a16=False, block_shape=[1, MOE_BLOCK], **flags)
+            else:
+                with recording(moe, kernel, f"sglang fused moe int4 g{MOE_BLOCK} {tile}", sink):
+                    moe.invoke_fused_moe_kernel(
+                        torch.zeros(tokens, hidden, dtype=dtype), torch.zeros(e, 2 * inter, hidden // 2, dtype=torch.uint8),
+                        None, out, None, torch.ones(e, 2 * inter, hidden // MOE_BLOCK), None, *routing,
+                        use_fp8_w8a8=False, use_int4_w4a16=True, block_shape=[0, MOE_BLOCK], **flags)
+    assert len(sink) == 2 * len(MOE_TILE_CONFIGS), [launch_.name for launch_ in sink]
+    return sink
+
+
 def sglang_launches(dtype: torch.dtype, head_dim: int, group: int) -> list[Launch]:
     """SGLang's ``decode_attention_fwd`` stage 1 and 2 on a BF16 (the query dtype) and an FP8 cache."""
     from sglang.kernels.ops.attention import decode_attention as sglang_decode
@@ -243,7 +289,7 @@ def cubin_resources(cubin: bytes) -> dict:
 
 
 def _compile_case(case: tuple) -> list[dict]:
-    """One (dtype, head_dim) for every arch, or (dtype, "gemm" / "w4a16"): recording is cheap,
+    """One (dtype, head_dim) for every arch, or (dtype, "gemm" / "w4a16" / "moe"): recording is cheap,
     compiling is the work."""
     dtype_name, head_dim, group, archs, with_sglang = case
     dtype = getattr(torch, dtype_name)
@@ -251,6 +297,13 @@ def _compile_case(case: tuple) -> list[dict]:
         launches, archs, head_dim = gemm_launches(dtype), [a for a in archs if a >= GEMM_MIN_ARCH], 0
     elif head_dim == "w4a16":
         launches, head_dim = w4a16_launches(dtype), 0
+    elif head_dim == "moe":  # the FP8 kernel needs sm_89+ (its FP8 dot); the INT4 one sm_80+
+        launches, head_dim = moe_launches(dtype), 0
+        rows = [compile_for(launch_, arch) | {"dtype": dtype_name, "head_dim": 0, "group": group}
+                for arch in archs for launch_ in launches if "int4" in launch_.name or arch >= GEMM_MIN_ARCH]
+        for row in rows:
+            print(format_row(row), flush=True)
+        return rows
     else:
         launches = breccia_launches(dtype, head_dim, group)
         if with_sglang:
@@ -296,12 +349,14 @@ def main() -> None:
     gemm_dtype = next((d for d in ("bfloat16", "float16") if d in args.dtype), None)
     if not args.no_sglang and gemm_dtype:  # the GEMM's inputs are FP8 whatever the model dtype: one suffices
         cases.append((gemm_dtype, "gemm", args.group, args.arch, True))
+        cases.append((gemm_dtype, "moe", args.group, args.arch, True))
     # W4A16 multiplies in the activation dtype: every one (fp32 takes a single tile config).
     cases += [(d, "w4a16", args.group, args.arch, False) for d in args.dtype]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = [row for case_rows in pool.map(_compile_case, cases) for row in case_rows]
     # Ours, and SGLang's GEMM with our configs, must compile (SGLang's decode on FP8 need not).
-    failed = [r for r in rows if "error" in r and r["kernel"].startswith(("breccia ", "sglang block fp8 gemm"))]
+    failed = [r for r in rows if "error" in r and r["kernel"].startswith(("breccia ", "sglang block fp8 gemm",
+                                                                          "sglang fused moe"))]
     over = [r for r in rows if r.get("shared_limit") and r["shared_bytes"] > r["shared_limit"]]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {**report_header("compile_kernels", args), "triton": triton.__version__, "gpus": GPU_NAMES,

@@ -100,3 +100,21 @@ def test_the_w4a16_gemm_compiles_with_every_tile_config_and_code_kind_from_sm_80
         assert "error" not in r, r
         assert r["native_fp8"] is (r["arch"] >= 89), r
         assert r["shared_bytes"] <= r["shared_limit"] and r["spill_bytes"] < 256, r
+
+
+def test_sglangs_fused_moe_kernels_compile_with_every_moe_config_breccia_launches(report):
+    # The FP8 kernel needs FP8 tensor cores (sm_89+); the INT4 one runs from sm_80. Shared memory
+    # is what this catches: INT4's 64 x 128 tile with a 128-deep K needed 192 KiB, so its K tile
+    # is capped at 64 (96 KiB, under sm_89's 99).
+    from breccia_sglang.integration.moe.triton_fused import MAX_TILE_K, MOE_TILE_CONFIGS
+
+    rows = [r for r in report[0]["rows"] if r["kernel"].startswith("sglang fused moe")]
+    for kind, prefix, archs in (("w8a8", "sglang fused moe fp8 1x128", (89, 90)),
+                                ("w4a16", "sglang fused moe int4 g128", ARCHS)):
+        tiles = {f"{prefix} {c.block_m}x{c.block_n}x{min(128, MAX_TILE_K[kind])}" for _, c in MOE_TILE_CONFIGS}
+        for arch in ARCHS:
+            found = {r["kernel"] for r in rows if r["arch"] == arch and r["kernel"].startswith(prefix)}
+            assert found == (tiles if arch in archs else set()), (kind, arch, found)
+    for r in rows:
+        assert "error" not in r, r
+        assert r["shared_bytes"] <= r["shared_limit"] and r["spill_bytes"] < 256, r

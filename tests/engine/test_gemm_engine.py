@@ -17,7 +17,7 @@ from breccia_sglang import names
 from breccia_sglang.format import make_recipe
 from breccia_sglang.format.quantize import quantize_checkpoint
 
-from ..helpers import run_engine
+from ..helpers import runs_per_gemm_kernel
 
 pytestmark = pytest.mark.engine
 
@@ -30,19 +30,9 @@ def runs(tiny_llama, tmp_path_factory):
     checkpoint = tmp_path_factory.mktemp("block-and-mx") / "ckpt"
     quantize_checkpoint(tiny_llama, checkpoint, make_recipe("fp8-block", block_k=32),
                         overrides=(("*.mlp.*", make_recipe("mxfp8")),), progress=False)
-    results = {}
-    for kernel in (names.GEMM_TRITON_BLOCK_FP8, names.GEMM_W8A8_REFERENCE):
-        env = {names.ENV_GEMM: kernel, names.ENV_FP8_KV: "0"}  # KV in fp16: only the GEMM differs
-        if kernel == names.GEMM_TRITON_BLOCK_FP8:
-            env["TRITON_INTERPRET"] = "1"
-        spec = {"env": env,
-                "engine": {"model_path": str(checkpoint), "device": "cpu", "dtype": "float16",
-                           "max_total_tokens": 512, "quantization": names.QUANT_METHOD,
-                           "skip_tokenizer_init": True, "log_level": "info"},
-                "requests": [{"input_ids": PROMPTS, "sampling_params": GREEDY}]}
-        results[kernel] = run_engine(spec, tmp_path_factory.mktemp(kernel))
-        assert results[kernel]["ok"], results[kernel]
-    return results
+    kernels = (names.GEMM_TRITON_BLOCK_FP8, names.GEMM_W8A8_REFERENCE)
+    return runs_per_gemm_kernel(checkpoint, kernels, names.GEMM_TRITON_BLOCK_FP8,
+                                [{"input_ids": PROMPTS, "sampling_params": GREEDY}], tmp_path_factory)
 
 
 def test_the_triton_gemm_serves_the_w8a8_references_tokens(runs):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 
-import breccia
 import pytest
 
 from breccia_sglang.format import make_recipe

@@ -20,7 +20,7 @@ from breccia_sglang import names
 from breccia_sglang.format import make_recipe
 from breccia_sglang.format.quantize import quantize_checkpoint
 
-from ..helpers import run_engine
+from ..helpers import runs_per_gemm_kernel
 
 pytestmark = pytest.mark.engine
 
@@ -40,19 +40,8 @@ def runs(tiny_llama, tmp_path_factory):
         ("*.mlp.gate_proj.*", make_recipe("nvfp4")), ("*.mlp.up_proj.*", make_recipe("nvfp4")),
         ("*.mlp.down_proj.*", breccia.INT4Scaling(group_size=32, symmetric=True, signed=False)),
     ), progress=False)
-    results = {}
-    for kernel in KERNELS:
-        env = {names.ENV_GEMM: kernel, names.ENV_FP8_KV: "0"}  # KV in fp16: only the GEMM differs
-        if kernel == names.GEMM_TRITON_W4A16:
-            env["TRITON_INTERPRET"] = "1"
-        spec = {"env": env,
-                "engine": {"model_path": str(checkpoint), "device": "cpu", "dtype": "float16",
-                           "max_total_tokens": 512, "quantization": names.QUANT_METHOD,
-                           "skip_tokenizer_init": True, "log_level": "info"},
-                "requests": [{"input_ids": PROMPTS, "sampling_params": GREEDY}]}
-        results[kernel] = run_engine(spec, tmp_path_factory.mktemp(kernel))
-        assert results[kernel]["ok"], results[kernel]
-    return results
+    return runs_per_gemm_kernel(checkpoint, KERNELS, names.GEMM_TRITON_W4A16,
+                                [{"input_ids": PROMPTS, "sampling_params": GREEDY}], tmp_path_factory)
 
 
 def test_the_triton_w4a16_gemm_serves_the_emulated_kernels_tokens(runs):

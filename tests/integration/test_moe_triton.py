@@ -19,10 +19,9 @@ import pytest
 import torch
 
 from breccia_sglang.format import make_recipe
-from breccia_sglang.integration.gemm import Target
 from breccia_sglang.integration.moe import MoESpec
 from breccia_sglang.integration.moe.align import align_routed_pairs
-from breccia_sglang.integration.moe.triton_fused import (TritonFusedMoEKernel, TritonMoEWna16Kernel,
+from breccia_sglang.integration.moe.triton_fused import (MAX_TILE_K, TritonFusedMoEKernel, TritonMoEWna16Kernel,
                                                          moe_tile_config)
 from breccia_sglang.weights import quantize_activations_fp8
 from breccia_sglang.weights.packing import pack_low_first
@@ -68,7 +67,7 @@ def run_kernel(prepared, layer, w: str, x: torch.Tensor, topk_ids: torch.Tensor)
 
     info = prepared.quant_info(layer)
     weight, scale = getattr(info, f"{w}_weight"), getattr(info, f"{w}_scale")
-    config = moe_tile_config(topk_ids.numel(), prepared.block, interpreted=True)
+    config = moe_tile_config(topk_ids.numel(), prepared.block, interpreted=True, max_tile_k=MAX_TILE_K[prepared.kind])
     sorted_ids, expert_ids, padded = align_routed_pairs(topk_ids, config["BLOCK_SIZE_M"], E)
     a, a_scale = x, None
     if info.use_fp8_w8a8:
@@ -125,9 +124,11 @@ def test_sglangs_fused_moe_kernels_on_breccia_experts_match_fp32(kernel, recipe,
 
 def test_a_tile_config_with_a_k_tile_that_straddles_scale_blocks_is_never_chosen():
     for routed in (1, 64, 65, 5000):
-        for block in (32, 64, 128):
-            config = moe_tile_config(routed, block, interpreted=False)
-            assert block % config["BLOCK_SIZE_K"] == 0 and config["BLOCK_SIZE_N"] >= 16
+        for block in (16, 32, 64, 128):
+            for kind, max_k in MAX_TILE_K.items():
+                config = moe_tile_config(routed, block, interpreted=False, max_tile_k=max_k)
+                assert block % config["BLOCK_SIZE_K"] == 0 and config["BLOCK_SIZE_N"] >= 16
+                assert config["BLOCK_SIZE_K"] == min(block, max_k), (kind, config)
     assert moe_tile_config(7, 16, interpreted=True)["BLOCK_SIZE_K"] == 16
 
 

@@ -48,11 +48,16 @@ MOE_TILE_CONFIGS: list[tuple[int, TileConfig]] = [
 INTERPRETER_CONFIG = TileConfig(16, 32, None, 1, 1, 1)  # every program runs in Python there
 
 
-def moe_tile_config(routed: int, block: int, interpreted: bool) -> dict:
+# The W4A16 kernel stages dequantized weight tiles in shared memory: a 128-deep K tile with the
+# 64 x 128 output tile needs 192 KiB, over sm_80's 163 and sm_89's 99 (benchmarks/compile_kernels.py).
+MAX_TILE_K = {"w8a8": 128, "w4a16": 64}
+
+
+def moe_tile_config(routed: int, block: int, interpreted: bool, max_tile_k: int = MAX_TILE_K["w8a8"]) -> dict:
     """SGLang's Triton MoE config for ``routed`` (tokens x top_k) rows and 1 x ``block`` scales
-    (or groups): the K tile is the block, capped at 128 and never one that straddles two."""
+    (or groups): the K tile is the block, capped at ``max_tile_k`` and never one that straddles two."""
     candidates = [INTERPRETER_CONFIG] if interpreted else [c for top, c in MOE_TILE_CONFIGS if routed <= top]
-    config = replace(candidates[0], block_k=min(block, 32 if interpreted else 128))
+    config = replace(candidates[0], block_k=min(block, 32 if interpreted else max_tile_k))
     if config.why_not(block):
         raise ValueError(f"no MoE tile config for 1x{block} blocks: {config.why_not(block)}")
     launch = config.for_block(block)
@@ -78,7 +83,7 @@ class _TritonMoEKernel:
         from sglang.srt.layers.moe.moe_runner.triton_utils import override_config
 
         routed = dispatch_output.topk_output.topk_ids.numel()
-        with override_config(moe_tile_config(routed, self.block, self.spec.interpreted)):
+        with override_config(moe_tile_config(routed, self.block, self.spec.interpreted, MAX_TILE_K[self.kind])):
             return self.runner.run(dispatch_output, self.quant_info(layer))
 
 
@@ -87,6 +92,7 @@ class TritonFusedMoEKernel(_TritonMoEKernel):
 
     name = names.GEMM_TRITON_FUSED_MOE
     priority = 80
+    kind = "w8a8"
 
     @classmethod
     def why_not(cls, spec: MoESpec) -> str | None:
@@ -132,6 +138,7 @@ class TritonMoEWna16Kernel(_TritonMoEKernel):
 
     name = names.GEMM_TRITON_MOE_WNA16
     priority = 80
+    kind = "w4a16"
 
     @classmethod
     def why_not(cls, spec: MoESpec) -> str | None:
