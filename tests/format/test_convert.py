@@ -167,3 +167,19 @@ def test_a_converted_deepseek_checkpoint_serves_like_hf(deepseek_fp8, tiny_llama
     result = _serve(tmp_path / "breccia", tmp_path)
     assert result["ok"], result
     assert result["results"][0]["output_ids"] == _hf_greedy(tiny_llama, tmp_path / "breccia")
+
+
+def test_compressed_tensors_fp8_experts_convert_bit_exactly_and_routers_stay(tiny_moe, tmp_path):
+    # llm-compressor ignores MoE routers (they stay high precision); every expert is one FP8 linear.
+    def fp8_weight(name, t):
+        return _is_linear(name, t) and ".mlp.gate." not in name
+
+    src = _fp8_checkpoint(tiny_moe, tmp_path / "ct", _per_channel, CT_CONFIG, is_fp8=fp8_weight)
+    report = convert_to_breccia(src, tmp_path / "breccia", "compressed-tensors-fp8")
+    before, converted = stored_tensors(src), breccia_tensors(tmp_path / "breccia")
+    experts = [n for n in before if ".mlp.experts." in n and n.endswith(".weight")]
+    assert len(experts) == 3 * 6 * 3 and set(experts) <= set(converted)  # layers x experts x projections
+    for name in experts:
+        assert torch.equal(converted[name].data.view(torch.uint8), before[name].view(torch.uint8)), name
+        assert torch.equal(converted[name].scale.flatten(), before[name.removesuffix(".weight") + ".weight_scale"].flatten())
+    assert not any(".mlp.gate." in n for n in converted) and len(report.converted) == len(converted)
