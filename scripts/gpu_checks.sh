@@ -24,7 +24,8 @@
 # log and a JSON per benchmark); the last lines printed are the table.
 #
 # To try the script itself without a GPU (the interpreter, tiny sizes), with a Python that
-# has torch and triton: BRECCIA_KERNEL_DEVICE=cpu PYTHON=... bash scripts/gpu_checks.sh
+# has torch and triton: the wheels must match that Python (fetch_gpu_wheels.sh takes its version,
+# e.g. `bash scripts/fetch_gpu_wheels.sh 3.11`), then BRECCIA_KERNEL_DEVICE=cpu PYTHON=... bash scripts/gpu_checks.sh
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
