@@ -53,9 +53,16 @@ class BrecciaMoEMethod(FusedMoEMethodBase):
     def create_moe_runner(self, layer, moe_runner_config):
         self.moe_runner_config = moe_runner_config
         self.kernel.create_moe_runner(layer, moe_runner_config)
+        self.runner = getattr(self.kernel, "runner", None)  # FusedMoE reads layer.runner from here
 
     def get_moe_runner_backend(self, layer):
-        return getattr(self.kernel, "runner_backend", None)
+        return getattr(self.kernel, "runner_backend", None)  # None: a direct kernel (the emulated one)
+
+    def get_triton_quant_info(self, layer):
+        """What SGLang's LoRA MoE runner passes its Triton kernel: the fused kernels' quant info."""
+        if not hasattr(self.kernel, "quant_info"):
+            raise NotImplementedError(f"{self.experts.prefix}: kernel {self.kernel.name} runs no Triton MoE kernel")
+        return self.kernel.quant_info(layer)
 
     def process_weights_after_loading(self, layer) -> None:
         self._check_everything_loaded(layer)

@@ -110,6 +110,13 @@ class BrecciaConfig(QuantizationConfig):
         self.claimed.update(e.name for e in experts.all())
         return BrecciaMoEMethod(experts, self.announced)
 
+    def can_fuse_shared_expert(self) -> bool:
+        # DeepSeek / Qwen2-MoE models on GPUs fold the shared expert into the routed experts'
+        # FusedMoE (E + 1 experts) when the quant config allows it. A breccia checkpoint stores
+        # the shared expert as its own linears (``shared_experts.*``), which load through our
+        # linear method, so the folding must not happen.
+        return False
+
     def is_linear_unquantized(self, prefix: str) -> bool:
         return not self.entries_for_module(prefix)  # a query: claims nothing
 

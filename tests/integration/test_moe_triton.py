@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from breccia_sglang.format import make_recipe
+from breccia_sglang.format.recipes import packs_two_per_byte
 from breccia_sglang.integration.moe import MoESpec
 from breccia_sglang.integration.moe.align import align_routed_pairs
 from breccia_sglang.integration.moe.triton_fused import (MAX_TILE_K, TritonFusedMoEKernel, TritonMoEWna16Kernel,
@@ -38,26 +39,33 @@ def routing(m: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def prepared_layer(kernel, recipe, hidden: int, inter: int, gen: torch.Generator):
-    """Breccia experts loaded into the kernel's parameters (as FusedMoE's loader stacks them) and
-    prepared by the kernel; also each expert's breccia weights, per stacked weight."""
-    experts = {w: [breccia.cast(torch.randn(n, k, generator=gen) * 0.05, recipe) for _ in range(E)]
-               for w, (n, k) in {"w13": (2 * inter, hidden), "w2": (hidden, inter)}.items()}
-    st = experts["w13"][0]
+    """Breccia experts loaded into the kernel's parameters as FusedMoE's loader stacks them (w13:
+    each expert's gate rows, then its up rows, each projection cast on its own) and prepared by
+    the kernel; also each expert's dequantized weight (fp32), per stacked weight."""
+    shapes = {"w13": ((inter, hidden), (inter, hidden)), "w2": ((hidden, inter),)}
+    casts = {w: [[breccia.cast(torch.randn(*shape, generator=gen) * 0.05, recipe) for shape in shards]
+                 for _ in range(E)] for w, shards in shapes.items()}
+    st = casts["w13"][0][0]
     spec = MoESpec("model.layers.0.mlp.experts", st.recipe, st.layout, hidden, (inter, inter), torch.float16, "cuda",
                    90, scale_dtype=st.scale.dtype, has_zero_point=st.zero_point is not None, simulated=True,
                    num_experts=E)
     assert kernel.why_not(spec) is None, kernel.why_not(spec)
     layer, prepared = torch.nn.Module(), kernel()
     prepared.create_weights(layer, spec, weight_loader=None)
-    for w, tensors in experts.items():
-        codes = torch.stack([t.data for t in tensors])
-        getattr(layer, f"{w}_weight").data.copy_(pack_low_first(codes) if recipe.name == "int4" else
-                                                 codes.view(getattr(layer, f"{w}_weight").dtype))
-        getattr(layer, f"{w}_weight_scale").data.copy_(torch.stack([t.scale for t in tensors]))
-        if tensors[0].zero_point is not None:
-            getattr(layer, f"{w}_weight_zero_point").data.copy_(torch.stack([t.zero_point for t in tensors]))
+    for w, experts in casts.items():
+        param = getattr(layer, f"{w}_weight")
+        for e, shards in enumerate(experts):
+            codes = torch.cat([t.data for t in shards])
+            param.data[e].copy_(pack_low_first(codes) if packs_two_per_byte(recipe) else codes.view(param.dtype))
+            per_tensor = shards[0].scale.dim() == 0
+            scale = torch.stack([t.scale for t in shards]) if per_tensor else torch.cat([t.scale for t in shards])
+            getattr(layer, f"{w}_weight_scale").data[e].copy_(scale.reshape(getattr(layer, f"{w}_weight_scale")[e].shape))
+            if shards[0].zero_point is not None:
+                getattr(layer, f"{w}_weight_zero_point").data[e].copy_(torch.cat([t.zero_point for t in shards]))
     prepared.process_weights_after_loading(layer)
-    return prepared, layer, experts
+    dequantized = {w: [torch.cat([breccia.dequantize(t) for t in shards]) for shards in experts]
+                   for w, experts in casts.items()}
+    return prepared, layer, dequantized, casts
 
 
 def run_kernel(prepared, layer, w: str, x: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
@@ -81,13 +89,12 @@ def run_kernel(prepared, layer, w: str, x: torch.Tensor, topk_ids: torch.Tensor)
     return out
 
 
-def reference(experts, x, topk_ids, w8a8_group: int | None):
-    """(M, top_k, N) fp32: each routed pair through its expert's breccia weight (W8A8: the
+def reference(weights, x, topk_ids, w8a8_group: int | None):
+    """(M, top_k, N) fp32: each routed pair through its expert's dequantized weight (W8A8: the
     activations through their FP8 codes and scales first)."""
     if w8a8_group:
         codes, scale = quantize_activations_fp8(x, w8a8_group)
         x = (codes.float().view(x.shape[0], -1, w8a8_group) * scale[..., None]).view(x.shape)
-    weights = [breccia.dequantize(st) for st in experts]
     return torch.stack([torch.stack([x[t].float() @ weights[int(e)].T for e in row]) for t, row in enumerate(topk_ids)])
 
 
@@ -104,14 +111,14 @@ CASES = [  # (kernel, recipe, hidden, expert intermediate): K = 2B and 3B for th
 @pytest.mark.parametrize("kernel,recipe,hidden,inter", CASES, ids=lambda v: getattr(v, "name", None))
 def test_sglangs_fused_moe_kernels_on_breccia_experts_match_fp32(kernel, recipe, hidden, inter, m):
     gen = torch.Generator().manual_seed(m)
-    prepared, layer, experts = prepared_layer(kernel, recipe, hidden, inter, gen)
+    prepared, layer, experts, _ = prepared_layer(kernel, recipe, hidden, inter, gen)
     topk_ids = routing(m, gen)
     w8a8 = recipe.name != "int4"
     for w, k in (("w13", hidden), ("w2", inter)):
         x = torch.randn(m, k, generator=gen).to(torch.float16)
         out = run_kernel(prepared, layer, w, x, topk_ids).float()
         ref = reference(experts[w], x, topk_ids, recipe.block_k if w8a8 else None)
-        weights = [breccia.dequantize(st).abs() for st in experts[w]]
+        weights = [weight.abs() for weight in experts[w]]
         magnitude = torch.stack([torch.stack([x[t].float().abs() @ weights[int(e)].T for e in row])
                                  for t, row in enumerate(topk_ids)])
         # W8A8: the same fp8 products in fp32, in another order, then one fp16 rounding of the
@@ -134,15 +141,15 @@ def test_a_tile_config_with_a_k_tile_that_straddles_scale_blocks_is_never_chosen
 
 def test_int4_zero_points_pack_two_rows_per_byte_and_signed_codes_flip_to_unsigned():
     gen = torch.Generator().manual_seed(0)
-    asym, layer, experts = prepared_layer(TritonMoEWna16Kernel, make_recipe("int4", group_size=32, symmetric=False),
-                                          64, 96, gen)
+    asym, layer, _, casts = prepared_layer(TritonMoEWna16Kernel, make_recipe("int4", group_size=32, symmetric=False),
+                                           64, 96, gen)
     zp = layer.w13_weight_zero_point
     assert zp.dtype == torch.uint8 and zp.shape == (E, 96, 2)  # (E, 2I / 2, H / G)
-    z = experts["w13"][2].zero_point
+    z = torch.cat([t.zero_point for t in casts["w13"][2]])  # expert 2's gate rows, then its up rows
     assert torch.equal((zp[2] & 0x0F).float(), z[0::2]) and torch.equal((zp[2] >> 4).float(), z[1::2])
-    signed, layer, experts = prepared_layer(TritonMoEWna16Kernel, make_recipe("int4", group_size=32), 64, 96, gen)
+    signed, layer, _, casts = prepared_layer(TritonMoEWna16Kernel, make_recipe("int4", group_size=32), 64, 96, gen)
     assert signed.quant_info(layer).w13_zp is None
-    codes = experts["w2"][1].data  # two's complement nibbles; the kernel reads u - 8
+    codes = casts["w2"][1][0].data  # two's complement nibbles; the kernel reads u - 8
     assert torch.equal(layer.w2_weight[1], pack_low_first(codes) ^ 0x88)
 
 
@@ -152,3 +159,26 @@ def test_the_routed_pairs_are_grouped_by_expert_in_whole_blocks():
     pad = topk_ids.numel()
     assert sorted_ids.tolist() == [0, 3, 4, 7, 5, pad, pad, pad, 1, 2, 6, pad]
     assert expert_ids.tolist() == [0, 1, 2] and padded.tolist() == [12]
+
+
+def test_the_emulated_moe_without_host_syncs_equals_sglangs_native_loop():
+    # On CUDA the emulated MoE runs every expert on every token (no host sync, so CUDA graphs can
+    # capture it); on CPU it runs SGLang's moe_forward_native. Both must be the same layer.
+    from sglang.srt.layers.moe.fused_moe_native import moe_forward_native
+    from sglang.srt.layers.moe.moe_runner import MoeRunnerConfig
+
+    from breccia_sglang.integration.moe.emulated import EmulatedMoEKernel, _ExpertLayer, every_expert_moe
+
+    gen = torch.Generator().manual_seed(3)
+    for recipe in (make_recipe("fp8"), make_recipe("int4", group_size=32, symmetric=False), make_recipe("nvfp4")):
+        prepared, layer, _, _ = prepared_layer(EmulatedMoEKernel, recipe, 64, 96, gen)
+        layer.num_experts = E
+        x = torch.randn(7, 64, generator=gen)
+        topk_ids = routing(7, gen)
+        topk_weights = torch.rand(7, TOP_K, generator=gen)
+        experts = _ExpertLayer(layer, prepared.spec, x.dtype, prepared.nan_free)
+        config = MoeRunnerConfig(activation="silu")
+        native = moe_forward_native(experts, x, (topk_weights, topk_ids, None), config)
+        dense = every_expert_moe(experts, x, (topk_weights, topk_ids, None), config)
+        # fp32 throughout: the same products summed in another order (and unrouted experts add 0).
+        assert torch.allclose(dense, native, rtol=1e-5, atol=1e-6), (recipe.name, (dense - native).abs().max())

@@ -29,6 +29,8 @@ SGLang's CUDA kernels.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from ... import names
@@ -37,6 +39,7 @@ from ..sglang_params import code_params, replace_param, stored_weight
 from .base import GemmKernel, needs_gpu
 
 MIN_CAPABILITY = 80  # Marlin: Ampere and later
+NVFP4_GROUP = 16  # K elements per E4M3 scale
 
 
 def _scalar_types():
@@ -142,12 +145,21 @@ class MarlinNvfp4Kernel(GemmKernel):
         from sglang.srt.layers.quantization.marlin_utils_fp4 import prepare_nvfp4_layer_for_marlin
 
         self.to_modelopt_params(layer)
-        prepare_nvfp4_layer_for_marlin(layer)
+        # prepare reads ``layer.quant_config.group_size`` (SGLang's linear layers hold our
+        # BrecciaConfig there, which has none) and would pad and Marlin-permute ``layer.bias``,
+        # which apply_fp4_marlin_linear then adds to an output in natural order. Hand it the
+        # group and no bias; apply adds the bias itself.
+        quant_config, bias = getattr(layer, "quant_config", None), getattr(layer, "bias", None)
+        layer.quant_config, layer.bias = SimpleNamespace(group_size=NVFP4_GROUP), None
+        try:
+            prepare_nvfp4_layer_for_marlin(layer)
+        finally:
+            layer.quant_config, layer.bias = quant_config, bias
 
     def apply(self, layer, x, bias):
         from sglang.srt.layers.quantization.marlin_utils_fp4 import apply_fp4_marlin_linear
 
-        return apply_fp4_marlin_linear(input=x, weight=layer.weight, weight_scale=layer.weight_scale,
-                                       weight_global_scale=layer.weight_global_scale, workspace=layer.workspace,
-                                       size_n=layer.output_size_per_partition,
-                                       size_k=layer.input_size_per_partition, bias=bias)
+        out = apply_fp4_marlin_linear(input=x, weight=layer.weight, weight_scale=layer.weight_scale,
+                                      weight_global_scale=layer.weight_global_scale, workspace=layer.workspace,
+                                      size_n=layer.output_size_per_partition, size_k=layer.input_size_per_partition)
+        return out if bias is None else out.add_(bias)

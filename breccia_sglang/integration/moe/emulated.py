@@ -5,12 +5,14 @@ reads ``layer.w13_weight[e]`` and ``layer.w2_weight[e]``. Here those reads dequa
 ``e`` (breccia's values, ``weights.dequantize_as``, in the activation dtype), so the stacked
 weights stay quantized in memory and only routed experts are ever expanded, one at a time.
 It runs on any device and every recipe the dense emulated kernel serves: it is the reference
-the fused kernels are compared against.
+the fused kernels are compared against. On CUDA, where that loop's host sync would break CUDA
+graphs, ``every_expert_moe`` computes the same layer with every expert on every token.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from breccia.layouts import PerTensor
 
 from ... import names
@@ -75,10 +77,38 @@ class EmulatedMoEKernel:
         from sglang.srt.layers.moe.fused_moe_native import moe_forward_native
         from sglang.srt.layers.moe.token_dispatcher import StandardCombineInput
 
-        x = dispatch_output.hidden_states
+        x, config = dispatch_output.hidden_states, self.moe_runner_config
         experts = _ExpertLayer(layer, self.spec, x.dtype, self.nan_free)
-        out = moe_forward_native(experts, x, dispatch_output.topk_output, self.moe_runner_config)
+        if not x.is_cuda:  # SGLang's own CPU MoE loop (it counts tokens per expert on the host)
+            return StandardCombineInput(hidden_states=moe_forward_native(experts, x, dispatch_output.topk_output,
+                                                                         config))
+        # On CUDA: no host sync (CUDA graphs capture this), and the router's scaling factor is
+        # the MoE kernel's to apply there (DeepSeek multiplies by it itself only off CUDA).
+        out = every_expert_moe(experts, x, dispatch_output.topk_output, config)
+        if config.routed_scaling_factor is not None:
+            out = out * config.routed_scaling_factor
         return StandardCombineInput(hidden_states=out)
+
+
+def every_expert_moe(experts, x: torch.Tensor, topk_output, config) -> torch.Tensor:
+    """The MoE layer ``moe_forward_native`` computes, without a host sync: every expert runs on
+    every token, weighted by the router's weight for it (0 where it was not chosen). E times the
+    compute of the routed tokens alone; the emulated kernel is the slow path anyway, and a CUDA
+    graph can capture this. (M, H) -> (M, H) in x's dtype."""
+    if config.apply_router_weight_on_input:
+        raise NotImplementedError("breccia's emulated MoE: apply_router_weight_on_input")
+    if config.activation not in ("silu", "gelu") or config.gemm1_alpha is not None:
+        raise NotImplementedError(f"breccia's emulated MoE on CUDA: activation {config.activation!r} "
+                                  f"(gemm1_alpha {config.gemm1_alpha})")
+    topk_weights, topk_ids, _ = topk_output
+    act = F.silu if config.activation == "silu" else F.gelu
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    for e in range(experts.num_experts):
+        gate_up = F.linear(x, experts.w13_weight[e])
+        gate, up = gate_up.chunk(2, dim=-1)
+        routed = (topk_weights * (topk_ids == e)).sum(dim=-1, dtype=torch.float32)  # (M,): 0 if not chosen
+        out += F.linear(act(gate) * up, experts.w2_weight[e]).float() * routed[:, None]
+    return out.to(x.dtype)
 
 
 def _projection(spec: MoESpec, n: int, k: int):

@@ -167,7 +167,7 @@ class TritonMoEWna16Kernel(_TritonMoEKernel):
                 continue
             zero = getattr(layer, f"{w}_weight_zero_point", None)
             scale = getattr(layer, f"{w}_weight_scale").data
-            z = torch.zeros_like(scale, dtype=torch.uint8) if zero is None else zero.data.to(torch.uint8)
+            z = torch.zeros_like(scale, dtype=torch.uint8) if zero is None else _nibbles(zero.data, f"{w}_weight_zero_point")
             # (E, N, K / G) -> (E, N / 2, K / G): rows 2j and 2j + 1 share a byte, 2j low
             replace_param(layer, f"{w}_weight_zero_point", pack_low_first(z.transpose(1, 2)).transpose(1, 2).contiguous())
 
@@ -178,3 +178,13 @@ class TritonMoEWna16Kernel(_TritonMoEKernel):
         return TritonMoeQuantInfo(w13_weight=layer.w13_weight, w2_weight=layer.w2_weight, use_int4_w4a16=True,
                                   w13_scale=layer.w13_weight_scale, w2_scale=layer.w2_weight_scale,
                                   w13_zp=zp("w13"), w2_zp=zp("w2"), block_shape=[0, self.block])
+
+
+def _nibbles(zero_points: torch.Tensor, name: str) -> torch.Tensor:
+    """Zero points as the 4-bit integers the kernel unpacks; anything else is refused by name."""
+    z = zero_points.to(torch.float32)
+    bad = ~((z == z.round()) & (z >= 0) & (z <= 15))  # NaN fails every comparison
+    if bool(bad.any()):
+        raise ValueError(f"{name}: the W4A16 MoE kernel packs zero points as 4-bit integers (0..15), "
+                         f"found {z[bad][0].item()!r}")
+    return z.to(torch.uint8)
