@@ -180,10 +180,16 @@ def _zero_points(zero_point: torch.Tensor | None, scale: torch.Tensor, recipe, n
     if recipe.signed:
         raise ValueError(f"{name}: asymmetric INT4 stores unsigned codes; a signed recipe with zero points "
                          "has no (u, z) form")
+    return four_bit_zero_points(zero_point, name)
+
+
+def four_bit_zero_points(zero_point: torch.Tensor, name: str) -> torch.Tensor:
+    """Zero points as the 4-bit integers every SGLang INT4 kernel packs (uint8 0..15); anything
+    else (a fraction, 16, NaN) is refused with the tensor's name."""
     z = zero_point.to(torch.float32)
     bad = ~((z == z.round()) & (z >= 0) & (z <= 15))  # NaN fails every comparison
     if bool(bad.any()):
-        raise ValueError(f"{name}: AWQ packs zero points as 4-bit integers (0..15); "
+        raise ValueError(f"{name}: 4-bit kernels pack zero points as integers (0..15); "
                          f"{name}'s zero_point holds {z[bad][0].item()!r}")
     return z.to(torch.uint8)
 

@@ -32,6 +32,7 @@ from ... import names
 from ...format.recipes import PER_TENSOR_FP8
 from ...weights.codes import decode_e8m0
 from ...weights.packing import pack_low_first
+from ...weights.sglang_layouts import four_bit_zero_points
 from ..gemm.base import needs_gpu
 from ..gemm.triton_block_fp8 import BLOCKS, TileConfig
 from ..sglang_params import replace_param
@@ -167,7 +168,10 @@ class TritonMoEWna16Kernel(_TritonMoEKernel):
                 continue
             zero = getattr(layer, f"{w}_weight_zero_point", None)
             scale = getattr(layer, f"{w}_weight_scale").data
-            z = torch.zeros_like(scale, dtype=torch.uint8) if zero is None else _nibbles(zero.data, f"{w}_weight_zero_point")
+            if zero is None:  # symmetric unsigned: z = 0
+                z = torch.zeros_like(scale, dtype=torch.uint8)
+            else:
+                z = four_bit_zero_points(zero.data, f"{self.spec.prefix}.{w}_weight_zero_point")
             # (E, N, K / G) -> (E, N / 2, K / G): rows 2j and 2j + 1 share a byte, 2j low
             replace_param(layer, f"{w}_weight_zero_point", pack_low_first(z.transpose(1, 2)).transpose(1, 2).contiguous())
 
@@ -179,12 +183,3 @@ class TritonMoEWna16Kernel(_TritonMoEKernel):
                                   w13_scale=layer.w13_weight_scale, w2_scale=layer.w2_weight_scale,
                                   w13_zp=zp("w13"), w2_zp=zp("w2"), block_shape=[0, self.block])
 
-
-def _nibbles(zero_points: torch.Tensor, name: str) -> torch.Tensor:
-    """Zero points as the 4-bit integers the kernel unpacks; anything else is refused by name."""
-    z = zero_points.to(torch.float32)
-    bad = ~((z == z.round()) & (z >= 0) & (z <= 15))  # NaN fails every comparison
-    if bool(bad.any()):
-        raise ValueError(f"{name}: the W4A16 MoE kernel packs zero points as 4-bit integers (0..15), "
-                         f"found {z[bad][0].item()!r}")
-    return z.to(torch.uint8)
