@@ -11,6 +11,8 @@ graphs, ``every_expert_moe`` computes the same layer with every expert on every 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from breccia.layouts import PerTensor
@@ -113,6 +115,4 @@ def every_expert_moe(experts, x: torch.Tensor, topk_output, config) -> torch.Ten
 
 def _projection(spec: MoESpec, n: int, k: int):
     """One expert projection as a dense layer spec (N x K), for the checks dense kernels make."""
-    from dataclasses import replace
-
     return replace(spec, input_size_per_partition=k, output_partition_sizes=(n,))

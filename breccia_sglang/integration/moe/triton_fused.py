@@ -31,12 +31,13 @@ from breccia.recipes import Float8BlockScaling, MXFP8BlockScaling
 from ... import names
 from ...format.recipes import PER_TENSOR_FP8
 from ...weights.codes import decode_e8m0
+from ...weights.dequant import row_scales
 from ...weights.packing import pack_low_first
 from ...weights.sglang_layouts import four_bit_zero_points
 from ..gemm.base import needs_gpu
 from ..gemm.triton_block_fp8 import BLOCKS, TileConfig
 from ..sglang_params import replace_param
-from .params import WEIGHTS, expert_params
+from .params import WEIGHTS, expert_params, stored_experts
 from .spec import MoESpec
 
 # (largest tokens x top_k routed, config), smallest first. Few tokens per expert (decode) want
@@ -64,6 +65,18 @@ def moe_tile_config(routed: int, block: int, interpreted: bool, max_tile_k: int 
     launch = config.for_block(block)
     return {key: launch[key] for key in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M")} | \
         {"num_warps": launch["num_warps"], "num_stages": launch["num_stages"]}
+
+
+def _shape_refusal(spec: MoESpec, unit: str | None) -> str | None:
+    """Why the fused kernels cannot take this layer's shapes or dtype, or None: each stacked
+    weight's K must hold whole scale blocks / groups (``unit``; None: per-tensor scales), and
+    they multiply in fp16 or bf16."""
+    for w, (_, k) in spec.projections().items():
+        if unit and k % spec.block:
+            return f"{w}: K={k} splits a {spec.block}-wide scale {unit}"
+    if spec.params_dtype not in (torch.float16, torch.bfloat16):
+        return f"needs float16 or bfloat16 activations, not {spec.params_dtype}"
+    return None
 
 
 class _TritonMoEKernel:
@@ -103,12 +116,7 @@ class TritonFusedMoEKernel(_TritonMoEKernel):
             return "needs FP8 E4M3 experts: per-tensor, block (1xB) or MXFP8"
         if block and spec.block not in BLOCKS:
             return f"needs 1x{'/'.join(map(str, BLOCKS))} blocks, not 1x{spec.block}"
-        for w, (_, k) in spec.projections().items():
-            if block and k % spec.block:
-                return f"{w}: K={k} splits a {spec.block}-wide scale block"
-        if spec.params_dtype not in (torch.float16, torch.bfloat16):
-            return f"needs float16 or bfloat16 activations, not {spec.params_dtype}"
-        return needs_gpu(spec, cls.name, 89)
+        return _shape_refusal(spec, "block" if block else None) or needs_gpu(spec, cls.name, 89)
 
     @property
     def block(self) -> int:
@@ -120,8 +128,8 @@ class TritonFusedMoEKernel(_TritonMoEKernel):
             if self.spec.recipe.name == "mxfp8":  # E4M3 bytes as float8; E8M0 exponents as exact fp32
                 data, scale = data.view(torch.float8_e4m3fn), decode_e8m0(scale).contiguous()
             elif isinstance(self.spec.layout, PerTensor):  # one scale per expert and shard -> per row
-                rows = data.shape[1]
-                scale = scale.reshape(scale.shape[0], -1).repeat_interleave(rows // scale[0].numel(), dim=1)[..., None]
+                widths = stored_experts(layer, w).shard_widths
+                scale = torch.stack([row_scales(s, widths, data.shape[1]) for s in scale])[..., None]
             replace_param(layer, f"{w}_weight", data)
             replace_param(layer, f"{w}_weight_scale", scale.contiguous())
 
@@ -147,12 +155,7 @@ class TritonMoEWna16Kernel(_TritonMoEKernel):
             return "needs INT4 experts"
         if spec.block not in (16, 32, 64, 128):
             return f"needs groups of 16/32/64/128 along K, not {spec.block}"
-        for w, (_, k) in spec.projections().items():
-            if k % spec.block:
-                return f"{w}: K={k} splits a {spec.block}-wide scale group"
-        if spec.params_dtype not in (torch.float16, torch.bfloat16):
-            return f"needs float16 or bfloat16 activations, not {spec.params_dtype}"
-        return needs_gpu(spec, cls.name, 80)
+        return _shape_refusal(spec, "group") or needs_gpu(spec, cls.name, 80)
 
     @property
     def block(self) -> int:
