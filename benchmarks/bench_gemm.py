@@ -86,9 +86,22 @@ def gemm_tools():
     return block_fp8_matmul, sglang_gemm.w8a8_block_fp8_matmul_triton, None
 
 
+def activation_quantizer(device: torch.device):
+    """(quantize(x, group or None) -> (fp8 codes, fp32 scales), what it is). On a GPU, SGLang's
+    Triton per-token-group kernel: the server runs SGLang's CUDA one, which is JIT-compiled from
+    sources a bare GPU machine lacks; both are one pass over x. Elsewhere breccia's torch formula."""
+    if device.type == "cuda":
+        try:
+            quant = sglang_kernel_module("sglang.kernels.ops.quantization.fp8_kernel")._per_token_group_quant_8bit_raw
+            return (lambda x, group: quant(x, group or x.shape[-1])), "SGLang's Triton per_token_group_quant_8bit"
+        except Exception as exc:  # noqa: BLE001 - said in the report; torch's formula still runs
+            print(f"SGLang's Triton activation quantization is not importable ({error_summary(exc)}): torch's")
+    return quantize_activations_fp8, "breccia_sglang.weights.quantize_activations_fp8 (torch)"
+
+
 def variants(x: torch.Tensor, w: torch.Tensor, tools, interpreted: bool) -> dict:
     """name -> (run(), fp32 reference of what it computes)."""
-    block_fp8_matmul, sglang_128x128, _ = tools
+    block_fp8_matmul, sglang_128x128, _, quantize = tools
     found = {}
     w_wide = w.to(x.dtype)  # BF16 on a GPU; fp16 in --smoke, where the interpreter's bf16 is broken
     found[BASELINE] = (lambda: x @ w_wide.T, x.float() @ w_wide.float().T)
@@ -109,34 +122,36 @@ def variants(x: torch.Tensor, w: torch.Tensor, tools, interpreted: bool) -> dict
             continue
 
         def run(data=data, scale=scale, block=block):
-            codes, x_scale = quantize_activations_fp8(x, block)
+            codes, x_scale = quantize(x, block)
             return block_fp8_matmul(codes, x_scale, data, scale, block, x.dtype, interpreted)
         found[name] = (run, ref)
 
     if sglang_128x128 is not None and not interpreted:  # its wrapper asks the GPU's name: no CPU run
         w_tiles, w_tile_scale = per_tile_fp8(w, 128)
         tile_ref = x.float().view(x.shape[0], -1, 128)  # reference: the same W8A8 maths per 128 tile
-        codes_ref, scale_ref = quantize_activations_fp8(x, 128)
+        codes_ref, scale_ref = quantize(x, 128)
         x_hat = (codes_ref.float().view_as(tile_ref) * scale_ref[..., None]).view_as(x)
         w_hat = (w_tiles.float().view(w.shape[0] // 128, 128, -1, 128) * w_tile_scale[:, None, :, None]).view_as(w)
 
         def run_sglang():
-            codes, x_scale = quantize_activations_fp8(x, 128)
+            codes, x_scale = quantize(x, 128)
             return sglang_128x128(codes, w_tiles, x_scale, w_tile_scale, [128, 128], x.dtype)
         found["sglang-128x128"] = (run_sglang, x_hat @ w_hat.T)
 
     if x.is_cuda and torch.cuda.get_device_capability(x.device) == (9, 0):
-        found.update(hopper_variants(x, w))
+        found.update(hopper_variants(x, w, quantize))
 
     if x.is_cuda:
         per_tensor = breccia.cast(w, make_recipe("fp8"))
         ref = w8a8_reference_linear(x, per_tensor.data, per_tensor.scale.reshape(1), per_tensor.recipe,
                                     per_tensor.layout, group=None)
+        # Rowwise scaled_mm takes per-token x scales with per-channel weight scales: the one
+        # per-tensor scale, repeated per output channel (exact), as SGLang expands it.
+        row_scale = per_tensor.scale.float().reshape(1, 1).expand(1, w.shape[0]).contiguous()
 
         def run_scaled_mm():
-            codes, x_scale = quantize_activations_fp8(x, None)
-            return torch._scaled_mm(codes, per_tensor.data.T, scale_a=x_scale, scale_b=per_tensor.scale.reshape(1, 1),
-                                    out_dtype=x.dtype)
+            codes, x_scale = quantize(x, None)
+            return torch._scaled_mm(codes, per_tensor.data.T, scale_a=x_scale, scale_b=row_scale, out_dtype=x.dtype)
         found["per-tensor-fp8"] = (run_scaled_mm, ref)
     found.update(four_bit_variants(x, w.shape))
     return found
@@ -206,7 +221,7 @@ def marlin_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, rec
     return lambda: kernel.apply(layer, x, None)
 
 
-def hopper_variants(x: torch.Tensor, w: torch.Tensor) -> dict:
+def hopper_variants(x: torch.Tensor, w: torch.Tensor, quantize) -> dict:
     """1x128 on Hopper's blockwise GEMMs (the blockscale-sm90 kernel's two backends); a backend
     this machine lacks is a row that says so."""
     from breccia_sglang.integration.gemm import blockscale_sm90 as hopper
@@ -216,7 +231,7 @@ def hopper_variants(x: torch.Tensor, w: torch.Tensor) -> dict:
     data, scale_mn = st.data.view(torch.float8_e4m3fn), hopper.mn_major(st.scale)
 
     def run_torch():
-        codes, x_scale = quantize_activations_fp8(x, 128)
+        codes, x_scale = quantize(x, 128)
         return hopper.torch_blockwise_matmul(codes, x_scale, data, scale_mn, x.dtype)
 
     flashinfer = hopper.flashinfer_gemm()
@@ -329,8 +344,10 @@ def target_checks(rows: list[dict]) -> list[str]:
     return lines
 
 
-def print_table(rows: list[dict]) -> None:
-    print(f"{'shape':8} {'M':>5} {'variant':16} {'rel err':>8} {'time us':>9} {'TFLOP/s':>8} {'TB/s':>6} {'vs bf16':>7}")
+def print_table(rows: list[dict], header: bool = True) -> None:
+    if header:
+        print(f"{'shape':8} {'M':>5} {'variant':16} {'rel err':>8} {'time us':>9} {'TFLOP/s':>8} {'TB/s':>6} "
+              f"{'vs bf16':>7}")
     for r in rows:
         head = f"{r['shape']:8} {r['m']:5d} {r['variant']:16}"
         if "error" in r:
@@ -354,24 +371,43 @@ def main() -> None:
         sys.exit("no GPU here: timings need CUDA (use --smoke for a CPU correctness run)")
     shapes = SMOKE_SHAPES if args.smoke else {s: SHAPES[s] for s in args.shapes}
     ms = [1, 7, 33] if args.smoke else args.m
-    tools = gemm_tools()
+    quantize, quantizer = activation_quantizer(device)
+    tools = (*gemm_tools(), quantize)
+    tables = tile_tables()
+    print(f"activations: {quantizer}; block FP8 tile configs: {tables}")
     gen = torch.Generator(device=device).manual_seed(0)
     started, rows = time.time(), []
+    report = {**report_header("gemm", args),
+              "device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU, TRITON_INTERPRET=1",
+              "activation_quantization": quantizer, "block_fp8_tile_configs": tables}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for shape, (n, k) in shapes.items():
         for m in ms:
-            print(f"  {shape} M={m}", flush=True)
-            rows += run_case(shape, n, k, m, device, gen, tools, interpreted=args.smoke)
-    print_table(rows)
+            case = run_case(shape, n, k, m, device, gen, tools, interpreted=args.smoke)
+            print_table(case, header=not rows)
+            rows += case
+            write_report(args.out, report | {"seconds": time.time() - started, "rows": rows})  # partial
     checks = target_checks(rows) if device.type == "cuda" else []
     for line in checks:
         print(line)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {**report_header("gemm", args),
-              "device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU, TRITON_INTERPRET=1",
-              "targets": checks, "seconds": time.time() - started, "rows": rows}
-    args.out.write_text(json.dumps(report, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)))
+    write_report(args.out, report | {"targets": checks, "seconds": time.time() - started, "rows": rows})
     print(f"wrote {args.out}")
 
+
+def tile_tables() -> str:
+    """Which tile configs the block FP8 rows launch with: a tuned file, or the default table."""
+    from breccia_sglang.integration.gemm import block_fp8_tiles as tiles
+
+    chosen = os.environ.get(names.ENV_BLOCK_FP8_CONFIGS)
+    shipped = tiles.tuned_file(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+    if chosen:
+        return f"{chosen} ({names.ENV_BLOCK_FP8_CONFIGS})"
+    return str(shipped) if shipped and shipped.exists() else "the default table (TILE_CONFIGS)"
+
+
+def write_report(path: Path, report: dict) -> None:
+    path.write_text(json.dumps(report, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v)
+                               else str(v)))
 
 if __name__ == "__main__":
     main()

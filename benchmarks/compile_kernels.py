@@ -11,9 +11,12 @@ there. Each launcher runs for real on CPU tensors shaped like one serving step, 
 tile sizes, while a recorder stands in for its kernel; the recorded arguments then go through
 Triton's own binder and specialization for the target, as a launch on that GPU would (alignment
 and divisibility included). SGLang's Triton decode kernel (the baseline of
-``bench_decode.py``) is compiled the same way on BF16 and FP8 KV, side by side. So is SGLang's
-Triton W8A8 block GEMM with each tile config breccia launches it with (1x32 / 1x64 / 1x128
-blocks, one config per range of M), for the GPUs with FP8 tensor cores it runs on (sm_89+).
+``bench_decode.py``) is compiled the same way on BF16 and FP8 KV, side by side. So are SGLang's
+Triton W8A8 block GEMMs with each tile config breccia launches them with (1x32 / 1x64 / 1x128
+blocks, one config per range of M), for the GPUs with FP8 tensor cores they run on (sm_89+):
+the default table everywhere, and each table tuned on a GPU model (``integration/gemm/tuned/``)
+for that model's compute capability, with the Hopper variant and its split-K reduction where a
+config asks for them.
 breccia's W4A16 GEMM is compiled with each of its tile configs for every 4-bit code kind (INT4,
 UINT4 with zero points, E2M1 with E4M3 scale bytes) on fp16 / bf16 activations (fp32 has one
 config of its own), for every GPU from sm_80 on. And SGLang's fused MoE kernels with each MoE tile
@@ -67,16 +70,17 @@ class Launch(NamedTuple):
     kernel: object  # the JITFunction
     args: tuple
     kwargs: dict
+    archs: tuple[int, ...] | None = None  # the GPUs it is launched on (None: every one asked for)
 
 
 @contextlib.contextmanager
-def recording(module, attribute: str, name: str, sink: list):
+def recording(module, attribute: str, name: str, sink: list, archs: tuple[int, ...] | None = None):
     """Replace ``module.attribute`` (a Triton kernel) by a recorder of its launches."""
     kernel = getattr(module, attribute)
 
     class Recorder:
         def __getitem__(self, grid):
-            return lambda *args, **kwargs: sink.append(Launch(name, kernel, args, kwargs))
+            return lambda *args, **kwargs: sink.append(Launch(name, kernel, args, kwargs, archs))
 
     setattr(module, attribute, Recorder())
     try:
@@ -139,25 +143,54 @@ GEMM_SHAPE = (6144, 4096)  # (N, K): Llama-3-8B's qkv projection; K is a multipl
 GEMM_MIN_ARCH = 89  # Triton's FP8 dot needs fp8e4nv
 
 
+def gemm_tables() -> list[tuple[str, tuple[int, ...] | None, dict]]:
+    """(name suffix, the archs it is for or None for all, block -> [(largest M, config)]): the
+    default table, and each table tuned on a GPU model (for that model's compute capability)."""
+    from breccia_sglang.integration.gemm import block_fp8_tiles as tiles
+
+    found = [("", None, {})]
+    for path in sorted(tiles.TUNED_DIR.glob("block_fp8_*.json")):
+        about = json.loads(path.read_text())
+        found.append((f" [{about['device']}]", (about["capability"],), tiles.load_tables(path)))
+    return found
+
+
 def gemm_launches(dtype: torch.dtype) -> list[Launch]:
-    """SGLang's block FP8 GEMM as breccia's launcher calls it: each block width, and an M from
-    each range of its tile configs (M <= 16, <= 64, <= 256, larger)."""
+    """SGLang's block FP8 GEMMs as breccia's launcher calls them: each block width with each tile
+    config of the default table and of every tuned one (the Hopper kernel and its split-K
+    reduction where a config asks for them)."""
     from sglang.kernels.ops.gemm import fp8_kernel
 
+    from breccia_sglang.integration.gemm import block_fp8_tiles as tiles
     from breccia_sglang.integration.gemm import triton_block_fp8 as tbf
 
     n, k = GEMM_SHAPE
     sink: list[Launch] = []
-    for block in tbf.BLOCKS:
-        weight = torch.zeros(n, k, dtype=torch.float8_e4m3fn)
-        weight_scale = torch.ones(n, k // block)
-        for m in (1, 64, 256, 2048):
-            config = tbf.choose_config(m, block, interpreted=False)
-            name = f"sglang block fp8 gemm 1x{block} {config.block_m}x{config.block_n}x{config.block_k or block}"
-            with recording(fp8_kernel, "_w8a8_block_fp8_matmul", name, sink):
-                tbf.block_fp8_matmul(torch.zeros(m, k, dtype=torch.float8_e4m3fn), torch.ones(m, k // block),
-                                     weight, weight_scale, block, dtype, interpreted=False)
+    for suffix, archs, tables in gemm_tables():
+        for block in tbf.BLOCKS:
+            weight = torch.zeros(n, k, dtype=torch.float8_e4m3fn)
+            weight_scale = torch.ones(n, k // block)
+            for top, config in tables.get(block, tiles.TILE_CONFIGS):
+                m = min(top, 2048)
+                name = f"sglang block fp8 gemm 1x{block} {config.name}{suffix}"
+                with contextlib.ExitStack() as stack:
+                    for kernel, label in (("_w8a8_block_fp8_matmul", name), ("_w8a8_block_fp8_matmul_hopper", name),
+                                          ("_reduce_block_fp8_split_k", f"{name} reduce")):
+                        stack.enter_context(recording(fp8_kernel, kernel, label, sink, archs))
+                    stack.enter_context(patched(tbf, "choose_config", lambda *_, config=config: config))
+                    tbf.block_fp8_matmul(torch.zeros(m, k, dtype=torch.float8_e4m3fn), torch.ones(m, k // block),
+                                         weight, weight_scale, block, dtype, interpreted=False)
     return sink
+
+
+@contextlib.contextmanager
+def patched(module, attribute: str, value):
+    before = getattr(module, attribute)
+    setattr(module, attribute, value)
+    try:
+        yield
+    finally:
+        setattr(module, attribute, before)
 
 
 W4A16_GROUPS = {"int4": 128, "uint4": 128, "e2m1": 16}  # INT4's common group; NVFP4's 16
@@ -310,7 +343,7 @@ def _compile_case(case: tuple) -> list[dict]:
             launches += sglang_launches(dtype, head_dim, group)
     rows = []
     for arch in archs:
-        for launch_ in launches:
+        for launch_ in (launch_ for launch_ in launches if launch_.archs is None or arch in launch_.archs):
             row = compile_for(launch_, arch)
             row.update(dtype=dtype_name, head_dim=head_dim, group=group)
             rows.append(row)

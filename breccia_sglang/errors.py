@@ -7,3 +7,10 @@ class BrecciaCheckpointError(ValueError):
     The message always names the file and/or tensor at fault, so it can be shown to the
     user as one line without a traceback.
     """
+
+
+class BrecciaConfigError(ValueError):
+    """A breccia-sglang setting (a flag, an environment variable, a tuned-config file) is invalid.
+
+    The message names the setting or file at fault.
+    """

@@ -49,3 +49,5 @@ ENV_CACHE = "BRECCIA_SGLANG_CACHE"
 ENV_KERNEL_DEVICE = "BRECCIA_KERNEL_DEVICE"
 # A GEMM kernel name (above): every layer it can serve gets it, e.g. "emulated" to compare.
 ENV_GEMM = "BRECCIA_SGLANG_GEMM"
+# A tuned tile-config file for the block FP8 GEMM, instead of the one shipped for this GPU model.
+ENV_BLOCK_FP8_CONFIGS = "BRECCIA_SGLANG_BLOCK_FP8_CONFIGS"

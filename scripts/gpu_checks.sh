@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
-# The GPU checks of the kernels issue, as one call of the tool library's `device` tool:
+# The GPU checks of the kernel issues, as one call of the tool library's `device` tool:
 #
-#   bash scripts/fetch_gpu_wheels.sh             # here, once: .whl/ (~42 MB, git-ignored)
-#   run(command="bash scripts/gpu_checks.sh", carry=[".whl"], timeout_s=540)
+#   bash scripts/fetch_gpu_wheels.sh             # here, once: .whl/ (~51 MB, git-ignored)
+#   run(command="bash scripts/gpu_checks.sh", carry=[".whl"], timeout_s=570)
+#   run(command="bash scripts/gpu_checks.sh tune gemm kernels", ...)   # some steps only
 #
-# 1. tests/kernels on the GPU, compiled (BRECCIA_KERNEL_DEVICE=cuda): the write, decode and
-#    extend kernels and the W4A16 GEMM (INT4 / NVFP4 codes packed two per byte, bf16 too) against
-#    their fp32 references on the same awkward shapes as under the interpreter, plus CUDA-graph
-#    capture and replay of a write + decode step (views included) and of a W4A16 GEMM.
-# 2. benchmarks/bench_decode.py: decode time and achieved bandwidth of breccia's FP8 kernel
-#    against SGLang's Triton decode on BF16 and per-tensor FP8 KV, side by side.
-# 3. benchmarks/bench_gemm.py: the FP8 recipes' GEMMs (block 1x128 / 1x64 and MXFP8 on SGLang's
-#    Triton block kernel with our configs, per-tensor FP8; on sm_90 also 1x128 on torch's blockwise
-#    scaled_mm, the blockscale-sm90 kernel) against BF16, the emulated kernel and SGLang's 128x128
-#    block kernel on Llama-3-8B's shapes, with the FP8 GEMM issue's targets and the fastest 1x128;
-#    and the 4-bit recipes (int4-g128 with and without zero points, nvfp4) on our Triton W4A16
-#    kernel against BF16 and the emulated kernel, with the 4-bit issue's targets. (SGLang's Marlin
-#    rows need its CUDA kernels, which a bare machine lacks: they say so.)
+# Each step has its own time limit (the sum fits the tool's 10 minutes), so one slow step cannot
+# take the others' results with it; every step writes its JSON as it goes.
+# 1. benchmarks/tune_block_fp8.py: tunes the block FP8 GEMM's tile configs (SGLang's Triton W8A8
+#    block kernels, plain and Hopper variants) for 1x128 / 1x64 / 1x32 on Llama-3-8B's shapes at
+#    M = 1 .. 2048, each config checked against the W8A8 reference, beside BF16 and SGLang's own
+#    128x128 kernel; writes block_fp8_<GPU>.json, the table to ship in integration/gemm/tuned/.
+# 2. benchmarks/bench_gemm.py, with that table: the FP8 recipes' linears (activation quantization
+#    included: block 1x128 / 1x64 and MXFP8 on SGLang's Triton block kernel, per-tensor FP8; on
+#    sm_90 also 1x128 on torch's blockwise scaled_mm) against BF16, the emulated kernel and
+#    SGLang's 128x128 block kernel, with the FP8 GEMM issue's targets and the fastest 1x128; and
+#    the 4-bit recipes (int4-g128 with and without zero points, nvfp4) on our Triton W4A16 kernel,
+#    with the 4-bit issue's targets. (SGLang's Marlin rows need its CUDA kernels, which a bare
+#    machine lacks: they say so.)
+# 3. tests/kernels on the GPU, compiled (BRECCIA_KERNEL_DEVICE=cuda): the write, decode and
+#    extend kernels and the W4A16 GEMM against their fp32 references on the interpreter tests'
+#    awkward shapes, plus CUDA-graph capture and replay of a write + decode step (views included)
+#    and of a W4A16 GEMM.
 # 4. benchmarks/bench_moe.py: FP8 1x128 and INT4 g128 experts on SGLang's fused MoE Triton
-#    kernels against BF16 experts on the same kernels, Qwen3-30B-A3B's MoE shapes, batch 1-256,
-#    with the MoE issue's targets.
-# Logs and JSON go to $OUT (the tool brings them back, 8 files at most: env.txt, kernels.log and a
-# log and a JSON per benchmark); the last lines printed are the table.
+#    kernels against BF16 experts, Qwen3-30B-A3B's MoE shapes, batch 1-256, with the MoE targets.
+# 5. benchmarks/bench_decode.py: breccia's FP8 decode kernel against SGLang's Triton decode on
+#    BF16 and per-tensor FP8 KV, side by side.
+# Files in $OUT (the tool brings back 8 at most): run.log (everything printed, env first) and a
+# JSON per step; the last lines printed are the targets.
 #
 # To try the script itself without a GPU (the interpreter, tiny sizes), with a Python that
 # has torch and triton: the wheels must match that Python (fetch_gpu_wheels.sh takes its version,
@@ -32,6 +38,7 @@ PYTHON=${PYTHON:-python3}
 DEVICE=${BRECCIA_KERNEL_DEVICE:-cuda}
 OUT=${OUT:-$(mktemp -d)}
 SITE=$(mktemp -d)
+LOG="$OUT/run.log"
 export PYTHONUNBUFFERED=1 BRECCIA_KERNEL_DEVICE=$DEVICE
 
 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
@@ -40,19 +47,32 @@ export PYTHONPATH="$SITE:$PWD"
 {
     date -u; nvidia-smi -L 2>&1
     "$PYTHON" -c 'import sys, torch, triton; print(sys.version.split()[0], "torch", torch.__version__, "triton", triton.__version__, "cuda", torch.cuda.is_available())'
-} | tee "$OUT/env.txt"
+} 2>&1 | tee "$LOG"
 
 status=0
-# The kernel tests need only torch, triton, breccia and this package (no SGLang, no model).
-"$PYTHON" -m pytest -q -p no:cacheprovider tests/kernels 2>&1 \
-    | tee "$OUT/kernels.log" || status=1
+step() {  # step SECONDS NAME COMMAND...: run it under a time limit, logged; a failure fails the script
+    local limit=$1 name=$2
+    shift 2
+    echo "=== $name (at most ${limit} s) $(date -u +%T)" | tee -a "$LOG"
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 0 ] || { status=1; echo "=== $name: exit $rc$([ "$rc" -eq 124 ] && echo ' (time limit)')" | tee -a "$LOG"; }
+}
 
 smoke=()
-[ "$DEVICE" = cuda ] || smoke=(--smoke)
-"$PYTHON" benchmarks/bench_decode.py "${smoke[@]}" --out "$OUT/decode.json" 2>&1 | tee "$OUT/bench.log" || status=1
-"$PYTHON" benchmarks/bench_gemm.py "${smoke[@]}" --out "$OUT/gemm.json" 2>&1 | tee "$OUT/gemm.log" || status=1
-"$PYTHON" benchmarks/bench_moe.py "${smoke[@]}" --out "$OUT/moe.json" 2>&1 | tee "$OUT/moe.log" || status=1
+parallel=()
+if [ "$DEVICE" = cuda ]; then parallel=(-n 8); else smoke=(--smoke); fi
+steps=" ${*:-tune gemm kernels moe decode} "  # arguments: run only these steps (e.g. `moe decode`)
+wants() { [[ "$steps" == *" $1 "* ]]; }
+wants tune && step 190 tune "$PYTHON" benchmarks/tune_block_fp8.py "${smoke[@]}" --jobs 14 --out-dir "$OUT"
+tuned=$(ls "$OUT"/block_fp8_*.json 2>/dev/null | head -1)
+[ -n "$tuned" ] && export BRECCIA_SGLANG_BLOCK_FP8_CONFIGS="$tuned"  # else the table shipped for this GPU, if any
+wants gemm && step 150 gemm "$PYTHON" benchmarks/bench_gemm.py "${smoke[@]}" --out "$OUT/gemm.json"
+wants kernels && step 75 kernels "$PYTHON" -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/kernels
+wants moe && step 70 moe "$PYTHON" benchmarks/bench_moe.py "${smoke[@]}" --out "$OUT/moe.json"
+wants decode && step 50 decode "$PYTHON" benchmarks/bench_decode.py "${smoke[@]}" --out "$OUT/decode.json"
 
-echo "--- kernels: $(tail -1 "$OUT/kernels.log")"
-echo "--- gpu_checks.sh: $([ $status -eq 0 ] && echo PASS || echo FAIL), files in $OUT"
+echo "--- targets:"; grep -h "^PASS\|^FAIL\|^INFO" "$LOG"
+echo "--- kernels: $(grep -E '[0-9]+ (passed|failed).* in [0-9.]+s' "$LOG" | tail -1)"
+echo "--- gpu_checks.sh: $([ $status -eq 0 ] && echo PASS || echo FAIL), files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
 exit $status

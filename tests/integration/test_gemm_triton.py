@@ -11,6 +11,7 @@ import torch
 from breccia_sglang import names
 from breccia_sglang.format import make_recipe
 from breccia_sglang.integration.gemm import LinearSpec
+from breccia_sglang.integration.gemm import block_fp8_tiles as tiles
 from breccia_sglang.integration.gemm import triton_block_fp8 as tbf
 from breccia_sglang.weights import quantize_activations_fp8
 from breccia_sglang.weights.w8a8 import w8a8_reference_linear
@@ -80,12 +81,14 @@ def test_a_merged_layer_is_its_shards_rows():
 
 
 def test_every_listed_gpu_config_is_right_for_every_block():
+    shipped = [tiles.load_tables(path) for path in tiles.TUNED_DIR.glob("block_fp8_*.json")]
     for block in tbf.BLOCKS:
-        for _, config in tbf.TILE_CONFIGS:
-            assert config.why_not(block) is None, (block, config)
-            assert config.block_n >= 16
+        for table in (tiles.TILE_CONFIGS, *(tables[block] for tables in shipped if block in tables)):
+            for _, config in table:
+                assert config.why_not(block) is None, (block, config)
+                assert config.block_n >= 16
         for m in (1, 16, 17, 100, 4096):
-            assert tbf.choose_config(m, block, interpreted=False).why_not(block) is None
+            assert tiles.choose_config(m, block, interpreted=False).why_not(block) is None
 
 
 def test_a_tile_k_that_would_be_wrong_is_never_chosen(monkeypatch):
@@ -94,16 +97,16 @@ def test_a_tile_k_that_would_be_wrong_is_never_chosen(monkeypatch):
     x = torch.randn(7, 192, generator=gen).half()
     ref = w8a8_reference_linear(x, st.data, st.scale, st.recipe, st.layout, group=64)
     codes, scales = quantize_activations_fp8(x, 64)
-    planted = tbf.TileConfig(16, 32, 128, 1, 1, 1)  # tile K 128 over 64-wide scale blocks
+    planted = tiles.TileConfig(16, 32, 128, 1, 1, 1)  # tile K 128 over 64-wide scale blocks
     assert "does not divide" in planted.why_not(64)
     # The trap is real: launched as it is, the planted config gives a wrong result...
-    monkeypatch.setattr(tbf, "choose_config", lambda m, block, interpreted: planted)
+    monkeypatch.setattr(tbf, "choose_config", lambda m, block, interpreted, device_name: planted)
     wrong = tbf.block_fp8_matmul(codes, scales, st.data, st.scale, 64, torch.float16, True)
     assert (wrong.float() - ref).abs().max().item() > 0.05 * ref.abs().max().item()
     # ...and planted where the path looks configs up, it is never chosen.
     monkeypatch.undo()
-    monkeypatch.setattr(tbf, "INTERPRETER_CONFIG", planted)
-    monkeypatch.setattr(tbf, "TILE_CONFIGS", [(1 << 62, planted), *tbf.TILE_CONFIGS])
+    monkeypatch.setattr(tiles, "INTERPRETER_CONFIG", planted)
+    monkeypatch.setattr(tiles, "TILE_CONFIGS", [(1 << 62, planted), *tiles.TILE_CONFIGS])
     for interpreted in (True, False):
-        assert tbf.choose_config(7, 64, interpreted).why_not(64) is None
+        assert tiles.choose_config(7, 64, interpreted).why_not(64) is None
     assert_matches_w8a8(tbf.block_fp8_matmul(codes, scales, st.data, st.scale, 64, torch.float16, True), ref)

@@ -35,7 +35,8 @@ from ...weights.dequant import row_scales
 from ...weights.packing import pack_low_first
 from ...weights.sglang_layouts import four_bit_zero_points
 from ..gemm.base import needs_gpu
-from ..gemm.triton_block_fp8 import BLOCKS, TileConfig
+from ..gemm.block_fp8_tiles import TileConfig
+from ..gemm.triton_block_fp8 import BLOCKS
 from ..sglang_params import replace_param
 from .params import WEIGHTS, expert_params, stored_experts
 from .spec import MoESpec

@@ -1,0 +1,132 @@
+"""Launch configurations of SGLang's Triton W8A8 block kernels for 1 x B weight scales.
+
+Two SGLang kernels take our launches: ``_w8a8_block_fp8_matmul`` (any GPU) and
+``_w8a8_block_fp8_matmul_hopper``, the same maths with two options that small M needs, where
+too few programs stream the weight: ``SWAP_AB`` puts the weight tile on the MMA's wide side, and
+``SPLIT_K`` splits the K loop over programs (fp32 partials, then SGLang's reduce kernel).
+
+A config is chosen by M from a table: the table tuned on this GPU model when one ships in
+``tuned/`` (written by ``benchmarks/tune_block_fp8.py``; ``BRECCIA_SGLANG_BLOCK_FP8_CONFIGS``
+names another file), else ``TILE_CONFIGS``. Every config is checked before use: the kernels
+step their scales once per ``B // BLOCK_SIZE_K`` tiles, so a tile K that does not divide B gives
+silently wrong results (an error of 20.9 where 1e-6 is right, B=64, tile K 128).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from ... import names
+from ...errors import BrecciaConfigError
+
+TUNED_DIR = Path(__file__).parent / "tuned"
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One launch configuration of the block kernel (``block_k=None``: the scale block's B)."""
+
+    block_m: int
+    block_n: int
+    block_k: int | None
+    group_m: int
+    num_warps: int
+    num_stages: int
+    swap_ab: bool = False  # the Hopper kernel's transposed MMA (weight rows on the MMA's M side)
+    split_k: int = 1  # the Hopper kernel's K split (a power of two)
+
+    @property
+    def hopper(self) -> bool:
+        """Whether this config needs ``_w8a8_block_fp8_matmul_hopper`` (its options)."""
+        return self.swap_ab or self.split_k > 1
+
+    def why_not(self, block: int) -> str | None:
+        """None if this config computes 1 x ``block`` blocks correctly, else why not."""
+        k = self.block_k or block
+        if block % k:
+            return f"tile K {k} does not divide the {block}-wide scale blocks (the kernel would mix blocks' scales)"
+        if min(self.block_m, self.block_n, k) < 16:
+            return f"tiles of {self.block_m}x{self.block_n}x{k}: tl.dot needs at least 16 in every dimension"
+        if self.split_k < 1 or self.split_k & (self.split_k - 1):
+            return f"split K {self.split_k} is not a power of two (SGLang's reduce kernel sums a power-of-two range)"
+        return None
+
+    def for_block(self, block: int) -> dict:
+        """The kernels' meta-parameters; the Hopper options only where they are set."""
+        launch = {"BLOCK_SIZE_M": self.block_m, "BLOCK_SIZE_N": self.block_n, "BLOCK_SIZE_K": self.block_k or block,
+                  "GROUP_SIZE_M": self.group_m, "num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.hopper:
+            launch |= {"SWAP_AB": self.swap_ab, "SPLIT_K": self.split_k}
+        return launch
+
+    @property
+    def name(self) -> str:
+        options = (" swap" if self.swap_ab else "") + (f" split{self.split_k}" if self.split_k > 1 else "")
+        return (f"{self.block_m}x{self.block_n}x{self.block_k or 'B'} g{self.group_m} "
+                f"w{self.num_warps} s{self.num_stages}{options}")
+
+
+# (largest M, config), smallest M first; the first correct config for a launch's M is taken.
+# Decode (M <= 16) wants many programs over N to stream the weight; large M wants big tiles
+# that reuse it. The fallback for GPUs without a tuned table (tuned/ has the measured ones).
+TILE_CONFIGS: list[tuple[int, TileConfig]] = [
+    (16, TileConfig(16, 64, None, 1, 4, 4)),
+    (64, TileConfig(32, 64, None, 8, 4, 3)),
+    (256, TileConfig(64, 128, None, 8, 4, 3)),
+    (1 << 62, TileConfig(128, 128, None, 8, 8, 3)),
+]
+# Under the interpreter every program runs in Python: the smallest tiles tl.dot takes.
+INTERPRETER_CONFIG = TileConfig(16, 32, None, 1, 1, 1)
+
+
+def tuned_file(device_name: str) -> Path:
+    """Where the table tuned on GPU model ``device_name`` ships (SGLang's naming: spaces as _)."""
+    return TUNED_DIR / f"block_fp8_{device_name.replace(' ', '_')}.json"
+
+
+@functools.lru_cache(maxsize=None)
+def load_tables(path: Path) -> dict[int, list[tuple[int, TileConfig]]]:
+    """block width -> [(largest M, config), ...] from a tuned file; every config checked."""
+    try:
+        raw = json.loads(path.read_text())
+        tables = {int(block): [(int(top), TileConfig(**config)) for top, config in rows]
+                  for block, rows in raw["blocks"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BrecciaConfigError(f"block FP8 tile configs {path}: unreadable ({exc})") from exc
+    for block, rows in tables.items():
+        for top, config in rows:
+            if why := config.why_not(block):
+                raise BrecciaConfigError(f"block FP8 tile configs {path}: 1x{block} up to M={top}: {why}")
+        if not rows or rows[-1][0] < 1 << 62 or [top for top, _ in rows] != sorted(top for top, _ in rows):
+            raise BrecciaConfigError(f"block FP8 tile configs {path}: 1x{block} needs M ranges in increasing "
+                                     f"order, the last one open ({1 << 62})")
+    return tables
+
+
+def table_for(block: int, device_name: str | None) -> list[tuple[int, TileConfig]]:
+    """The M ranges and configs for 1 x ``block`` launches on ``device_name``."""
+    chosen = os.environ.get(names.ENV_BLOCK_FP8_CONFIGS)
+    path = Path(chosen) if chosen else tuned_file(device_name) if device_name else None
+    if path is not None and (chosen or path.exists()):
+        return load_tables(path).get(block, TILE_CONFIGS)
+    return TILE_CONFIGS
+
+
+def choose_config(m: int, block: int, interpreted: bool, device_name: str | None = None) -> TileConfig:
+    """The launch config for M rows of 1 x ``block`` blocks; never one that would be wrong."""
+    candidates = [INTERPRETER_CONFIG] if interpreted else [c for top, c in table_for(block, device_name) if m <= top]
+    for config in candidates:
+        if config.why_not(block) is None:
+            return config
+    # Every listed config is wrong for this block: B itself as tile K is always right.
+    return replace(candidates[-1], block_k=None)
+
+
+def write_tables(path: Path, tables: dict[int, list[tuple[int, TileConfig]]], **about) -> None:
+    """A tuned file ``load_tables`` reads back (``about``: device, command, date...)."""
+    blocks = {str(block): [[top, asdict(config)] for top, config in rows] for block, rows in tables.items()}
+    path.write_text(json.dumps({**about, "blocks": blocks}, indent=1) + "\n")
