@@ -16,8 +16,9 @@ carried onto the GPU machine and its page-table layout built from these slots). 
 before sm_89 (A100, A10) Triton has no fp8e4nv type, which SGLang's kernel reads its FP8
 cache as: a baseline that fails reports its error in its row and the others still run; ours
 decodes E4M3 with integer ops there (``fp8_decode`` in the JSON says which).
-Each is checked against an fp32 attention on the K/V it reads before it is timed. Timing is the
-median of triton.testing.do_bench (CUDA events, warm-up first). Bandwidth counts the bytes each
+Each is checked against an fp32 attention on the K/V it reads before it is timed. Timing: the
+step replayed in a CUDA graph, as SGLang runs decode (``_gpu_timing``: eager launches on the lent
+machine's CPU would time the host; a variant that cannot be captured is timed eagerly and says so). Bandwidth counts the bytes each
 variant must read (K/V data, its scales, the slot indices) over its time, against this device's
 measured copy bandwidth (bytes read + written by a large device-to-device copy).
 """
@@ -39,6 +40,7 @@ if "--smoke" in sys.argv:
 import torch
 
 from _common import OUT_DIR, error_summary, report_header, sglang_kernel_module
+from _gpu_timing import time_us
 from breccia_sglang.kernels.attention import paged_decode_attention, write_kv_fp8
 from breccia_sglang.kernels.attention.decode import default_num_kv_splits
 from breccia_sglang.kernels.attention.reference import reference_attention
@@ -155,8 +157,6 @@ def copy_bandwidth(device) -> float:
 
 
 def run_case(batch, context, args, device, gen, peak) -> list[dict]:
-    import triton
-
     q_heads = args.kv_heads * args.group
     cache = build_cache(batch, context, args.kv_heads, args.head_dim, args.dtype, device, gen)
     q = torch.randn(batch, q_heads, args.head_dim, generator=gen, device=device).to(args.dtype)
@@ -177,10 +177,10 @@ def run_case(batch, context, args, device, gen, peak) -> list[dict]:
             rows.append(row)
             continue
         if device.type == "cuda":
-            ms = triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median")
+            us, row["timing"] = time_us([run])  # in a CUDA graph, as SGLang runs decode
             moved = kv_read_bytes(name, batch, context, args.kv_heads, args.head_dim)
-            row.update(time_us=ms * 1e3, bytes=moved, gbps=moved / (ms * 1e-3) / 1e9,
-                       peak_fraction=moved / (ms * 1e-3) / peak)
+            row.update(time_us=us, bytes=moved, gbps=moved / (us * 1e-6) / 1e9,
+                       peak_fraction=moved / (us * 1e-6) / peak)
         rows.append(row)
         del k, v
     wide = next((r for r in rows if r["variant"] == WIDE and "time_us" in r), None)

@@ -8,9 +8,9 @@ on this GPU, and write the table the server then takes on every GPU of this mode
 Every candidate config (``CANDIDATES``, by range of M: SGLang's plain kernel, and its Hopper
 variant with the transposed MMA and split K that small M needs) is first compiled in parallel
 worker processes (Triton's file cache then serves the timing process), then checked against the
-fp32 W8A8 reference and timed (median of ``triton.testing.do_bench``: CUDA events, L2 flushed
-between runs) on each shape and M, beside BF16 ``torch.matmul`` and SGLang's own 128x128 block
-kernel with its default config. The GEMM alone is timed: activations are quantized once
+fp32 W8A8 reference and timed (replayed in a CUDA graph over weight copies 4x the L2, as
+``_gpu_timing`` says why) on each shape and M, beside BF16 ``torch.matmul`` and SGLang's own
+128x128 block kernel with its default config. The GEMM alone is timed: activations are quantized once
 before (``bench_gemm.py`` times the whole linear, quantization included).
 
 For each block width and measured M the config with the least summed slowdown over the shapes
@@ -38,6 +38,7 @@ if "--smoke" in sys.argv:
 import torch
 
 from _common import OUT_DIR, error_summary, report_header, sglang_kernel_module
+from _gpu_timing import copies_for, graph_time_us
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 SMOKE_SHAPES = {"qkv": (96, 256)}
@@ -116,10 +117,9 @@ def precompile(jobs: list, workers: int) -> dict:
         return dict(zip(jobs, pool.map(_compile, jobs)))
 
 
-def time_ms(fn) -> float:
-    import triton
-
-    return triton.testing.do_bench(fn, warmup=5, rep=15, return_mode="median")
+def time_ms(calls) -> float:
+    """One call's time: the calls (one per weight copy) replayed in a CUDA graph (_gpu_timing)."""
+    return graph_time_us(calls, replays=10) / 1e3
 
 
 def tune(args, on_block_done=lambda rows: None) -> dict:
@@ -149,7 +149,9 @@ def tune(args, on_block_done=lambda rows: None) -> dict:
     gen = torch.Generator(device=device).manual_seed(0)
     for block in args.blocks:  # the block widths in turn: each one's table is written once it is done
         for shape, (n, k) in shapes.items():
-            weight, scales = random_weight(n, k, block, device, gen)
+            # Copies of the weight, together 4x the L2: each timed call streams its own (_gpu_timing).
+            copies = [random_weight(n, k, block, device, gen) for _ in range(1 if interpreted else copies_for(n * k))]
+            weight, scales = copies[0]
             w_hat = weight.float() * scales.repeat_interleave(block, dim=1)
             for m in ms:
                 x = torch.randn(m, k, generator=gen, device=device).to(dtype)
@@ -158,14 +160,17 @@ def tune(args, on_block_done=lambda rows: None) -> dict:
                 base = {"shape": shape, "n": n, "k": k, "block": block, "m": m}
                 if not interpreted and block == args.blocks[0]:
                     w_bf16 = w_hat.to(dtype)
-                    rows.append({**base, "config": "bf16 torch.matmul", "ms": time_ms(lambda: x @ w_bf16.T)})
+                    bf16 = [w_bf16] + [torch.randn_like(w_bf16) for _ in range(copies_for(2 * n * k) - 1)]
+                    rows.append({**base, "config": "bf16 torch.matmul", "ms": time_ms([
+                        lambda w=w: x @ w.T for w in bf16])})
+                    del bf16
                     if n % 128 == 0 and k % 128 == 0:
                         tiles = scales.view(n // 128, 128, k // block).amax(1)[:, :: 128 // block].contiguous() \
                             if block <= 128 else None
                         c128, s128 = quantize(x, 128)
-                        rows.append({**base, "config": "sglang 128x128 default", "ms": time_ms(
-                            lambda: fp8_kernel.w8a8_block_fp8_matmul_triton(c128, weight, s128, tiles, [128, 128],
-                                                                             dtype))})
+                        rows.append({**base, "config": "sglang 128x128 default", "ms": time_ms([
+                            lambda w=w: fp8_kernel.w8a8_block_fp8_matmul_triton(c128, w, s128, tiles, [128, 128],
+                                                                                 dtype) for w, _ in copies])})
                 for config in for_m(m, cands) if not interpreted else [c for _, c in cands[::6]]:
                     if config.why_not(block) or any(r.get("error") and r["config"] == config.name and
                                                     (r["block"], r["m"], r["n"]) == (block, m, n) for r in rows):
@@ -177,8 +182,8 @@ def tune(args, on_block_done=lambda rows: None) -> dict:
                         if not row["rel_err"] < 1e-2:  # fp32 sums of the same products, bf16 output
                             raise RuntimeError(f"wrong result: relative error {row['rel_err']:.2e}")
                         if not interpreted:
-                            row["ms"] = time_ms(lambda: launch(codes, x_scale, weight, scales, block, config,
-                                                               dtype, False))
+                            row["ms"] = time_ms([lambda w=w, s=s: launch(codes, x_scale, w, s, block, config, dtype, False)
+                                                 for w, s in copies])
                     except Exception as exc:  # noqa: BLE001 - reported, the other configs still run
                         row["error"] = error_summary(exc)
                     rows.append(row)

@@ -2,7 +2,7 @@
 # The GPU checks of the kernel issues, as one call of the tool library's `device` tool:
 #
 #   bash scripts/fetch_gpu_wheels.sh             # here, once: .whl/ (~51 MB, git-ignored)
-#   run(command="bash scripts/gpu_checks.sh", carry=[".whl"], timeout_s=570)
+#   run(command="bash scripts/gpu_checks.sh", carry=[".whl"], timeout_s=480)
 #   run(command="bash scripts/gpu_checks.sh tune gemm kernels", ...)   # some steps only
 #
 # Each step has its own time limit (the sum fits the tool's 10 minutes), so one slow step cannot
@@ -64,13 +64,13 @@ parallel=()
 if [ "$DEVICE" = cuda ]; then parallel=(-n 8); else smoke=(--smoke); fi
 steps=" ${*:-tune gemm kernels moe decode} "  # arguments: run only these steps (e.g. `moe decode`)
 wants() { [[ "$steps" == *" $1 "* ]]; }
-wants tune && step 190 tune "$PYTHON" benchmarks/tune_block_fp8.py "${smoke[@]}" --jobs 14 --out-dir "$OUT"
+wants tune && step 130 tune "$PYTHON" benchmarks/tune_block_fp8.py "${smoke[@]}" --jobs 14 --out-dir "$OUT"
 tuned=$(ls "$OUT"/block_fp8_*.json 2>/dev/null | head -1)
 [ -n "$tuned" ] && export BRECCIA_SGLANG_BLOCK_FP8_CONFIGS="$tuned"  # else the table shipped for this GPU, if any
-wants gemm && step 150 gemm "$PYTHON" benchmarks/bench_gemm.py "${smoke[@]}" --out "$OUT/gemm.json"
-wants kernels && step 75 kernels "$PYTHON" -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/kernels
-wants moe && step 70 moe "$PYTHON" benchmarks/bench_moe.py "${smoke[@]}" --out "$OUT/moe.json"
-wants decode && step 50 decode "$PYTHON" benchmarks/bench_decode.py "${smoke[@]}" --out "$OUT/decode.json"
+wants gemm && step 140 gemm "$PYTHON" benchmarks/bench_gemm.py "${smoke[@]}" --out "$OUT/gemm.json"
+wants kernels && step 50 kernels "$PYTHON" -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/kernels
+wants moe && step 55 moe "$PYTHON" benchmarks/bench_moe.py "${smoke[@]}" --out "$OUT/moe.json"
+wants decode && step 45 decode "$PYTHON" benchmarks/bench_decode.py "${smoke[@]}" --out "$OUT/decode.json"
 
 echo "--- targets:"; grep -h "^PASS\|^FAIL\|^INFO" "$LOG"
 echo "--- kernels: $(grep -E '[0-9]+ (passed|failed).* in [0-9.]+s' "$LOG" | tail -1)"

@@ -50,8 +50,11 @@ def torch_has_blockwise() -> bool:
 
 
 def mn_major(scale: torch.Tensor) -> torch.Tensor:
-    """(rows, K / 128) scales with the rows dimension contiguous, as cuBLASLt reads them."""
-    return scale.t().contiguous().t()
+    """(rows, K / 128) scales with the rows dimension contiguous, as cuBLASLt reads them: strides
+    (1, rows), also for one row (``t().contiguous().t()`` keeps a single row's (K / 128, 1)
+    strides, which torch refuses: "scale_a strides must be (1, 1)", seen on an H200 at M = 1)."""
+    out = torch.empty_strided(scale.shape, (1, max(1, scale.shape[0])), dtype=scale.dtype, device=scale.device)
+    return out.copy_(scale)
 
 
 def torch_blockwise_matmul(x_codes: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor,
