@@ -51,7 +51,8 @@ def candidates():
     from breccia_sglang.integration.gemm.block_fp8_tiles import TileConfig as T
 
     small = [T(16, n, None, 1, 4, s) for n in (32, 64, 128) for s in (3, 4)]
-    small += [T(16, n, None, 1, 4, s, swap_ab=True, split_k=k) for n in (64, 128) for s in (3, 4) for k in (1, 2, 4)]
+    small += [T(16, n, None, 1, 4, s, swap_ab=True, split_k=k) for n in (64, 128) for s in (3, 4)
+              for k in (1, 2, 4, 8, 16)]
     mid = [T(m, n, None, 8, 4, s) for m in (32, 64) for n in (64, 128) for s in (3, 4)]
     mid += [T(32, n, None, 1, 4, 3, swap_ab=True, split_k=k) for n in (64, 128) for k in (1, 2)]
     large = [T(64, 128, None, 8, 4, s) for s in (3, 4)] + [T(128, 128, None, 8, 8, s) for s in (3, 4)]

@@ -21,7 +21,8 @@
 # 3. tests/kernels on the GPU, compiled (BRECCIA_KERNEL_DEVICE=cuda): the write, decode and
 #    extend kernels and the W4A16 GEMM against their fp32 references on the interpreter tests'
 #    awkward shapes, plus CUDA-graph capture and replay of a write + decode step (views included)
-#    and of a W4A16 GEMM.
+#    and of a W4A16 GEMM; and on sm_90 the blockscale-sm90 kernel's torch backend against the W8A8
+#    reference at row counts 1-33 (tests/integration/test_gemm_blockscale.py).
 # 4. benchmarks/bench_moe.py: FP8 1x128 and INT4 g128 experts on SGLang's fused MoE Triton
 #    kernels against BF16 experts, Qwen3-30B-A3B's MoE shapes, batch 1-256, with the MoE targets.
 # 5. benchmarks/bench_decode.py: breccia's FP8 decode kernel against SGLang's Triton decode on
@@ -64,13 +65,21 @@ parallel=()
 if [ "$DEVICE" = cuda ]; then parallel=(-n 8); else smoke=(--smoke); fi
 steps=" ${*:-tune gemm kernels moe decode} "  # arguments: run only these steps (e.g. `moe decode`)
 wants() { [[ "$steps" == *" $1 "* ]]; }
-wants tune && step 130 tune "$PYTHON" benchmarks/tune_block_fp8.py "${smoke[@]}" --jobs 14 --out-dir "$OUT"
+# TUNE_ARGS: e.g. "--m 1 8" to tune some M only (the table then covers those, so gemm keeps the
+# shipped one); by default every M, and gemm runs with the table just tuned.
+read -ra tune_args <<< "${TUNE_ARGS:-}"
+wants tune && step 130 tune "$PYTHON" benchmarks/tune_block_fp8.py "${smoke[@]}" --jobs 14 --out-dir "$OUT" "${tune_args[@]}"
 tuned=$(ls "$OUT"/block_fp8_*.json 2>/dev/null | head -1)
-[ -n "$tuned" ] && export BRECCIA_SGLANG_BLOCK_FP8_CONFIGS="$tuned"  # else the table shipped for this GPU, if any
+if [ -n "$tuned" ] && [ -z "${TUNE_ARGS:-}" ]; then
+    export BRECCIA_SGLANG_BLOCK_FP8_CONFIGS="$tuned"  # else the table shipped for this GPU, if any
+fi
 wants gemm && step 140 gemm "$PYTHON" benchmarks/bench_gemm.py "${smoke[@]}" --out "$OUT/gemm.json"
-wants kernels && step 50 kernels "$PYTHON" -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/kernels
+wants kernels && step 50 kernels "$PYTHON" -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/kernels \
+    tests/integration/test_gemm_blockscale.py
 wants moe && step 55 moe "$PYTHON" benchmarks/bench_moe.py "${smoke[@]}" --out "$OUT/moe.json"
 wants decode && step 45 decode "$PYTHON" benchmarks/bench_decode.py "${smoke[@]}" --out "$OUT/decode.json"
+# `extra`: a one-off script ($EXTRA, e.g. a probe carried in a git-ignored folder) in this environment.
+wants extra && step "${EXTRA_SECONDS:-80}" extra "$PYTHON" "${EXTRA:?EXTRA names the script the extra step runs}"
 
 echo "--- targets:"; grep -h "^PASS\|^FAIL\|^INFO" "$LOG"
 echo "--- kernels: $(grep -E '[0-9]+ (passed|failed).* in [0-9.]+s' "$LOG" | tail -1)"

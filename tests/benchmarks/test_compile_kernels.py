@@ -5,6 +5,7 @@ kernels lower for real GPUs, fit their shared memory, and take the right FP8 dec
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -71,12 +72,23 @@ def test_fp32_queries_take_tiles_that_do_not_spill(report):
 
 
 def test_the_block_fp8_gemm_compiles_with_every_config_breccia_launches_on_fp8_gpus(report):
+    # The default table on every FP8 GPU; a table tuned on a GPU model (tuned/, e.g. the H200's)
+    # on that model's compute capability only, its split-K configs with SGLang's reduce kernel.
+    from breccia_sglang.integration.gemm import block_fp8_tiles as tiles
     from breccia_sglang.integration.gemm import triton_block_fp8 as tbf
 
     gemm = [r for r in report[0]["rows"] if r["kernel"].startswith("sglang block fp8 gemm")]
-    expected = {f"sglang block fp8 gemm 1x{b} {c.block_m}x{c.block_n}x{c.block_k or b}"
-                for b in tbf.BLOCKS for _, c in tbf.TILE_CONFIGS}
+    tuned = {path: tiles.load_tables(path) for path in sorted(tiles.TUNED_DIR.glob("block_fp8_*.json"))}
+    assert tuned, "the H200's tuned table ships in integration/gemm/tuned/"
     for arch in (89, 90):
+        expected = {f"sglang block fp8 gemm 1x{b} {c.name}" for b in tbf.BLOCKS for _, c in tiles.TILE_CONFIGS}
+        for path, tables in tuned.items():
+            about = json.loads(path.read_text())
+            if about["capability"] == arch:
+                for b, table in tables.items():
+                    for _, c in table:
+                        name = f"sglang block fp8 gemm 1x{b} {c.name} [{about['device']}]"
+                        expected |= {name} | ({f"{name} reduce"} if c.split_k > 1 else set())
         assert {r["kernel"] for r in gemm if r["arch"] == arch} == expected, arch
     assert not any(r["arch"] < 89 for r in gemm)  # no FP8 dot before sm_89: never launched there
     for r in gemm:

@@ -1,7 +1,7 @@
 """Hopper's 1x128 blockwise GEMM (``blockscale-sm90``) without a Hopper: the call it makes to
 torch's ``F.scaled_mm`` is well formed (the meta device runs no kernel), the scales get
-cuBLASLt's MN-major strides once after loading, and FlashInfer's kernel gets breccia's scales as
-stored. The GPU maths itself is bench_gemm.py's to check, against the W8A8 reference."""
+cuBLASLt's MN-major strides once after loading, the rows are padded as cuBLASLt needs, and
+FlashInfer's kernel (where torch's backend is missing) gets breccia's scales as stored. The GPU maths itself is bench_gemm.py's to check, against the W8A8 reference."""
 
 from __future__ import annotations
 
@@ -59,6 +59,39 @@ def test_without_flashinfer_the_scales_become_mn_major_once(monkeypatch):
     assert torch.equal(layer.weight_scale, st.scale) and layer.weight_scale.stride() == (1, N)
 
 
+def test_torch_first_where_it_has_blockwise_scaled_mm(monkeypatch):
+    st = breccia_1x128(N, K)
+    layer = layer_with(st.data.view(torch.float8_e4m3fn), st.scale.clone())
+    monkeypatch.setattr(hopper, "flashinfer_gemm", lambda: pytest.fail("FlashInfer asked for"))
+    monkeypatch.setattr(hopper, "torch_has_blockwise", lambda: True)
+    kernel = hopper.BlockscaleSm90Kernel()
+    kernel.process_weights_after_loading(layer)
+    assert kernel.flashinfer is None and layer.weight_scale.stride() == (1, N)
+
+
+@pytest.mark.parametrize("m", [1, 7, 8, 9])
+def test_torchs_backend_pads_the_rows_to_a_multiple_of_8_and_drops_them_after(monkeypatch, m):
+    # cuBLASLt has no blockwise algorithm for one row (seen on an H200): padded rows are zeros,
+    # quantized with the rest, and their outputs are not returned.
+    st = breccia_1x128(N, K)
+    rows = torch.randn(m, K, generator=torch.Generator().manual_seed(m)).bfloat16()
+    seen = []
+
+    def matmul(codes, scales, weight, weight_scale, out_dtype):
+        seen.append(codes)
+        return codes.float() @ weight.float().T
+
+    monkeypatch.setattr(hopper, "torch_blockwise_matmul", matmul)
+    out = hopper.torch_blockwise_linear(rows, st.data.view(torch.float8_e4m3fn), hopper.mn_major(st.scale),
+                                        torch.bfloat16)
+    padded = seen[0]
+    assert padded.shape == (-(-m // 8) * 8, K) and padded.shape[0] % hopper.ROW_MULTIPLE == 0
+    assert not padded[m:].float().any()
+    # The same rows' products (fp32 sums may group differently for m and the padded rows).
+    assert out.shape == (m, N)
+    torch.testing.assert_close(out, padded[:m].float() @ st.data.float().T, rtol=1e-6, atol=1e-6 * out.abs().max())
+
+
 def test_with_flashinfer_the_kernel_gets_breccias_scales_as_stored(monkeypatch):
     st = breccia_1x128(N, K)
     layer = layer_with(st.data.view(torch.float8_e4m3fn), st.scale.clone())
@@ -69,6 +102,7 @@ def test_with_flashinfer_the_kernel_gets_breccias_scales_as_stored(monkeypatch):
         return torch.zeros(x.shape[0], weight.shape[0], dtype=out_dtype)
 
     monkeypatch.setattr(hopper, "flashinfer_gemm", lambda: flashinfer_like)
+    monkeypatch.setattr(hopper, "torch_has_blockwise", lambda: False)  # torch's backend goes first where it is
     kernel = hopper.BlockscaleSm90Kernel()
     kernel.process_weights_after_loading(layer)
     bias = torch.arange(N, dtype=torch.bfloat16)
@@ -83,3 +117,26 @@ def test_a_weight_that_is_not_contiguous_is_refused_by_name():
     layer = layer_with(st.data.view(torch.float8_e4m3fn).t().contiguous().t(), st.scale)
     with pytest.raises(Exception, match="blockscale-sm90: the loaded weight is not contiguous"):
         hopper.BlockscaleSm90Kernel().process_weights_after_loading(layer)
+
+
+ON_HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0) and hopper.torch_has_blockwise()
+
+
+@pytest.mark.skipif(not ON_HOPPER, reason="torch's blockwise scaled_mm needs a Hopper and CUDA 12.9+ "
+                                          "(scripts/gpu_checks.sh runs this on a lent H200)")
+@pytest.mark.parametrize("m", [1, 2, 3, 7, 8, 9, 17, 33])
+def test_torchs_backend_on_a_hopper_matches_the_w8a8_reference_for_any_row_count(m):
+    from breccia_sglang.weights import quantize_activations_fp8
+    from breccia_sglang.weights.w8a8 import w8a8_reference_linear
+
+    st = breccia_1x128(N, K)
+    rows = torch.randn(m, K, generator=torch.Generator().manual_seed(m)).bfloat16()
+    # SGLang's activation quantization is a JIT CUDA kernel a bare GPU machine cannot build:
+    # breccia's torch formula quantizes the same way (per token and 128 K).
+    out = hopper.torch_blockwise_linear(rows.cuda(), st.data.view(torch.float8_e4m3fn).cuda(),
+                                        hopper.mn_major(st.scale.cuda()), torch.bfloat16, quantize_activations_fp8)
+    ref = w8a8_reference_linear(rows, st.data, st.scale, st.recipe, st.layout, group=128)
+    # The same FP8 operands and scales; cuBLASLt sums in fp32 in its own order and rounds the
+    # output to bf16 (2^-8 relative): 1e-2 of the output's norm bounds both.
+    assert out.shape == (m, N) and torch.isfinite(out).all()
+    assert (out.float().cpu() - ref).norm() <= 1e-2 * ref.norm()

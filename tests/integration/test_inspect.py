@@ -59,7 +59,7 @@ def test_the_command_takes_the_capability(tmp_path):
     done = subprocess.run([sys.executable, "-m", "breccia_sglang.cli", "inspect", str(checkpoint), "--capability", "90"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert set(kernels_in(done.stdout).values()) == {"triton-block-fp8"}
+    assert set(kernels_in(done.stdout).values()) == {"blockscale-sm90"}
     here = subprocess.run([sys.executable, "-m", "breccia_sglang.cli", "inspect", str(checkpoint)],
                           capture_output=True, text=True, timeout=300)
     assert set(kernels_in(here.stdout).values()) == {"emulated"} and "this machine (cpu)" in here.stdout
