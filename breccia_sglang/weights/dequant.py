@@ -60,10 +60,12 @@ def dequantize(data: torch.Tensor, scale: torch.Tensor, recipe, layout, zero_poi
 
 def dequantize_as(data: torch.Tensor, scale: torch.Tensor, recipe, layout, zero_point: torch.Tensor | None = None,
                   *, dtype: torch.dtype, shard_widths: Sequence[int] | None = None,
-                  nan_free: bool | None = None) -> torch.Tensor:
+                  nan_free: bool | None = None, small_scales: bool | None = None) -> torch.Tensor:
     """``dequantize(...).to(dtype)``, bit for bit, fast: a few in-place passes over one int32
     copy of the codes, no fp32 weight beside it. ``nan_free``: the codes hold no FP8 NaN code
-    (0x7F / 0xFF), which the bit moves would not decode as NaN; None checks."""
+    (0x7F / 0xFF), which the bit moves would not decode as NaN; ``small_scales``: every scale is
+    below 2^8 (``scales_fit_bit_moves``). None checks, which reads a value on the host: a forward
+    pass on a GPU (captured in a CUDA graph) passes both, found once after loading."""
     rows, k = data.shape[0], data.shape[1] * (2 if packs_two_per_byte(recipe) else 1)
     width = k if isinstance(layout, PerTensor) else block_width(layout)
     if isinstance(layout, PerTensor):
@@ -78,7 +80,7 @@ def dequantize_as(data: torch.Tensor, scale: torch.Tensor, recipe, layout, zero_
     elif recipe.name == "nvfp4":
         values = _scaled_e2m1(data, scale).view(rows, k // width, width)
         values.mul_(scale[..., None])
-    elif recipe.fp8_format == "E4M3" and bool(scale.max() < 256) and \
+    elif recipe.fp8_format == "E4M3" and (small_scales if small_scales is not None else bool(scale.max() < 256)) and \
             (nan_free if nan_free is not None else not has_nan_codes(data)):
         values = _scaled_e4m3(data).view(rows, k // width, width)
         values.mul_((scale * E4M3_BITS_SCALE)[..., None])
@@ -94,6 +96,12 @@ def dequantize_as(data: torch.Tensor, scale: torch.Tensor, recipe, layout, zero_
 # the product breccia rounds, whenever scale * 2^120 is finite (scale < 2^8: FP8 weight scales
 # are amax / 448). E4M3's NaN codes (0x7F, 0xFF) would read as +-480.
 E4M3_BITS_SCALE = 2.0**120
+
+
+def scales_fit_bit_moves(scale: torch.Tensor, recipe) -> bool:
+    """Whether every scale is below 2^8, so the E4M3 bit moves' scale * 2^120 stays finite (FP8
+    weight scales are amax / 448). One host read: call it once, after loading."""
+    return bool(scale_values(scale, recipe).max() < 256)
 
 
 def has_nan_codes(data: torch.Tensor) -> bool:

@@ -161,9 +161,10 @@ def test_the_routed_pairs_are_grouped_by_expert_in_whole_blocks():
     assert expert_ids.tolist() == [0, 1, 2] and padded.tolist() == [12]
 
 
-def test_the_emulated_moe_without_host_syncs_equals_sglangs_native_loop():
+def test_the_emulated_moe_without_host_syncs_equals_sglangs_native_loop(monkeypatch):
     # On CUDA the emulated MoE runs every expert on every token (no host sync, so CUDA graphs can
-    # capture it); on CPU it runs SGLang's moe_forward_native. Both must be the same layer.
+    # capture it); on CPU it runs SGLang's moe_forward_native. Both must be the same layer, and
+    # the CUDA one must read no tensor value on the host.
     from sglang.srt.layers.moe.fused_moe_native import moe_forward_native
     from sglang.srt.layers.moe.moe_runner import MoeRunnerConfig
 
@@ -176,9 +177,12 @@ def test_the_emulated_moe_without_host_syncs_equals_sglangs_native_loop():
         x = torch.randn(7, 64, generator=gen)
         topk_ids = routing(7, gen)
         topk_weights = torch.rand(7, TOP_K, generator=gen)
-        experts = _ExpertLayer(layer, prepared.spec, x.dtype, prepared.nan_free)
+        experts = _ExpertLayer(layer, prepared.spec, x.dtype, prepared.nan_free, prepared.small_scales)
         config = MoeRunnerConfig(activation="silu")
         native = moe_forward_native(experts, x, (topk_weights, topk_ids, None), config)
-        dense = every_expert_moe(experts, x, (topk_weights, topk_ids, None), config)
+        with monkeypatch.context() as banned:
+            for read in ("__bool__", "item", "tolist"):
+                banned.setattr(torch.Tensor, read, lambda *a: pytest.fail("a tensor value read on the host"))
+            dense = every_expert_moe(experts, x, (topk_weights, topk_ids, None), config)
         # fp32 throughout: the same products summed in another order (and unrouted experts add 0).
         assert torch.allclose(dense, native, rtol=1e-5, atol=1e-6), (recipe.name, (dense - native).abs().max())

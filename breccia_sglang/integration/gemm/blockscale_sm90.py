@@ -5,8 +5,8 @@ Both take breccia's 1 x 128 weight scales, (N, K / 128) fp32, without requantizi
 - torch in MN-major strides, converted once after loading: the layout of torch's own blockwise
   samples (``sample_inputs_scaled_mm_v2``: scales (rows, K / 128), rows contiguous). Its input
   is quantized as SGLang's FP8 linears do (``activation_quant``), in rows padded to a multiple
-  of ``ROW_MULTIPLE``: cuBLASLt has no algorithm for a single row (CUBLAS_STATUS_NOT_SUPPORTED
-  at M = 1 on an H200; 8, 32 ... 2048 rows ran).
+  of ``ROW_MULTIPLE``: cuBLASLt has no blockwise algorithm for a row count that is not a
+  multiple of 4 (CUBLAS_STATUS_NOT_SUPPORTED on an H200).
 - FlashInfer as they are (its "per-token" weight granularity, beside DeepSeek's 128 x 128); it
   quantizes the BF16 input itself, per token and 128 K.
 SGLang's own dispatch sends 1 x 128 weight scales to neither.
@@ -33,7 +33,9 @@ from .base import GemmKernel, needs_gpu
 BLOCK = 128
 N_MULTIPLE = 64  # FlashInfer's tile; torch's cuBLASLt path accepts it too
 TORCH_BLOCKWISE_CUDA = (12, 9)  # cuBLASLt's first release with 1x128 blockwise scaling
-ROW_MULTIPLE = 8  # torch's backend pads the rows to this: one row has no cuBLASLt algorithm
+# torch's backend pads the rows to a multiple of this: on an H200 (torch 2.11, CUDA 13.0) cuBLASLt
+# found no blockwise algorithm for 1, 2, 3, 5, 6, 7, 9, 17 or 33 rows, and ran 4, 8, 12, 16 and 24.
+ROW_MULTIPLE = 4
 
 
 def flashinfer_gemm():

@@ -21,7 +21,7 @@ from ... import names
 from ...format.recipes import PER_TENSOR_FP8, block_width, packs_two_per_byte, stores_native_fp8
 from ...weights import dequantize, dequantize_as
 from ...weights.codes import DECODES_INTO, decode_e4m3_into
-from ...weights.dequant import has_nan_codes, row_scales
+from ...weights.dequant import has_nan_codes, row_scales, scales_fit_bit_moves
 from ..sglang_params import code_params, fp8_params, stored_weight
 from .base import GemmKernel
 
@@ -55,8 +55,11 @@ class EmulatedDequantKernel(GemmKernel):
         (fp8_params if stores_native_fp8(spec.recipe) else code_params)(layer, spec, weight_loader)
 
     def process_weights_after_loading(self, layer):
-        # Once: whether the codes hold an FP8 NaN code, which the fast decodes would not keep NaN.
+        # Once, so the forward pass reads nothing on the host (a CUDA graph captures it): whether
+        # the codes hold an FP8 NaN code, which the fast decodes would not keep NaN, and whether
+        # the scales fit the E4M3 bit moves.
         self.nan_free = packs_two_per_byte(self.recipe) or not has_nan_codes(layer.weight.data)
+        self.small_scales = scales_fit_bit_moves(layer.weight_scale.data, self.recipe)
         self.column_scales = None
         if isinstance(self.layout, PerTensor) and self.recipe.fp8_format == "E4M3" and self.nan_free:
             w = stored_weight(layer)
@@ -69,7 +72,8 @@ class EmulatedDequantKernel(GemmKernel):
         if dtype is None:
             return dequantize(w.data, w.scale, self.recipe, self.layout, w.zero_point, shard_widths=w.shard_widths)
         return dequantize_as(w.data, w.scale, self.recipe, self.layout, w.zero_point, dtype=dtype,
-                             shard_widths=w.shard_widths, nan_free=getattr(self, "nan_free", None))
+                             shard_widths=w.shard_widths, nan_free=getattr(self, "nan_free", None),
+                             small_scales=getattr(self, "small_scales", None))
 
     def apply(self, layer, x, bias):
         if self.column_scales is None or x.dtype not in DECODES_INTO:

@@ -20,7 +20,7 @@ from breccia.layouts import PerTensor
 from ... import names
 from ...format.recipes import packs_two_per_byte
 from ...weights import dequantize_as
-from ...weights.dequant import has_nan_codes
+from ...weights.dequant import has_nan_codes, scales_fit_bit_moves
 from ..gemm.emulated import EmulatedDequantKernel
 from .params import WEIGHTS, expert_params, stored_experts
 from .spec import MoESpec
@@ -29,24 +29,25 @@ from .spec import MoESpec
 class _DequantizedExperts:
     """``weights[e]``: expert ``e`` of one stacked weight, dequantized to ``dtype``."""
 
-    def __init__(self, stored, spec: MoESpec, dtype: torch.dtype, nan_free: bool):
-        self.stored, self.spec, self.dtype, self.nan_free = stored, spec, dtype, nan_free
+    def __init__(self, stored, spec: MoESpec, dtype: torch.dtype, nan_free: bool, small_scales: bool):
+        self.stored, self.spec, self.dtype = stored, spec, dtype
+        self.nan_free, self.small_scales = nan_free, small_scales
 
     def __getitem__(self, e: int) -> torch.Tensor:
         s = self.stored
         widths = s.shard_widths if isinstance(self.spec.layout, PerTensor) else None
         return dequantize_as(s.data[e], s.scale[e], self.spec.recipe, self.spec.layout,
                              None if s.zero_point is None else s.zero_point[e], dtype=self.dtype,
-                             shard_widths=widths, nan_free=self.nan_free)
+                             shard_widths=widths, nan_free=self.nan_free, small_scales=self.small_scales)
 
 
 class _ExpertLayer:
     """What ``moe_forward_native`` reads of a FusedMoE layer, with the experts dequantized on read."""
 
-    def __init__(self, layer, spec: MoESpec, dtype: torch.dtype, nan_free: bool):
+    def __init__(self, layer, spec: MoESpec, dtype: torch.dtype, nan_free: bool, small_scales: bool):
         self.num_experts = layer.num_experts
-        self.w13_weight = _DequantizedExperts(stored_experts(layer, "w13"), spec, dtype, nan_free)
-        self.w2_weight = _DequantizedExperts(stored_experts(layer, "w2"), spec, dtype, nan_free)
+        self.w13_weight = _DequantizedExperts(stored_experts(layer, "w13"), spec, dtype, nan_free, small_scales)
+        self.w2_weight = _DequantizedExperts(stored_experts(layer, "w2"), spec, dtype, nan_free, small_scales)
 
 
 class EmulatedMoEKernel:
@@ -71,16 +72,20 @@ class EmulatedMoEKernel:
         self.moe_runner_config = moe_runner_config
 
     def process_weights_after_loading(self, layer) -> None:
-        # Once: whether any FP8 code is a NaN code, which the fast decodes would not keep NaN.
+        # Once, so the forward pass reads nothing on the host (a CUDA graph captures it on a GPU):
+        # whether any FP8 code is a NaN code, which the fast decodes would not keep NaN, and
+        # whether the scales fit the E4M3 bit moves.
         self.nan_free = packs_two_per_byte(self.spec.recipe) or not any(
             has_nan_codes(getattr(layer, f"{w}_weight").data) for w in WEIGHTS)
+        self.small_scales = all(scales_fit_bit_moves(stored_experts(layer, w).scale, self.spec.recipe)
+                                for w in WEIGHTS)
 
     def apply(self, layer, dispatch_output):
         from sglang.srt.layers.moe.fused_moe_native import moe_forward_native
         from sglang.srt.layers.moe.token_dispatcher import StandardCombineInput
 
         x, config = dispatch_output.hidden_states, self.moe_runner_config
-        experts = _ExpertLayer(layer, self.spec, x.dtype, self.nan_free)
+        experts = _ExpertLayer(layer, self.spec, x.dtype, self.nan_free, self.small_scales)
         if not x.is_cuda:  # SGLang's own CPU MoE loop (it counts tokens per expert on the host)
             return StandardCombineInput(hidden_states=moe_forward_native(experts, x, dispatch_output.topk_output,
                                                                          config))
