@@ -28,3 +28,18 @@ def test_the_gpu_scripts_parse():
     for script in ("gpu_checks.sh", "fetch_gpu_wheels.sh"):
         done = subprocess.run(["bash", "-n", str(SCRIPTS / script)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
+
+
+def test_every_script_gpu_checks_runs_is_here_and_takes_its_flags():
+    # A renamed benchmark or flag would only show on a lent GPU, minutes into a short lease.
+    text = (SCRIPTS / "gpu_checks.sh").read_text()
+    scripts = set(re.findall(r"benchmarks/(\w+\.py)", text))
+    assert {"tune_block_fp8.py", "bench_gemm.py", "bench_moe.py", "bench_decode.py"} <= scripts
+    for script in scripts:
+        path = SCRIPTS.parent / "benchmarks" / script
+        assert path.exists(), script
+        flags = set(re.findall(rf"benchmarks/{re.escape(script)}[^\n]*", text)[0].split()) & {"--smoke", "--out",
+                                                                                                "--out-dir", "--jobs"}
+        source = path.read_text()
+        assert all(f'"{flag}"' in source for flag in flags), (script, flags)
+    assert "tests/kernels" in text and "tests/integration/test_gemm_blockscale.py" in text
