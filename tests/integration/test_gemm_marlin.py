@@ -94,3 +94,58 @@ def test_marlin_nvfp4_hands_sglang_the_modelopt_params_prepare_nvfp4_layer_for_m
     layout = ModeloptNvfp4(layer.weight.data, layer.weight_scale.data, layer.weight_global_scale.data)
     assert same_bits(nvfp4_dequantized(layout), breccia.dequantize(st))
     assert set(held_bytes(layer)) == {"weight", "weight_scale", "weight_global_scale"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_marlin_fp8_hands_sglangs_fp8_marlin_preparation_breccias_codes_and_1x128_scales(dtype, monkeypatch):
+    # prepare_fp8_layer_for_marlin runs as SGLang wrote it; only its two CUDA calls (the repack
+    # and the workspace) are recorded here, since they need a GPU.
+    from sglang.srt.layers.quantization import marlin_utils_fp8 as fp8_marlin
+    from sglang.srt.layers.quantization.marlin_utils import marlin_permute_scales
+
+    from breccia_sglang.integration.gemm.marlin_fp8 import MarlinFp8Kernel
+
+    k = 384
+    shards = [breccia.cast(torch.randn(rows, k, generator=torch.Generator().manual_seed(i)) * 0.05,
+                           make_recipe("fp8-block", block_k=128)) for i, rows in enumerate(SHARDS)]
+    codes, scales = torch.cat([s.data for s in shards]), torch.cat([s.scale for s in shards])
+    repacked = []
+    monkeypatch.setattr(fp8_marlin, "gptq_marlin_repack", lambda **kw: repacked.append(kw) or kw["b_q_weight"],
+                        raising=False)
+    monkeypatch.setattr(fp8_marlin, "marlin_make_workspace", lambda device: torch.zeros(1, dtype=torch.int))
+    spec = LinearSpec("model.layers.0.self_attn.qkv_proj", shards[0].recipe, shards[0].layout, k, SHARDS, dtype,
+                      "cuda", 80, simulated=True)
+    assert MarlinFp8Kernel.why_not(spec) is None
+    kernel, layer = MarlinFp8Kernel(), torch.nn.Module()
+    layer.tp_group = None  # what SGLang's FP8 parameter factory reads of a LinearBase (tp = 1)
+    kernel.create_weights(layer, spec, weight_loader=lambda *args: None)
+    layer.weight.data.copy_(codes)
+    layer.weight_scale.data.copy_(scales)
+    kernel.process_weights_after_loading(layer)
+
+    (call,) = repacked
+    assert (call["size_k"], call["size_n"], call["num_bits"]) == (k, 256, 8)
+    # The codes as Marlin's repack reads them: four per int32 along K, K-major; ours, unchanged.
+    assert torch.equal(call["b_q_weight"].T.contiguous().view(torch.uint8), codes.view(torch.uint8))
+    # Scales: breccia's (N, K / 128), one Marlin group per block, in the activation dtype, with
+    # SGLang's own permutation and exponent bias.
+    expected = fp8_marlin.fp8_fused_exponent_bias_into_scales(
+        marlin_permute_scales(scales.T.contiguous().to(dtype), size_k=k, size_n=256, group_size=128))
+    assert layer.weight_scale.dtype == dtype and torch.equal(layer.weight_scale.data, expected)
+
+
+def test_marlin_fp8_takes_1x128_layers_where_marlin_fits_and_says_why_not_elsewhere():
+    from breccia_sglang.integration.gemm.marlin_fp8 import MarlinFp8Kernel
+
+    def spec(recipe, n=256, k=512, dtype=torch.bfloat16, capability=80):
+        st = breccia.cast(torch.zeros(1, k), recipe)
+        return LinearSpec("layer", recipe, st.layout, k, (n,), dtype, "cuda", capability, simulated=True)
+
+    block128 = make_recipe("fp8-block", block_k=128)
+    assert MarlinFp8Kernel.why_not(spec(block128)) is None
+    assert MarlinFp8Kernel.why_not(spec(make_recipe("fp8-block", block_k=64))) == \
+        "needs 1x128 blocks (FP8 Marlin's K group), not 1x64"
+    assert MarlinFp8Kernel.why_not(spec(make_recipe("mxfp8"))) == "needs block FP8 E4M3 with 1x128 scales"
+    assert MarlinFp8Kernel.why_not(spec(block128, n=96)) == "SGLang's Marlin needs N % 64 and K % 128; this layer is 96 x 512"
+    assert "float16 or bfloat16" in MarlinFp8Kernel.why_not(spec(block128, dtype=torch.float32))
+    assert "sm_80" in MarlinFp8Kernel.why_not(spec(block128, capability=75))

@@ -6,11 +6,12 @@
 - ``w8a8_reference.py``: FP8 activations too, in fp32 torch; only when asked for.
 - ``sglang_fp8.py``: SGLang's native FP8 linear for per-tensor FP8 on sm_89+.
 - ``triton_block_fp8.py``: block FP8 (1x32/64/128) and MXFP8 on SGLang's Triton W8A8 block
-  kernel, with tile configs of ours.
-- ``blockscale_sm90.py``: 1x128 block FP8 on Hopper's blockwise GEMMs (FlashInfer's DeepGEMM
-  kernel, or torch's cuBLASLt one); ranked below the Triton kernel until a GPU has measured it.
+  kernels, with tile configs of ours (``block_fp8_tiles.py``, tuned per GPU model in ``tuned/``).
+- ``blockscale_sm90.py``: 1x128 block FP8 on Hopper's blockwise GEMMs (torch's cuBLASLt kernel,
+  or FlashInfer's DeepGEMM one); first for 1x128 on sm_90, as measured on an H200.
 - ``marlin_w4a16.py``: INT4 on SGLang's AWQ-Marlin and NVFP4 on its FP4 Marlin (W4A16, sm_80+),
-  converted once after loading.
+  converted once after loading; ``marlin_fp8.py``: 1x128 block FP8 on its FP8 Marlin (W8A16,
+  sm_80+: the GPUs without FP8 tensor cores); ``marlin_rules.py``: which layers Marlin takes.
 - ``triton_w4a16.py``: INT4 and NVFP4 on our Triton W4A16 GEMM, packed codes read in place
   (sm_80+; every group and shape Marlin refuses).
 - ``activation_quant.py``: FP8 activations per token and K block, as SGLang quantizes them.

@@ -37,27 +37,9 @@ from ... import names
 from ...weights.sglang_layouts import to_awq, to_modelopt_nvfp4
 from ..sglang_params import code_params, replace_param, stored_weight
 from .base import GemmKernel, needs_gpu
+from .marlin_rules import MIN_CAPABILITY, marlin_refusal, scalar_types
 
-MIN_CAPABILITY = 80  # Marlin: Ampere and later
 NVFP4_GROUP = 16  # K elements per E4M3 scale
-
-
-def _scalar_types():
-    from sglang.srt.layers.quantization.utils import get_scalar_types
-
-    return get_scalar_types()[1]
-
-
-def _marlin_refusal(spec, quant_type, has_zp: bool) -> str | None:
-    """SGLang's own rule for a Marlin layer: the type and group on this GPU, then the shape."""
-    from sglang.srt.layers.quantization.marlin_utils import _check_marlin_supported, check_marlin_supports_shape
-
-    ok, why = _check_marlin_supported(quant_type, spec.block, has_zp, device_capability=spec.capability)
-    if not ok:
-        return f"SGLang's Marlin: {why}"
-    n, k = spec.out_features, spec.input_size_per_partition
-    ok, why = check_marlin_supports_shape(n, k, k, spec.block)
-    return None if ok else f"SGLang's Marlin needs N % 64 and K % 128; this layer is {n} x {k}"
 
 
 class MarlinInt4Kernel(GemmKernel):
@@ -72,7 +54,7 @@ class MarlinInt4Kernel(GemmKernel):
             return "needs an INT4 recipe"
         if spec.params_dtype not in (torch.float16, torch.bfloat16):
             return f"needs float16 or bfloat16 activations, not {spec.params_dtype}"
-        return needs_gpu(spec, cls.name, MIN_CAPABILITY) or _marlin_refusal(spec, _scalar_types().uint4, True)
+        return needs_gpu(spec, cls.name, MIN_CAPABILITY) or marlin_refusal(spec, scalar_types().uint4, True)
 
     def create_weights(self, layer, spec, weight_loader):
         self.recipe, self.group, self.params_dtype = spec.recipe, spec.block, spec.params_dtype
@@ -124,7 +106,7 @@ class MarlinNvfp4Kernel(GemmKernel):
             return on_gpu
         from sglang.srt.layers.quantization.marlin_utils import _check_marlin_supported
 
-        ok, why = _check_marlin_supported(_scalar_types().float4_e2m1f, spec.block, False,
+        ok, why = _check_marlin_supported(scalar_types().float4_e2m1f, spec.block, False,
                                           device_capability=spec.capability)
         return None if ok else f"SGLang's Marlin: {why}"  # any N and K: SGLang pads to Marlin's tiles
 

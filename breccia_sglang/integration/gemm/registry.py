@@ -14,6 +14,7 @@ from ...errors import BrecciaCheckpointError
 from .base import GemmKernel, LinearSpec
 from .blockscale_sm90 import BlockscaleSm90Kernel
 from .emulated import EmulatedDequantKernel
+from .marlin_fp8 import MarlinFp8Kernel
 from .marlin_w4a16 import MarlinInt4Kernel, MarlinNvfp4Kernel
 from .sglang_fp8 import SglangFp8PerTensorKernel
 from .triton_block_fp8 import TritonBlockFp8Kernel
@@ -25,7 +26,7 @@ from .w8a8_reference import W8A8ReferenceKernel
 ALL_KERNEL_NAMES = {getattr(names, n) for n in dir(names) if n.startswith("GEMM_")}
 
 KERNELS: list[type[GemmKernel]] = [SglangFp8PerTensorKernel, MarlinInt4Kernel, MarlinNvfp4Kernel,
-                                   TritonBlockFp8Kernel, BlockscaleSm90Kernel, TritonW4A16Kernel,
+                                   BlockscaleSm90Kernel, TritonBlockFp8Kernel, MarlinFp8Kernel, TritonW4A16Kernel,
                                    EmulatedDequantKernel, W8A8ReferenceKernel]
 
 
