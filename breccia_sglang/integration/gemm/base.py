@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch
+from breccia.layouts import PerBlockK
+from breccia.recipes import Float8BlockScaling
 
 from ... import names
 from ...format.reader import TORCH_DTYPES
@@ -84,6 +86,15 @@ class LinearSpec:
     @property
     def out_features(self) -> int:
         return sum(self.output_partition_sizes)
+
+
+def needs_1x128_block_fp8(spec: LinearSpec) -> str | None:
+    """Why a layer is not block FP8 E4M3 with 1 x 128 scales (what Hopper's blockwise GEMMs and
+    FP8 Marlin take), or None."""
+    if not (isinstance(spec.recipe, Float8BlockScaling) and isinstance(spec.layout, PerBlockK)) \
+            or spec.fp8_format != "E4M3":
+        return "needs block FP8 E4M3 with 1x128 scales"
+    return None if spec.block == 128 else f"needs 1x128 blocks, not 1x{spec.block}"
 
 
 def needs_gpu(spec: LinearSpec, kernel: str, min_capability: int, max_capability: int | None = None,

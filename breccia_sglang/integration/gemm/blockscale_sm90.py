@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from breccia.layouts import PerBlockK
-from breccia.recipes import Float8BlockScaling
 
 from ... import names
 from ...errors import BrecciaCheckpointError
 from ..sglang_params import fp8_params
 from .activation_quant import quantize_input
-from .base import GemmKernel, needs_gpu
+from .base import GemmKernel, needs_1x128_block_fp8, needs_gpu
 
 BLOCK = 128
 N_MULTIPLE = 64  # FlashInfer's tile; torch's cuBLASLt path accepts it too
@@ -81,11 +79,8 @@ class BlockscaleSm90Kernel(GemmKernel):
 
     @classmethod
     def why_not(cls, spec):
-        if not (isinstance(spec.recipe, Float8BlockScaling) and isinstance(spec.layout, PerBlockK)) \
-                or spec.fp8_format != "E4M3":
-            return "needs block FP8 E4M3 with 1x128 scales"
-        if spec.block != BLOCK:
-            return f"needs 1x{BLOCK} blocks, not 1x{spec.block}"
+        if why := needs_1x128_block_fp8(spec):
+            return why
         n, k = spec.out_features, spec.input_size_per_partition
         if k % BLOCK or n % N_MULTIPLE:
             return f"needs K % {BLOCK} and N % {N_MULTIPLE}; this layer is {n} x {k}"

@@ -20,12 +20,10 @@ Not yet run on a GPU by this project: Marlin's repack and GEMM are SGLang's CUDA
 from __future__ import annotations
 
 import torch
-from breccia.layouts import PerBlockK
-from breccia.recipes import Float8BlockScaling
 
 from ... import names
 from ..sglang_params import fp8_params
-from .base import GemmKernel, needs_gpu
+from .base import GemmKernel, needs_1x128_block_fp8, needs_gpu
 from .marlin_rules import MIN_CAPABILITY, marlin_refusal, scalar_types
 
 GROUP = 128  # FP8 Marlin's K group: breccia's 1 x 128 blocks
@@ -39,11 +37,8 @@ class MarlinFp8Kernel(GemmKernel):
 
     @classmethod
     def why_not(cls, spec):
-        if not (isinstance(spec.recipe, Float8BlockScaling) and isinstance(spec.layout, PerBlockK)) \
-                or spec.fp8_format != "E4M3":
-            return "needs block FP8 E4M3 with 1x128 scales"
-        if spec.block != GROUP:
-            return f"needs 1x{GROUP} blocks (FP8 Marlin's K group), not 1x{spec.block}"
+        if why := needs_1x128_block_fp8(spec):  # FP8 Marlin's K group is the block
+            return why
         if spec.params_dtype not in (torch.float16, torch.bfloat16):
             return f"needs float16 or bfloat16 activations, not {spec.params_dtype}"
         return needs_gpu(spec, cls.name, MIN_CAPABILITY) or marlin_refusal(spec, scalar_types().float8_e4m3fn, False)
