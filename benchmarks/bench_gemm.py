@@ -27,6 +27,7 @@ tokens in flight, from 1 (decode) to 2048 (prefill). Variants, per (shape, M):
   int4-emulated     the emulated kernel on the INT4 weight: unpacked and dequantized each call
   int4-g128-marlin  the marlin-int4 kernel as the server runs it (SGLang's AWQ-Marlin), where SGLang's
                     CUDA kernels are installed; a row that says why not elsewhere
+  block-1x128-marlin  1x128 on the marlin-fp8 kernel (SGLang's FP8 Marlin, W8A16), likewise
 The W8A8 variants include their activation quantization (torch on a bare GPU machine, where
 SGLang's CUDA quantization kernel is not installed: that time is in the numbers, so they are an
 upper bound). Every variant is checked against the fp32 reference first (W8A8 for the FP8
@@ -75,7 +76,7 @@ from breccia_sglang.weights.w8a8 import w8a8_reference_linear
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 SMOKE_SHAPES = {"qkv": (96, 128), "down": (64, 256)}
 BASELINE = "bf16"
-ONE_BY_128 = ("block-1x128", "sm90-torch", "sm90-flashinfer")  # the variants that serve 1x128 weights
+ONE_BY_128 = ("block-1x128", "sm90-torch", "sm90-flashinfer", "block-1x128-marlin")  # the variants serving 1x128
 FOUR_BIT = ("int4-g128", "int4-g128-asym", "nvfp4", "int4-g128-marlin")  # the 4-bit issue's targets
 EMULATED = names.GEMM_EMULATED  # the kernel CPUs and unsupported recipes get
 
@@ -131,6 +132,10 @@ def variants(x: torch.Tensor, w: torch.Tensor, tools, interpreted: bool) -> dict
             codes, x_scale = quantize(x, block)
             return block_fp8_matmul(codes, x_scale, data, scale, block, x.dtype, interpreted)
         found[name] = (run, ref)
+
+    one_by_128 = breccia.cast(w, make_recipe("fp8-block", block_k=128))
+    # W8A16: the reference is the dequantized weight times the unquantized activations.
+    found["block-1x128-marlin"] = (marlin_fp8(x, one_by_128), x.float() @ breccia.dequantize(one_by_128).T)
 
     if sglang_128x128 is not None and not interpreted:  # its wrapper asks the GPU's name: no CPU run
         w_tiles, w_tile_scale = per_tile_fp8(w, 128)
@@ -200,6 +205,32 @@ def random_4bit(shape, group: int, codes: str, zeros: bool, device):
         scales = torch.rand(n, k // group, generator=gen, device=device) * 0.01 + 0.005
     zero_points = torch.randint(0, 16, (n, k // group), generator=gen, device=device).float() if zeros else None
     return packed, scales, zero_points
+
+
+def marlin_fp8(x: torch.Tensor, st: breccia.ScaledTensor):
+    """The marlin-fp8 kernel (SGLang's FP8 Marlin, W8A16) on a 1x128 weight, prepared as the
+    server prepares it; or why it cannot run here (Marlin is JIT CUDA)."""
+    if not x.is_cuda:
+        return "needs a CUDA GPU and SGLang's CUDA kernels"
+    try:
+        from breccia_sglang.integration.gemm import LinearSpec, Target
+        from breccia_sglang.integration.gemm.marlin_fp8 import MarlinFp8Kernel
+
+        target = Target.here()
+        n, k = st.data.shape
+        spec = LinearSpec("bench.fp8", st.recipe, st.layout, k, (n,), x.dtype, target.device_type, target.capability)
+        if (why := MarlinFp8Kernel.why_not(spec)) is not None:
+            return why
+        layer, kernel = torch.nn.Module(), MarlinFp8Kernel()
+        layer.tp_group = None  # what SGLang's FP8 parameter factory reads of a LinearBase (tp = 1)
+        kernel.create_weights(layer, spec, weight_loader=None)
+        layer.to(x.device)
+        layer.weight.data.copy_(st.data.view(torch.float8_e4m3fn))
+        layer.weight_scale.data.copy_(st.scale)
+        kernel.process_weights_after_loading(layer)
+    except Exception as exc:  # noqa: BLE001 - reported in its row, the other variants still run
+        return error_summary(exc)
+    return lambda: kernel.apply(layer, x, None)
 
 
 def marlin_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, recipe):
@@ -327,7 +358,8 @@ def target_checks(rows: list[dict]) -> list[str]:
             lines.append(f"{'PASS' if min(small) >= 2.5 else 'FAIL'} {name} >= 2.5x BF16 at M <= 16: min {min(small):.2f}x")
         if upto:
             lines.append(f"{'PASS' if min(upto) >= 1.0 else 'FAIL'} {name} >= 1.0x BF16 up to M = 128: min {min(upto):.2f}x")
-    slower = [r for r in timed if r["variant"] not in (BASELINE, EMULATED, "int4-emulated", *FOUR_BIT)
+    # The recipes' kernels only: not the baselines (BF16, SGLang's 128x128) nor the emulated kernels.
+    slower = [r for r in timed if r["variant"] not in (BASELINE, "sglang-128x128", EMULATED, "int4-emulated", *FOUR_BIT)
               and r["speedup_vs_bf16"] < 1.0]
     lines.append(f"{'PASS' if not slower else 'FAIL'} no FP8 recipe slower than BF16: "
                  + (", ".join(f"{r['variant']} {r['shape']} M={r['m']} {r['speedup_vs_bf16']:.2f}x" for r in slower)

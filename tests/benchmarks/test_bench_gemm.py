@@ -14,10 +14,11 @@ def test_smoke_run_checks_every_variant(tmp_path):
     report, _ = run_benchmark("bench_gemm.py", "--smoke", out=out)
     variants = {r["variant"] for r in report["rows"]}
     assert variants == {"bf16", "emulated", "block-1x128", "block-1x64", "mxfp8",  # the rest need a GPU
-                        "int4-g128", "int4-g128-asym", "nvfp4", "int4-emulated", "int4-g128-marlin"}
+                        "int4-g128", "int4-g128-asym", "nvfp4", "int4-emulated", "int4-g128-marlin",
+                        "block-1x128-marlin"}
     assert {(r["shape"], r["m"]) for r in report["rows"]} == {(s, m) for s in ("qkv", "down") for m in (1, 7, 33)}
     for r in report["rows"]:
-        if r["variant"] == "int4-g128-marlin":  # SGLang's Marlin is JIT CUDA: a row that says why not
+        if r["variant"].endswith("-marlin"):  # SGLang's Marlin is JIT CUDA: a row that says why not
             assert r["error"] == "needs a CUDA GPU and SGLang's CUDA kernels", r
             continue
         assert "error" not in r, r
@@ -43,6 +44,15 @@ def test_the_targets_read_each_1x128_kernel_and_name_the_fastest():
     assert "PASS sm90-torch within 10% of SGLang's 128x128: worst 1.04x its time" in lines
     assert "PASS no FP8 recipe slower than BF16: none" in lines
     assert lines[-1] == "INFO fastest 1x128 kernel, summed over every shape and M: sm90-torch 11.4 us (block-1x128 13.0 us)"
+
+
+def test_a_baseline_slower_than_bf16_fails_no_recipe():
+    # SGLang's own 128x128 kernel is a baseline (seen on an H200: 0.48x BF16 at M = 1); a recipe's
+    # kernel slower than BF16 is what the target counts.
+    rows = [timed("bf16", 1, 10.0, 10.0), timed("sglang-128x128", 1, 20.0, 10.0), timed("mxfp8", 1, 8.0, 10.0)]
+    assert "PASS no FP8 recipe slower than BF16: none" in bench_gemm.target_checks(rows)
+    rows.append(timed("block-1x64", 1, 12.5, 10.0))
+    assert "FAIL no FP8 recipe slower than BF16: block-1x64 qkv M=1 0.80x" in bench_gemm.target_checks(rows)
 
 
 def test_the_4_bit_targets_read_each_4_bit_kernel():
