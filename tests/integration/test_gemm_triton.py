@@ -80,6 +80,25 @@ def test_a_merged_layer_is_its_shards_rows():
                                                                      shard.layout, group=64))
 
 
+@pytest.mark.parametrize("block,m,k_blocks", [(32, 1, 3), (64, 7, 2), (128, 33, 3)])
+@pytest.mark.parametrize("swap_ab,split_k", [(True, 1), (True, 2), (False, 4), (True, 16)])
+def test_sglangs_hopper_variant_swapped_and_split_matches_the_w8a8_reference(block, m, k_blocks, swap_ab, split_k,
+                                                                            monkeypatch):
+    # The H200's table sends small M to SGLang's _w8a8_block_fp8_matmul_hopper with the MMA
+    # swapped and K split over programs (fp32 partials summed by SGLang's reduce kernel). Split
+    # 16 over 3 K tiles leaves most splits empty: they must add zeros.
+    gen = torch.Generator().manual_seed(block + m + split_k)
+    st = weight(make_recipe("fp8-block", block_k=block), 77, k_blocks * block, gen)
+    x = torch.randn(m, k_blocks * block, generator=gen).half()
+    ref = w8a8_reference_linear(x, st.data, st.scale, st.recipe, st.layout, group=block)
+    config = tiles.TileConfig(16, 32, None, 1, 1, 1, swap_ab=swap_ab, split_k=split_k)
+    assert config.hopper and config.why_not(block) is None
+    monkeypatch.setattr(tbf, "choose_config", lambda *args: config)
+    codes, scales = quantize_activations_fp8(x, block)
+    assert_matches_w8a8(tbf.block_fp8_matmul(codes, scales, st.data.view(torch.float8_e4m3fn), st.scale, block,
+                                             torch.float16, True), ref)
+
+
 def test_every_listed_gpu_config_is_right_for_every_block():
     shipped = [tiles.load_tables(path) for path in tiles.TUNED_DIR.glob("block_fp8_*.json")]
     for block in tbf.BLOCKS:
