@@ -109,11 +109,17 @@ def load_tables(path: Path) -> dict[int, list[tuple[int, TileConfig]]]:
 
 def table_for(block: int, device_name: str | None) -> list[tuple[int, TileConfig]]:
     """The M ranges and configs for 1 x ``block`` launches on ``device_name``."""
-    chosen = os.environ.get(names.ENV_BLOCK_FP8_CONFIGS)
+    return _tables(os.environ.get(names.ENV_BLOCK_FP8_CONFIGS) or None, device_name).get(block, TILE_CONFIGS)
+
+
+@functools.lru_cache(maxsize=None)
+def _tables(chosen: str | None, device_name: str | None) -> dict[int, list[tuple[int, TileConfig]]]:
+    """The tables of the file the variable names, else of this GPU model's shipped file, else none:
+    found once per (variable, GPU), not with a file lookup on every GEMM call."""
     path = Path(chosen) if chosen else tuned_file(device_name) if device_name else None
-    if path is not None and (chosen or path.exists()):
-        return load_tables(path).get(block, TILE_CONFIGS)
-    return TILE_CONFIGS
+    if path is None or not (chosen or path.exists()):
+        return {}
+    return load_tables(path)
 
 
 def choose_config(m: int, block: int, interpreted: bool, device_name: str | None = None) -> TileConfig:
