@@ -1,6 +1,6 @@
-"""The fp32 torch reference the W4A16 kernel is tested against: the packed codes unpacked and
-decoded with breccia's tables (``weights``), scaled in fp32 as breccia's dequantize scales them,
-then a plain fp32 matmul."""
+"""The fp32 torch references the weight-only GEMMs are tested against: the codes (4-bit ones
+unpacked) decoded with breccia's tables (``weights``), scaled in fp32 as breccia's dequantize
+scales them, then a plain fp32 matmul."""
 
 from __future__ import annotations
 
@@ -27,3 +27,18 @@ def w4a16_reference(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
                     *, group: int, codes: str) -> torch.Tensor:
     """What ``w4a16_matmul`` computes, (M, N) fp32: x in fp32 times the fp32 dequantized weight."""
     return x.to(torch.float32) @ w4a16_weight(packed, scales, zero_points, group=group, codes=codes).T
+
+
+def w8a16_weight(weight: torch.Tensor, scales: torch.Tensor, *, group: int | None) -> torch.Tensor:
+    """The dequantized FP8 E4M3 weight, (N, K) fp32: code * scale, a scale per row and K group
+    (``group=None``: one per row)."""
+    values = decode_fp8(weight, "E4M3")
+    rows, k = values.shape
+    if group is None:
+        return values * scales.reshape(rows, 1)
+    return (values.view(rows, k // group, group) * scales[..., None]).view(rows, k)
+
+
+def w8a16_reference(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, *, group: int | None) -> torch.Tensor:
+    """What ``w8a16_matmul`` computes, (M, N) fp32: x in fp32 times the fp32 dequantized weight."""
+    return x.to(torch.float32) @ w8a16_weight(weight, scales, group=group).T

@@ -8,12 +8,11 @@ tile to the activation dtype and multiplies on tensor cores with fp32 accumulati
 nibbles of a byte are always in the same scale group (groups are even), so each pair of
 elements reads one scale (and zero point).
 
-No host synchronisation and no branch on tensor values: a launch can be captured in a CUDA graph.
+K is split across programs when there are too few output tiles (``tiling.py``). No host
+synchronisation and no branch on tensor values: a launch can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -21,6 +20,7 @@ import triton.language as tl
 
 from ..attention.fp8_codec import e4m3_decode
 from ..launch import check_tensor, fp32_on_gpu, gpu_tiles, native_fp8_decode
+from .tiling import TileConfig, config_for, output_tile, split_k_for, split_output, sum_splits
 
 CODES = ("int4", "uint4", "e2m1")  # two's complement, unsigned 0..15 (zero points allowed), FP4 E2M1
 GROUPS = (16, 32, 64, 128)  # K elements per scale: 16 for NVFP4 (e2m1), 32 / 64 / 128 for INT4
@@ -48,21 +48,16 @@ def _nibble_values(c, CODE: tl.constexpr):
 @triton.jit
 def _w4a16_kernel(
     x_ptr, packed_ptr, scale_ptr, zero_ptr, out_ptr,
-    M, N, K,
-    stride_xm, stride_pn, stride_sn, stride_sk, stride_zn, stride_zk, stride_om,
+    M, N, K, steps_per_split,
+    stride_xm, stride_pn, stride_sn, stride_sk, stride_zn, stride_zk, stride_os, stride_om,
     GROUP: tl.constexpr, CODE: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_E4M3: tl.constexpr,
     NATIVE_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    # Programs in GROUP_M-row bands over M, so the weight tiles a band reads stay in L2.
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    band = GROUP_M * num_pid_n
-    first_m = (pid // band) * GROUP_M
-    band_rows = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % band) % band_rows
-    pid_n = (pid % band) // band_rows
+    pid_m, pid_n = output_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    split = tl.program_id(1)  # this program's share of K: steps_per_split K tiles from k_first
+    k_first = split * steps_per_split * BLOCK_K
+    k_end = tl.minimum(K, k_first + steps_per_split * BLOCK_K)
 
     HALF_K: tl.constexpr = BLOCK_K // 2
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -74,11 +69,11 @@ def _w4a16_kernel(
     zero_rows = zero_ptr + n.to(tl.int64) * stride_zn
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_first, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & (k < K)[None, :], other=0.0)
+        x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & (k < k_end)[None, :], other=0.0)
         j = k0 // 2 + tl.arange(0, HALF_K)  # byte index in the row; element 2j and 2j + 1
-        j_ok = n_ok[:, None] & (j < K // 2)[None, :]
+        j_ok = n_ok[:, None] & (j < k_end // 2)[None, :]
         c = tl.load(byte_rows + j[None, :], mask=j_ok, other=0).to(tl.int32)
         low, high = _nibble_values(c & 15, CODE), _nibble_values(c >> 4, CODE)
 
@@ -102,29 +97,8 @@ def _w4a16_kernel(
         w = tl.reshape(tl.join(low * s, high * s), (BLOCK_N, BLOCK_K)).to(x.dtype)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
 
-    out_ptrs = out_ptr + m.to(tl.int64)[:, None] * stride_om + n[None, :]
+    out_ptrs = out_ptr + split * stride_os + m.to(tl.int64)[:, None] * stride_om + n[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
-
-
-@dataclass(frozen=True)
-class TileConfig:
-    """One launch configuration: the output tile (block_m x block_n), the K step, the rows of
-    programs that share weight tiles in L2 (group_m), warps and pipeline stages."""
-
-    block_m: int
-    block_n: int
-    block_k: int
-    group_m: int
-    num_warps: int
-    num_stages: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.block_m}x{self.block_n}x{self.block_k}"
-
-    def launch_args(self) -> dict:
-        return {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "BLOCK_K": self.block_k,
-                "GROUP_M": self.group_m, "num_warps": self.num_warps, "num_stages": self.num_stages}
 
 
 # (largest M, config), smallest M first; a launch takes the first whose M bound it fits. Decode
@@ -150,7 +124,7 @@ def choose_config(m: int, x: torch.Tensor) -> TileConfig:
         return INTERPRETER_CONFIG
     if fp32_on_gpu(x):
         return FP32_CONFIG
-    return next(config for top, config in TILE_CONFIGS if m <= top)
+    return config_for(m, TILE_CONFIGS)
 
 
 def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
@@ -187,21 +161,22 @@ def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
     for name, t in (("packed", packed), ("scales", scales), ("zero_points", zero_points)):
         if t is not None and t.device != x.device:
             raise ValueError(f"{name}: on {t.device}, x on {x.device}")
-    out = x.new_empty((m, n))
     if m == 0 or n == 0:
-        return out
+        return x.new_empty((m, n))
 
     config = choose_config(m, x)
+    split = split_k_for(m, n, k, config, x.device)
+    out, partials = split_output(x, n, split)
     zeros = zero_points if zero_points is not None else scales  # never read without HAS_ZERO
-    grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n),)
+    grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n), split.splits)
     _w4a16_kernel[grid](
-        x, packed, scales, zeros, out,
-        m, n, k,
+        x, packed, scales, zeros, partials,
+        m, n, k, split.steps,
         x.stride(0), packed.stride(0), scales.stride(0), scales.stride(1), zeros.stride(0), zeros.stride(1),
-        out.stride(0),
+        m * n, n,
         GROUP=group, CODE=CODES.index(codes), HAS_ZERO=zero_points is not None,
         SCALE_E4M3=scales.dtype == torch.uint8, NATIVE_FP8=native_fp8_decode(x),
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
         **config.launch_args(),
     )
-    return out
+    return sum_splits(partials, out)

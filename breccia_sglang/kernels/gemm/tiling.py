@@ -1,0 +1,129 @@
+"""How our weight-only GEMM launches are cut into programs: output tiles, bands of tiles that
+share weight tiles in L2, and K splits.
+
+At decode sizes (M <= 16) a GEMM is one pass over the weight, and its speed is how many loads
+the GPU keeps in flight. One program per output tile is too few: N = 4096 in 32-wide tiles is
+128 programs on a GPU of 132 SMs, each walking all of K alone. So the K loop is split until
+there are enough programs (``split_k_for``); each split writes its fp32 partial sums, and one
+small kernel adds them up in the output dtype (``sum_splits``).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+# Programs a launch aims at per SM: enough loads in flight to keep HBM busy at M <= 16.
+PROGRAMS_PER_SM = 4
+MAX_SPLIT_K = 16  # beyond this the partial sums cost more traffic than the split gains
+# Under the interpreter (and for GPU tile sizes run on CPU by the tests) there is no SM count:
+# aim at a few programs, so CI runs the split and its reduction on small shapes too.
+INTERPRETER_PROGRAMS = 8
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One launch configuration: the output tile (block_m x block_n), the K step, the rows of
+    programs that share weight tiles in L2 (group_m), warps and pipeline stages. The K split is
+    not part of it: it follows from the launch's shape and the GPU (``split_k_for``)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int
+    num_warps: int
+    num_stages: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.block_m}x{self.block_n}x{self.block_k}"
+
+    def launch_args(self) -> dict:
+        return {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "BLOCK_K": self.block_k,
+                "GROUP_M": self.group_m, "num_warps": self.num_warps, "num_stages": self.num_stages}
+
+
+def config_for(m: int, table: list[tuple[int, TileConfig]]) -> TileConfig:
+    """The config of ``table`` ((largest M, config), smallest M first) for M rows."""
+    return next(config for top, config in table if m <= top)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A launch's K split: ``splits`` programs along K, each over ``steps`` K tiles."""
+
+    splits: int
+    steps: int
+
+
+def split_k_for(m: int, n: int, k: int, config: TileConfig, device: torch.device) -> Split:
+    """How many ways to split K so that a launch has about ``PROGRAMS_PER_SM`` programs per SM.
+
+    Large M has tiles enough and takes no split. Splits are whole K tiles, and none is empty:
+    the last may be shorter.
+    """
+    steps = triton.cdiv(k, config.block_k)
+    tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n)
+    wanted = programs_to_fill(device)
+    if tiles >= wanted or steps <= 1:
+        return Split(1, steps)
+    per_split = triton.cdiv(steps, min(MAX_SPLIT_K, steps, triton.cdiv(wanted, tiles)))
+    return Split(triton.cdiv(steps, per_split), per_split)
+
+
+def programs_to_fill(device: torch.device) -> int:
+    if device.type != "cuda":
+        return INTERPRETER_PROGRAMS
+    return PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def split_output(x: torch.Tensor, n: int, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, where the kernel writes): the (M, N) output in x's dtype, and, for a split launch,
+    the (splits, M, N) fp32 partial sums it writes first."""
+    out = x.new_empty((x.shape[0], n))
+    if split.splits == 1:
+        return out, out
+    return out, x.new_empty((split.splits, x.shape[0], n), dtype=torch.float32)
+
+
+@triton.jit
+def output_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of program ``pid``: programs walk GROUP_M-row bands over M, so the weight
+    tiles a band reads stay in L2."""
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    band = GROUP_M * num_pid_n
+    first_m = (pid // band) * GROUP_M
+    band_rows = tl.minimum(num_pid_m - first_m, GROUP_M)
+    return first_m + (pid % band) % band_rows, (pid % band) // band_rows
+
+
+@triton.jit
+def _sum_splits_kernel(partials_ptr, out_ptr, numel, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inside = offsets < numel
+    total = tl.zeros((BLOCK,), tl.float32)
+    for s in tl.static_range(SPLITS):  # in split order: the same sum on every run
+        total += tl.load(partials_ptr + s * numel + offsets, mask=inside, other=0.0)
+    tl.store(out_ptr + offsets, total.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+SUM_BLOCK = 1024
+
+
+def sum_splits(partials: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out (M, N), contiguous = the sum over dimension 0 of partials (splits, M, N) fp32, rounded once."""
+    if partials is not out:
+        numel = out.numel()
+        _sum_splits_kernel[(triton.cdiv(numel, SUM_BLOCK),)](partials, out, numel, SPLITS=partials.shape[0],
+                                                              BLOCK=SUM_BLOCK)
+    return out

@@ -1,0 +1,142 @@
+"""W8A16 dequant-GEMM over FP8 E4M3 weights: out = x @ W^T, W's codes read in place.
+
+``weight`` (N, K) holds one E4M3 code per element (float8_e4m3fn or its uint8 bytes). Its
+scales are fp32, one per row and K group of ``group`` (block FP8 1 x B; MXFP8's E8M0 exponents
+converted once to their exact fp32 powers of two), or one per row (``group=None``: per-tensor
+FP8, each merged shard's scale repeated over its rows). Each program decodes a
+(BLOCK_N, BLOCK_K) weight tile (one hardware conversion on sm_89+, bit moves before), scales it
+in fp32 as breccia's dequantize does, rounds it to the activation dtype and multiplies on tensor
+cores with fp32 accumulation. Activations stay as they are: no quantization pass before the GEMM
+and no activation rounding error, which is what decode-sized batches (M <= 16, one pass over the
+weight) want. K is split across programs when there are too few output tiles (``tiling.py``).
+
+No host synchronisation and no branch on tensor values: a launch can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..attention.fp8_codec import e4m3_decode
+from ..launch import check_tensor, fp32_on_gpu, gpu_tiles, native_fp8_decode
+from .tiling import TileConfig, config_for, output_tile, split_k_for, split_output, sum_splits
+
+GROUPS = (16, 32, 64, 128)  # K elements per scale: block FP8's 1 x B (B = 32 / 64 / 128), MXFP8's 32
+X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+WEIGHT_DTYPES = (torch.float8_e4m3fn, torch.uint8)
+
+
+@triton.jit
+def _w8a16_kernel(
+    x_ptr, weight_ptr, scale_ptr, out_ptr,
+    M, N, K, steps_per_split,
+    stride_xm, stride_wn, stride_sn, stride_sk, stride_os, stride_om,
+    GROUP: tl.constexpr, NATIVE_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = output_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    split = tl.program_id(1)  # this program's share of K: steps_per_split K tiles from k_first
+    k_first = split * steps_per_split * BLOCK_K
+    k_end = tl.minimum(K, k_first + steps_per_split * BLOCK_K)
+
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok, n_ok = m < M, n < N
+    x_rows = x_ptr + m.to(tl.int64)[:, None] * stride_xm
+    weight_rows = weight_ptr + n.to(tl.int64)[:, None] * stride_wn
+    scale_rows = scale_ptr + n.to(tl.int64) * stride_sn
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(k_first, k_end, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < k_end
+        x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w_ok = n_ok[:, None] & k_ok[None, :]
+        w = e4m3_decode(tl.load(weight_rows + k[None, :], mask=w_ok, other=0), tl.float32, NATIVE_FP8)
+        if GROUP % BLOCK_K == 0:  # one group covers the tile (or one scale per row): a scale per row
+            s = tl.load(scale_rows + (k0 // GROUP) * stride_sk, mask=n_ok, other=0.0)[:, None]
+        else:  # several groups per tile: a scale per element (repeated addresses, served from L1)
+            s = tl.load(scale_rows[:, None] + (k // GROUP)[None, :] * stride_sk, mask=w_ok, other=0.0)
+        acc = tl.dot(x, tl.trans((w * s).to(x.dtype)), acc, input_precision=DOT_PRECISION)
+
+    out_ptrs = out_ptr + split * stride_os + m.to(tl.int64)[:, None] * stride_om + n[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+# (largest M, config), smallest M first. Decode (M <= 16) streams the weight once: wide K steps
+# and deep pipelines keep loads in flight, and the K split (tiling.py) adds programs. Large M
+# reuses each weight tile over many rows: big tiles. Not tuned on a GPU yet.
+TILE_CONFIGS: list[tuple[int, TileConfig]] = [
+    (16, TileConfig(16, 64, 128, 1, 4, 4)),
+    (64, TileConfig(32, 64, 128, 4, 4, 3)),
+    (256, TileConfig(64, 128, 64, 8, 4, 3)),
+    (1 << 62, TileConfig(128, 128, 64, 8, 8, 3)),
+]
+# fp32 activations take the exact ("ieee") dot on FMA units, tiles held in registers (the same
+# reason as the W4A16 kernel's FP32_CONFIG: the tensor-core tiles would spill).
+FP32_CONFIG = TileConfig(32, 64, 32, 4, 8, 2)
+# Under the interpreter every program runs in Python: small tiles (tl.dot takes 16 per
+# dimension at least). K = 64 puts groups 16 / 32 inside a K tile, 64 on one, 128 across two.
+INTERPRETER_CONFIG = TileConfig(16, 32, 64, 1, 1, 1)
+
+
+def choose_config(m: int, x: torch.Tensor) -> TileConfig:
+    """The tile config of a launch over M rows of activations ``x``."""
+    if not gpu_tiles(x):
+        return INTERPRETER_CONFIG
+    if fp32_on_gpu(x):
+        return FP32_CONFIG
+    return config_for(m, TILE_CONFIGS)
+
+
+def w8a16_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, *, group: int | None) -> torch.Tensor:
+    """x @ W^T for an FP8 E4M3 weight W read in place, W = code * scale.
+
+    Parameters
+    ----------
+    x : (M, K) float16 / bfloat16 / float32, last dimension contiguous.
+    weight : (N, K) float8_e4m3fn, or uint8 E4M3 bytes; last dimension contiguous.
+    scales : fp32 (N, K / group); with ``group=None`` (N,) or (N, 1), one per row.
+    group : K elements per scale, one of ``GROUPS``, or None for one scale per row.
+
+    Returns (M, N) in x's dtype: fp32 accumulation of x times the dequantized weight rounded to
+    x's dtype (fp32 x: true fp32 products). E4M3's NaN codes come out NaN, as breccia decodes
+    them, compiled on a GPU; Triton's interpreter reads them as +-480 (breccia never writes them
+    for finite weights).
+    """
+    if group is not None and group not in GROUPS:
+        raise ValueError(f"group: expected one of {GROUPS} or None (one scale per row), got {group!r}")
+    check_tensor("x", x, shape=(None, None), dtypes=X_DTYPES, last_dim_contiguous=True)
+    m, k = x.shape
+    if group is not None and k % group:
+        raise ValueError(f"x: K={k} is not a whole number of {group}-wide scale groups")
+    check_tensor("weight", weight, shape=(None, k), dtypes=WEIGHT_DTYPES, last_dim_contiguous=True)
+    n = weight.shape[0]
+    if group is None:
+        scales = scales.reshape(-1, 1) if scales.ndim == 1 else scales
+        check_tensor("scales", scales, shape=(n, 1), dtypes=(torch.float32,))
+    else:
+        check_tensor("scales", scales, shape=(n, k // group), dtypes=(torch.float32,))
+    for name, t in (("weight", weight), ("scales", scales)):
+        if t.device != x.device:
+            raise ValueError(f"{name}: on {t.device}, x on {x.device}")
+    if m == 0 or n == 0:
+        return x.new_empty((m, n))
+
+    config = choose_config(m, x)
+    split = split_k_for(m, n, k, config, x.device)
+    out, partials = split_output(x, n, split)
+    # One scale per row: every K tile reads the row's scale (GROUP = BLOCK_K, stride 0 along K).
+    group_size, scale_k_stride = (config.block_k, 0) if group is None else (group, scales.stride(1))
+    grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n), split.splits)
+    _w8a16_kernel[grid](
+        x, weight.view(torch.uint8), scales, partials,
+        m, n, k, split.steps,
+        x.stride(0), weight.stride(0), scales.stride(0), scale_k_stride, m * n, n,
+        GROUP=group_size, NATIVE_FP8=native_fp8_decode(x),
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
+        **config.launch_args(),
+    )
+    return sum_splits(partials, out)
