@@ -31,7 +31,7 @@ def test_splits_cover_k_once_and_none_is_empty(h200, m, n, k):
 
 def test_only_launches_short_of_programs_split(h200):
     # Llama-3-8B's qkv at M = 1: 96 tiles of 64 columns for 132 SMs -> split; 33792 columns
-    # give 528 tiles (4 per SM) already, and M = 2048 thousands.
+    # give 528 tiles (4 per SM) already; M = 2048 is arithmetic-bound, never split.
     assert tiling.split_k_for(1, 6144, 4096, DECODE, H200).splits > 1
     tiles = (1 + 15) // 16 * (6144 // 64)
     assert tiles * tiling.split_k_for(1, 6144, 4096, DECODE, H200).splits >= tiling.PROGRAMS_PER_SM * 132

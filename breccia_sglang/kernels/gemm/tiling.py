@@ -20,6 +20,9 @@ import triton.language as tl
 # Programs a launch aims at per SM: enough loads in flight to keep HBM busy at M <= 16.
 PROGRAMS_PER_SM = 4
 MAX_SPLIT_K = 16  # beyond this the partial sums cost more traffic than the split gains
+# Splits are for launches that stream the weight once (memory-bound): at larger M the output
+# tiles keep every SM busy with arithmetic, and fp32 partials of (M, N) would only add traffic.
+MAX_SPLIT_M = 64
 # Under the interpreter (and for GPU tile sizes run on CPU by the tests) there is no SM count:
 # aim at a few programs, so CI runs the split and its reduction on small shapes too.
 INTERPRETER_PROGRAMS = 8
@@ -63,13 +66,13 @@ class Split:
 def split_k_for(m: int, n: int, k: int, config: TileConfig, device: torch.device) -> Split:
     """How many ways to split K so that a launch has about ``PROGRAMS_PER_SM`` programs per SM.
 
-    Large M has tiles enough and takes no split. Splits are whole K tiles, and none is empty:
-    the last may be shorter.
+    Only M <= ``MAX_SPLIT_M`` splits. Splits are whole K tiles, and none is empty: the last may
+    be shorter.
     """
     steps = triton.cdiv(k, config.block_k)
     tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n)
     wanted = programs_to_fill(device)
-    if tiles >= wanted or steps <= 1:
+    if m > MAX_SPLIT_M or tiles >= wanted or steps <= 1:
         return Split(1, steps)
     per_split = triton.cdiv(steps, min(MAX_SPLIT_K, steps, triton.cdiv(wanted, tiles)))
     return Split(triton.cdiv(steps, per_split), per_split)
