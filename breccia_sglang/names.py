@@ -28,6 +28,7 @@ GEMM_SGLANG_FP8 = "sglang-fp8-linear"  # SGLang's per-tensor FP8 linear (Fp8Line
 GEMM_TRITON_BLOCK_FP8 = "triton-block-fp8"  # SGLang's Triton W8A8 block kernel with our 1xB configs
 GEMM_MARLIN_FP8 = "marlin-fp8"  # SGLang's FP8 Marlin (W8A16), for GPUs without FP8 tensor cores
 GEMM_BLOCKSCALE_SM90 = "blockscale-sm90"  # 1x128 x 1x128 blockwise FP8 GEMM on Hopper
+GEMM_TRITON_W8A16 = "triton-w8a16"  # our Triton W8A16 GEMM over FP8 E4M3 codes (any FP8 recipe), sm_80+
 GEMM_TRITON_W4A16 = "triton-w4a16"  # our Triton W4A16 GEMM over packed INT4 / NVFP4 codes, sm_80+
 GEMM_MARLIN_INT4 = "marlin-int4"  # SGLang's AWQ / GPTQ Marlin W4A16 for INT4, sm_80+
 GEMM_MARLIN_NVFP4 = "marlin-nvfp4"  # SGLang's FP4 Marlin W4A16 for NVFP4, sm_80-90

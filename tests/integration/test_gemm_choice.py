@@ -30,17 +30,18 @@ def spec_for(recipe_name: str, target: Target, *, k: int = 512, n: int = 256, fo
 
 
 # recipe -> kernel on (CPU, sm_80, sm_89, sm_90), for a 256 x 512 layer with bf16 activations.
-# 1x128 block FP8 takes SGLang's FP8 Marlin below sm_89 (other blocks keep the emulated kernel
+# 1x128 block FP8 takes SGLang's FP8 Marlin below sm_89 (other blocks and MXFP8 our W8A16 kernel
 # there), and Hopper's blockwise GEMM ranks above the Triton kernel for 1x128 (measured faster
-# on an H200): this table says what each GPU gets today. 4-bit: SGLang's Marlin first; NVFP4 in bf16 takes our Triton kernel
+# on an H200); blocks no W8A8 kernel takes (1x256) get our W8A16 kernel everywhere: this table
+# says what each GPU gets today. 4-bit: SGLang's Marlin first; NVFP4 in bf16 takes our Triton kernel
 # (FP4 Marlin misreads subnormal scales in bf16).
 EXPECTED = {
     "fp8": ("emulated", "sglang-fp8-linear", "sglang-fp8-linear", "sglang-fp8-linear"),  # Marlin on sm_80
     "fp8-block-128": ("emulated", "marlin-fp8", "triton-block-fp8", "blockscale-sm90"),
-    "fp8-block-64": ("emulated", "emulated", "triton-block-fp8", "triton-block-fp8"),
-    "fp8-block-32": ("emulated", "emulated", "triton-block-fp8", "triton-block-fp8"),
-    "fp8-block-256": ("emulated", "emulated", "emulated", "emulated"),
-    "mxfp8": ("emulated", "emulated", "triton-block-fp8", "triton-block-fp8"),
+    "fp8-block-64": ("emulated", "triton-w8a16", "triton-block-fp8", "triton-block-fp8"),
+    "fp8-block-32": ("emulated", "triton-w8a16", "triton-block-fp8", "triton-block-fp8"),
+    "fp8-block-256": ("emulated", "triton-w8a16", "triton-w8a16", "triton-w8a16"),
+    "mxfp8": ("emulated", "triton-w8a16", "triton-block-fp8", "triton-block-fp8"),
     "nvfp4": ("emulated", "triton-w4a16", "triton-w4a16", "triton-w4a16"),
     "int4": ("emulated", "marlin-int4", "marlin-int4", "marlin-int4"),
     "int4-g64-asym": ("emulated", "marlin-int4", "marlin-int4", "marlin-int4"),

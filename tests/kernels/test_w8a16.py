@@ -1,5 +1,5 @@
 """The W8A16 FP8 dequant-GEMM under TRITON_INTERPRET=1 (or compiled on a GPU) against its fp32
-reference: groups 16 / 32 / 64 / 128 and one scale per row, every E4M3 code (subnormals and
+reference: groups 16 to 256 (and 96) and one scale per row, every E4M3 code (subnormals and
 NaN included), E8M0-sized scales (MXFP8), M = 1 / 7 / 33, N and K that are not multiples of the
 tiles, and K split across programs."""
 
@@ -32,6 +32,8 @@ CASES = [
     (128, "fp32", 7, 40, 384),
     (None, "fp32", 1, 72, 160),
     (None, "fp32", 33, 40, 96),
+    (96, "fp32", 7, 40, 192),  # a group that is no power of two: one group over 1.5 K tiles
+    (256, "fp32", 1, 72, 512),
 ]
 
 
@@ -171,7 +173,7 @@ def _arguments():
     ({"x": torch.zeros(3, 64, dtype=torch.int32)}, TypeError, "x"),
     ({"x": torch.zeros(64, 3).T}, ValueError, "x"),
     ({"x": torch.zeros(3, 48)}, ValueError, "x"),  # K = 48 splits a 32-wide group
-    ({"group": 48}, ValueError, "group"),
+    ({"group": 0}, ValueError, "group"),
 ])
 def test_bad_arguments_fail_naming_the_argument(change, error, name):
     args = _arguments()

@@ -19,6 +19,7 @@ from .marlin_w4a16 import MarlinInt4Kernel, MarlinNvfp4Kernel
 from .sglang_fp8 import SglangFp8PerTensorKernel
 from .triton_block_fp8 import TritonBlockFp8Kernel
 from .triton_w4a16 import TritonW4A16Kernel
+from .triton_w8a16 import TritonW8A16Kernel
 from .w8a8_reference import W8A8ReferenceKernel
 
 # Every kernel name BRECCIA_SGLANG_GEMM may give, dense or MoE (a name one family lacks leaves
@@ -26,7 +27,8 @@ from .w8a8_reference import W8A8ReferenceKernel
 ALL_KERNEL_NAMES = {getattr(names, n) for n in dir(names) if n.startswith("GEMM_")}
 
 KERNELS: list[type[GemmKernel]] = [SglangFp8PerTensorKernel, MarlinInt4Kernel, MarlinNvfp4Kernel,
-                                   BlockscaleSm90Kernel, TritonBlockFp8Kernel, MarlinFp8Kernel, TritonW4A16Kernel,
+                                   BlockscaleSm90Kernel, TritonBlockFp8Kernel, MarlinFp8Kernel, TritonW8A16Kernel,
+                                   TritonW4A16Kernel,
                                    EmulatedDequantKernel, W8A8ReferenceKernel]
 
 

@@ -23,7 +23,6 @@ from ..attention.fp8_codec import e4m3_decode
 from ..launch import check_tensor, fp32_on_gpu, gpu_tiles, native_fp8_decode
 from .tiling import TileConfig, config_for, output_tile, split_k_for, split_output, sum_splits
 
-GROUPS = (16, 32, 64, 128)  # K elements per scale: block FP8's 1 x B (B = 32 / 64 / 128), MXFP8's 32
 X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 WEIGHT_DTYPES = (torch.float8_e4m3fn, torch.uint8)
 
@@ -99,15 +98,17 @@ def w8a16_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, *,
     x : (M, K) float16 / bfloat16 / float32, last dimension contiguous.
     weight : (N, K) float8_e4m3fn, or uint8 E4M3 bytes; last dimension contiguous.
     scales : fp32 (N, K / group); with ``group=None`` (N,) or (N, 1), one per row.
-    group : K elements per scale, one of ``GROUPS``, or None for one scale per row.
+    group : K elements per scale (block FP8's 1 x B, MXFP8's 32; any width that divides K), or
+        None for one scale per row.
 
     Returns (M, N) in x's dtype: fp32 accumulation of x times the dequantized weight rounded to
     x's dtype (fp32 x: true fp32 products). E4M3's NaN codes come out NaN, as breccia decodes
     them, compiled on a GPU; Triton's interpreter reads them as +-480 (breccia never writes them
     for finite weights).
     """
-    if group is not None and group not in GROUPS:
-        raise ValueError(f"group: expected one of {GROUPS} or None (one scale per row), got {group!r}")
+    if group is not None and (not isinstance(group, int) or group < 1):
+        raise ValueError(f"group: expected a positive number of K elements per scale, or None (one per row), "
+                         f"got {group!r}")
     check_tensor("x", x, shape=(None, None), dtypes=X_DTYPES, last_dim_contiguous=True)
     m, k = x.shape
     if group is not None and k % group:

@@ -1,0 +1,56 @@
+"""Our Triton W8A16 GEMM serving an FP8 breccia model through the real engine on CPU.
+
+A tiny Llama (2 layers; K = 64 and 96) in fp16 holds every FP8 recipe the kernel reads:
+per-tensor FP8 in q/k/v (one scale per merged shard, repeated over its rows once after
+loading), 1x32 block FP8 in o_proj and down_proj, and MXFP8 (E8M0 scales) in gate/up. Under
+TRITON_INTERPRET=1 with ``BRECCIA_SGLANG_GEMM=triton-w8a16`` every layer runs the kernel on
+the FP8 codes (K split across programs at decode); the same checkpoint on the emulated kernel
+(the weight dequantized in torch, then a matmul) must give the same greedy tokens, and the log
+must name each layer's kernel.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from breccia_sglang import names
+from breccia_sglang.format import make_recipe
+from breccia_sglang.format.quantize import quantize_checkpoint
+
+from ..helpers import runs_per_gemm_kernel
+
+pytestmark = pytest.mark.engine
+
+GREEDY = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
+PROMPTS = [list(range(3, 40)), list(range(50, 57))]  # a 37- and a 7-token prompt, one batch
+KERNELS = (names.GEMM_TRITON_W8A16, names.GEMM_EMULATED)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_llama, tmp_path_factory):
+    checkpoint = tmp_path_factory.mktemp("fp8-recipes") / "ckpt"
+    quantize_checkpoint(tiny_llama, checkpoint, make_recipe("fp8-block", block_k=32), overrides=(
+        ("*.self_attn.[qkv]_proj.*", make_recipe("fp8")), ("*.mlp.gate_proj.*", make_recipe("mxfp8")),
+        ("*.mlp.up_proj.*", make_recipe("mxfp8")),
+    ), progress=False)
+    return runs_per_gemm_kernel(checkpoint, KERNELS, names.GEMM_TRITON_W8A16,
+                                [{"input_ids": PROMPTS, "sampling_params": GREEDY}], tmp_path_factory)
+
+
+def test_the_triton_w8a16_gemm_serves_the_emulated_kernels_tokens(runs):
+    triton = [r["output_ids"] for r in runs[names.GEMM_TRITON_W8A16]["results"][0]]
+    emulated = [r["output_ids"] for r in runs[names.GEMM_EMULATED]["results"][0]]
+    assert [len(ids) for ids in triton] == [GREEDY["max_new_tokens"]] * len(PROMPTS)
+    assert triton == emulated
+
+
+def test_the_log_names_each_fp8_layers_kernel_and_recipe(runs):
+    recipes = {"qkv_proj": "current", "o_proj": "block(E4M3,k=32)", "gate_up_proj": "mxfp8",
+               "down_proj": "block(E4M3,k=32)"}
+    for kernel, result in runs.items():
+        for kind, recipe in recipes.items():
+            announced = re.findall(rf"breccia-sglang: {kind} layers \((.+?)\) run GEMM kernel (\S+)", result["stderr"])
+            assert announced and {k for _, k in announced} == {kernel}, (kind, announced)
+            assert all(label.startswith(recipe) for label, _ in announced), (kind, announced)
