@@ -17,9 +17,10 @@ blocks, one config per range of M), for the GPUs with FP8 tensor cores they run 
 the default table everywhere, and each table tuned on a GPU model (``integration/gemm/tuned/``)
 for that model's compute capability, with the Hopper variant and its split-K reduction where a
 config asks for them.
-breccia's W4A16 GEMM is compiled with each of its tile configs for every 4-bit code kind (INT4,
-UINT4 with zero points, E2M1 with E4M3 scale bytes) on fp16 / bf16 activations (fp32 has one
-config of its own), for every GPU from sm_80 on. And SGLang's fused MoE kernels with each MoE tile
+breccia's weight-only GEMMs are compiled with each of their tile configs on fp16 / bf16
+activations (fp32 has one config of its own), for every GPU from sm_80 on: W4A16 for every 4-bit
+code kind (INT4, UINT4 with zero points, E2M1 with E4M3 scale bytes), W8A16 for FP8 codes with
+groups of 128 and 32 and one scale per row, and the kernel that sums their K splits. And SGLang's fused MoE kernels with each MoE tile
 config breccia's MoE kernels launch them with: W8A8 FP8 experts with 1x128 scales (sm_89+) and
 W4A16 INT4 experts with groups of 128 (sm_80+), at Qwen3-30B-A3B's expert shapes.
 
@@ -55,7 +56,7 @@ from triton.runtime.jit import create_function_from_signature
 from _common import OUT_DIR, error_summary, report_header  # noqa: E402
 from breccia_sglang.kernels import launch  # noqa: E402
 from breccia_sglang.kernels.attention import decode, extend, write_kv  # noqa: E402
-from breccia_sglang.kernels.gemm import w4a16  # noqa: E402
+from breccia_sglang.kernels.gemm import tiling, w4a16, w8a16  # noqa: E402
 from breccia_sglang.kvcache import PagedKV, PagedScaledTensor  # noqa: E402
 
 # Largest shared memory one block may use (opt-in), bytes: CUDA programming guide, table 21.
@@ -194,24 +195,38 @@ def patched(module, attribute: str, value):
 
 
 W4A16_GROUPS = {"int4": 128, "uint4": 128, "e2m1": 16}  # INT4's common group; NVFP4's 16
+W8A16_GROUPS = {"g128": 128, "g32": 32, "per-row": None}  # 1x128 blocks; MXFP8 and 1x32; per-tensor FP8
+SPLIT_SUM = "breccia gemm split-k sum"
 
 
-def w4a16_launches(dtype: torch.dtype) -> list[Launch]:
-    """breccia's W4A16 GEMM as its launcher calls it on a GPU: each code kind (UINT4 with zero
-    points, E2M1 with E4M3 scale bytes) and an M from each range of its tile configs."""
+def weight_only_launches(dtype: torch.dtype) -> list[Launch]:
+    """breccia's W4A16 and W8A16 GEMMs as their launchers call them on a GPU: each code kind (UINT4
+    with zero points, E2M1 with E4M3 scale bytes) or scale group, an M from each range of their
+    tile configs, and the K-split sum (once: it is the same kernel for both)."""
     n, k = GEMM_SHAPE
     sink: list[Launch] = []
+    ms = (1, 64, 256, 2048) if dtype != torch.float32 else (64,)  # fp32: one config for all M
+    calls = []
     for codes, group in W4A16_GROUPS.items():
         packed = torch.zeros(n, k // 2, dtype=torch.uint8)
         scales = torch.zeros(n, k // group, dtype=torch.uint8) if codes == "e2m1" else torch.ones(n, k // group)
         zero_points = torch.zeros(n, k // group) if codes == "uint4" else None
-        for m in (1, 64, 256, 2048) if dtype != torch.float32 else (64,):  # fp32: one config for all M
-            x = torch.zeros(m, k, dtype=dtype)
-            with gpu_tiles():
-                name = f"breccia w4a16 gemm {codes} {w4a16.choose_config(m, x).name}"
-                with recording(w4a16, "_w4a16_kernel", name, sink):
-                    w4a16.w4a16_matmul(x, packed, scales, zero_points, group=group, codes=codes)
-    return sink
+        calls += [(w4a16, "_w4a16_kernel", f"w4a16 gemm {codes}", m,
+                   lambda x, p=packed, s=scales, z=zero_points, g=group, c=codes: w4a16.w4a16_matmul(
+                       x, p, s, z, group=g, codes=c)) for m in ms]
+    for kind, group in W8A16_GROUPS.items():
+        codes, scales = torch.zeros(n, k, dtype=torch.uint8), torch.ones(n, 1 if group is None else k // group)
+        calls += [(w8a16, "_w8a16_kernel", f"w8a16 gemm {kind}", m,
+                   lambda x, w=codes, s=scales, g=group: w8a16.w8a16_matmul(x, w, s, group=g)) for m in ms]
+    for module, kernel, label, m, call in calls:
+        x = torch.zeros(m, k, dtype=dtype)
+        # Split K as on an H100 / H200 (132 SMs), so the decode launches record their split sum.
+        with gpu_tiles(), patched(tiling, "INTERPRETER_PROGRAMS", tiling.PROGRAMS_PER_SM * 132), \
+                recording(tiling, "_sum_splits_kernel", SPLIT_SUM, sink):
+            with recording(module, kernel, f"breccia {label} {module.choose_config(m, x).name}", sink):
+                call(x)
+    first_sum = next(i for i, launch_ in enumerate(sink) if launch_.name == SPLIT_SUM)
+    return [launch_ for i, launch_ in enumerate(sink) if launch_.name != SPLIT_SUM or i == first_sum]
 
 
 MOE_SHAPE = (128, 8, 2048, 768)  # experts, top_k, hidden, expert intermediate: Qwen3-30B-A3B
@@ -322,14 +337,14 @@ def cubin_resources(cubin: bytes) -> dict:
 
 
 def _compile_case(case: tuple) -> list[dict]:
-    """One (dtype, head_dim) for every arch, or (dtype, "gemm" / "w4a16" / "moe"): recording is cheap,
+    """One (dtype, head_dim) for every arch, or (dtype, "gemm" / "weight-only" / "moe"): recording is cheap,
     compiling is the work."""
     dtype_name, head_dim, group, archs, with_sglang = case
     dtype = getattr(torch, dtype_name)
     if head_dim == "gemm":
         launches, archs, head_dim = gemm_launches(dtype), [a for a in archs if a >= GEMM_MIN_ARCH], 0
-    elif head_dim == "w4a16":
-        launches, head_dim = w4a16_launches(dtype), 0
+    elif head_dim == "weight-only":
+        launches, head_dim = weight_only_launches(dtype), 0
     elif head_dim == "moe":  # the FP8 kernel needs sm_89+ (its FP8 dot); the INT4 one sm_80+
         launches, head_dim = moe_launches(dtype), 0
         rows = [compile_for(launch_, arch) | {"dtype": dtype_name, "head_dim": 0, "group": group}
@@ -383,8 +398,8 @@ def main() -> None:
     if not args.no_sglang and gemm_dtype:  # the GEMM's inputs are FP8 whatever the model dtype: one suffices
         cases.append((gemm_dtype, "gemm", args.group, args.arch, True))
         cases.append((gemm_dtype, "moe", args.group, args.arch, True))
-    # W4A16 multiplies in the activation dtype: every one (fp32 takes a single tile config).
-    cases += [(d, "w4a16", args.group, args.arch, False) for d in args.dtype]
+    # The weight-only GEMMs multiply in the activation dtype: every one (fp32 takes a single tile config).
+    cases += [(d, "weight-only", args.group, args.arch, False) for d in args.dtype]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = [row for case_rows in pool.map(_compile_case, cases) for row in case_rows]
     # Ours, and SGLang's GEMM with our configs, must compile (SGLang's decode on FP8 need not).

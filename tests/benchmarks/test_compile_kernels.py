@@ -96,21 +96,27 @@ def test_the_block_fp8_gemm_compiles_with_every_config_breccia_launches_on_fp8_g
         assert r["shared_bytes"] <= r["shared_limit"] and r["spill_bytes"] < 256, r
 
 
-def test_the_w4a16_gemm_compiles_with_every_tile_config_and_code_kind_from_sm_80(report):
-    # No FP8 dot: W4A16 runs on every GPU from sm_80, so NVFP4's E4M3 scale bytes take the
-    # integer decode before sm_89 (fp8e4nv would not compile there).
-    from breccia_sglang.kernels.gemm import w4a16
+def test_the_weight_only_gemms_compile_with_every_tile_config_and_code_kind_from_sm_80(report):
+    # No FP8 dot: W4A16 and W8A16 run on every GPU from sm_80, so FP8 codes (W8A16's weights,
+    # NVFP4's E4M3 scale bytes) take the integer decode before sm_89 (fp8e4nv would not compile
+    # there). Both split K at decode sizes: the split sum compiles too.
+    from breccia_sglang.kernels.gemm import w4a16, w8a16
 
-    rows = [r for r in report[0]["rows"] if r["kernel"].startswith("breccia w4a16 gemm")]
-    expected = {f"breccia w4a16 gemm {codes} {c.name}" for codes in w4a16.CODES for _, c in w4a16.TILE_CONFIGS}
-    fp32 = {f"breccia w4a16 gemm {codes} {w4a16.FP32_CONFIG.name}" for codes in w4a16.CODES}
+    split_sum = "breccia gemm split-k sum"  # compile_kernels.SPLIT_SUM (it cannot be imported interpreted)
+    rows = [r for r in report[0]["rows"] if r["kernel"].startswith(("breccia w4a16 gemm", "breccia w8a16 gemm",
+                                                                     split_sum))]
+    kinds = [("w4a16", codes, w4a16) for codes in w4a16.CODES] + \
+        [("w8a16", kind, w8a16) for kind in ("g128", "g32", "per-row")]  # compile_kernels.W8A16_GROUPS
+    expected = {f"breccia {op} gemm {kind} {c.name}" for op, kind, module in kinds for _, c in module.TILE_CONFIGS}
+    fp32 = {f"breccia {op} gemm {kind} {module.FP32_CONFIG.name}" for op, kind, module in kinds}
     for arch in ARCHS:
         for dtype in DTYPES:
             kernels = {r["kernel"] for r in rows if (r["arch"], r["dtype"]) == (arch, dtype)}
-            assert kernels == (fp32 if dtype == "float32" else expected), (arch, dtype)
+            assert kernels == (fp32 if dtype == "float32" else expected) | {split_sum}, (arch, dtype)
     for r in rows:
         assert "error" not in r, r
-        assert r["native_fp8"] is (r["arch"] >= 89), r
+        if r["kernel"] != split_sum:
+            assert r["native_fp8"] is (r["arch"] >= 89), r
         assert r["shared_bytes"] <= r["shared_limit"] and r["spill_bytes"] < 256, r
 
 

@@ -2,11 +2,10 @@
 
 ``packed`` (N, K / 2) uint8 holds element 2j of a row in the LOW nibble of byte j and 2j + 1
 in the high one (``weights.packing.pack_low_first``). Each program loads a (BLOCK_N, BLOCK_K / 2)
-tile of bytes with vector loads, decodes both nibbles and scales them in fp32 as breccia's
-dequantize does (``(value - z) * s``), interleaves the halves back into K order, rounds the
-tile to the activation dtype and multiplies on tensor cores with fp32 accumulation. The two
-nibbles of a byte are always in the same scale group (groups are even), so each pair of
-elements reads one scale (and zero point).
+tile of bytes with vector loads, decodes both nibbles, interleaves the halves back into K order,
+scales them in fp32 as breccia's dequantize does (``(value - z) * s``, one scale and zero point
+loaded per group, ``tiling.scaled_groups``), rounds the tile to the activation dtype and
+multiplies on tensor cores with fp32 accumulation.
 
 K is split across programs when there are too few output tiles (``tiling.py``). No host
 synchronisation and no branch on tensor values: a launch can be captured in a CUDA graph.
@@ -20,7 +19,7 @@ import triton.language as tl
 
 from ..attention.fp8_codec import e4m3_decode
 from ..launch import check_tensor, fp32_on_gpu, gpu_tiles, native_fp8_decode
-from .tiling import TileConfig, config_for, output_tile, split_k_for, split_output, sum_splits
+from .tiling import TileConfig, config_for, output_tile, scaled_groups, split_k_for, split_output, sum_splits
 
 CODES = ("int4", "uint4", "e2m1")  # two's complement, unsigned 0..15 (zero points allowed), FP4 E2M1
 GROUPS = (16, 32, 64, 128)  # K elements per scale: 16 for NVFP4 (e2m1), 32 / 64 / 128 for INT4
@@ -77,24 +76,27 @@ def _w4a16_kernel(
         c = tl.load(byte_rows + j[None, :], mask=j_ok, other=0).to(tl.int32)
         low, high = _nibble_values(c & 15, CODE), _nibble_values(c >> 4, CODE)
 
+        values = tl.reshape(tl.join(low, high), (BLOCK_N, BLOCK_K))  # element 2j then 2j + 1: K order
+
         if GROUP % BLOCK_K == 0:  # one group covers the tile: one scale per row
             s_ptrs = scale_rows[:, None] + (k0 // GROUP) * stride_sk
             z_ptrs = zero_rows[:, None] + (k0 // GROUP) * stride_zk
             s_ok = n_ok[:, None]
-        else:  # several groups per tile: a scale per pair (repeated addresses, served from L1)
-            s_ptrs = scale_rows[:, None] + (j // (GROUP // 2))[None, :] * stride_sk
-            z_ptrs = zero_rows[:, None] + (j // (GROUP // 2))[None, :] * stride_zk
-            s_ok = j_ok
+        else:  # whole groups per tile (groups and tiles are powers of two): one scale per group
+            g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+            s_ptrs = scale_rows[:, None] + g[None, :] * stride_sk
+            z_ptrs = zero_rows[:, None] + g[None, :] * stride_zk
+            s_ok = n_ok[:, None] & (g * GROUP < k_end)[None, :]
         s = tl.load(s_ptrs, mask=s_ok, other=0)
         if SCALE_E4M3:
             s = e4m3_decode(s, tl.float32, NATIVE_FP8)
         else:
             s = s.to(tl.float32)
-        if HAS_ZERO:
-            z = tl.load(z_ptrs, mask=s_ok, other=0).to(tl.float32)
-            low, high = low - z, high - z
-        # (BLOCK_N, BLOCK_K / 2, 2) -> (BLOCK_N, BLOCK_K): element 2j then 2j + 1, K order again.
-        w = tl.reshape(tl.join(low * s, high * s), (BLOCK_N, BLOCK_K)).to(x.dtype)
+        z = tl.load(z_ptrs, mask=s_ok, other=0).to(tl.float32) if HAS_ZERO else s
+        if GROUP % BLOCK_K == 0:
+            w = ((values - z) * s if HAS_ZERO else values * s).to(x.dtype)
+        else:
+            w = scaled_groups(values, s, z, BLOCK_N, BLOCK_K, GROUP, HAS_ZERO).to(x.dtype)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
 
     out_ptrs = out_ptr + split * stride_os + m.to(tl.int64)[:, None] * stride_om + n[None, :]

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from ..attention.fp8_codec import e4m3_decode
 from ..launch import check_tensor, fp32_on_gpu, gpu_tiles, native_fp8_decode
-from .tiling import TileConfig, config_for, output_tile, split_k_for, split_output, sum_splits
+from .tiling import TileConfig, config_for, output_tile, scaled_groups, split_k_for, split_output, sum_splits
 
 X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 WEIGHT_DTYPES = (torch.float8_e4m3fn, torch.uint8)
@@ -56,9 +56,16 @@ def _w8a16_kernel(
         w = e4m3_decode(tl.load(weight_rows + k[None, :], mask=w_ok, other=0), tl.float32, NATIVE_FP8)
         if GROUP % BLOCK_K == 0:  # one group covers the tile (or one scale per row): a scale per row
             s = tl.load(scale_rows + (k0 // GROUP) * stride_sk, mask=n_ok, other=0.0)[:, None]
-        else:  # several groups per tile: a scale per element (repeated addresses, served from L1)
-            s = tl.load(scale_rows[:, None] + (k // GROUP)[None, :] * stride_sk, mask=w_ok, other=0.0)
-        acc = tl.dot(x, tl.trans((w * s).to(x.dtype)), acc, input_precision=DOT_PRECISION)
+            w = w * s
+        elif BLOCK_K % GROUP == 0 and (GROUP & (GROUP - 1)) == 0:
+            # Whole groups per tile (MXFP8's 32, 1x32 / 1x64 blocks): one scale per group.
+            g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+            s = tl.load(scale_rows[:, None] + g[None, :] * stride_sk,
+                        mask=n_ok[:, None] & (g * GROUP < k_end)[None, :], other=0.0)
+            w = scaled_groups(w, s, s, BLOCK_N, BLOCK_K, GROUP, False)
+        else:  # any other width: a scale per element (repeated addresses, served from L1)
+            w = w * tl.load(scale_rows[:, None] + (k // GROUP)[None, :] * stride_sk, mask=w_ok, other=0.0)
+        acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc, input_precision=DOT_PRECISION)
 
     out_ptrs = out_ptr + split * stride_os + m.to(tl.int64)[:, None] * stride_om + n[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
