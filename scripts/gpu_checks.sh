@@ -14,14 +14,16 @@
 # 2. benchmarks/bench_gemm.py, with that table: the FP8 recipes' linears (activation quantization
 #    included: block 1x128 / 1x64 and MXFP8 on SGLang's Triton block kernel, per-tensor FP8; on
 #    sm_90 also 1x128 on torch's blockwise scaled_mm) against BF16, the emulated kernel and
-#    SGLang's 128x128 block kernel, with the FP8 GEMM issue's targets and the fastest 1x128; and
+#    SGLang's 128x128 block kernel, with the FP8 GEMM issue's targets and the fastest 1x128; every
+#    FP8 recipe also on our W8A16 kernel (no activation quantization, K split at decode sizes),
+#    with each recipe's fastest kernel per M (whether decode should route to W8A16); and
 #    the 4-bit recipes (int4-g128 with and without zero points, nvfp4) on our Triton W4A16 kernel,
 #    with the 4-bit issue's targets. (SGLang's Marlin rows need its CUDA kernels, which a bare
 #    machine lacks: they say so.)
 # 3. tests/kernels on the GPU, compiled (BRECCIA_KERNEL_DEVICE=cuda): the write, decode and
-#    extend kernels and the W4A16 GEMM against their fp32 references on the interpreter tests'
-#    awkward shapes, plus CUDA-graph capture and replay of a write + decode step (views included)
-#    and of a W4A16 GEMM; and on sm_90 the blockscale-sm90 kernel's torch backend against the W8A8
+#    extend kernels and the W4A16 / W8A16 GEMMs against their fp32 references on the interpreter
+#    tests' awkward shapes, plus CUDA-graph capture and replay of a write + decode step (views
+#    included) and of each GEMM (K split included); and on sm_90 the blockscale-sm90 kernel's torch backend against the W8A8
 #    reference at row counts 1-33 (tests/integration/test_gemm_blockscale.py).
 # 4. benchmarks/bench_moe.py: FP8 1x128 and INT4 g128 experts on SGLang's fused MoE Triton
 #    kernels against BF16 experts, Qwen3-30B-A3B's MoE shapes, batch 1-256, with the MoE targets.
@@ -73,7 +75,7 @@ tuned=$(ls "$OUT"/block_fp8_*.json 2>/dev/null | head -1)
 if [ -n "$tuned" ] && [ -z "${TUNE_ARGS:-}" ]; then
     export BRECCIA_SGLANG_BLOCK_FP8_CONFIGS="$tuned"  # else the table shipped for this GPU, if any
 fi
-wants gemm && step 140 gemm "$PYTHON" benchmarks/bench_gemm.py "${smoke[@]}" --out "$OUT/gemm.json"
+wants gemm && step 170 gemm "$PYTHON" benchmarks/bench_gemm.py "${smoke[@]}" --out "$OUT/gemm.json"
 wants kernels && step 50 kernels "$PYTHON" -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/kernels \
     tests/integration/test_gemm_blockscale.py
 wants moe && step 55 moe "$PYTHON" benchmarks/bench_moe.py "${smoke[@]}" --out "$OUT/moe.json"
