@@ -10,6 +10,10 @@ A config is chosen by M from a table: the table tuned on this GPU model when one
 names another file), else ``TILE_CONFIGS``. Every config is checked before use: the kernels
 step their scales once per ``B // BLOCK_SIZE_K`` tiles, so a tile K that does not divide B gives
 silently wrong results (an error of 20.9 where 1e-6 is right, B=64, tile K 128).
+
+A tuned file may also say up to which M the block FP8 layers run on our W8A16 kernel instead
+(``"w8a16_up_to_m"``, measured by ``benchmarks/bench_gemm.py``: decode-sized batches skip the
+activation quantization pass there); ``BRECCIA_SGLANG_W8A16_UP_TO_M`` overrides it.
 """
 
 from __future__ import annotations
@@ -116,10 +120,38 @@ def table_for(block: int, device_name: str | None) -> list[tuple[int, TileConfig
 def _tables(chosen: str | None, device_name: str | None) -> dict[int, list[tuple[int, TileConfig]]]:
     """The tables of the file the variable names, else of this GPU model's shipped file, else none:
     found once per (variable, GPU), not with a file lookup on every GEMM call."""
+    path = _tuned_path(chosen, device_name)
+    return load_tables(path) if path else {}
+
+
+def _tuned_path(chosen: str | None, device_name: str | None) -> Path | None:
+    """The file the variable names (it must exist), else this GPU model's shipped file if any."""
     path = Path(chosen) if chosen else tuned_file(device_name) if device_name else None
-    if path is None or not (chosen or path.exists()):
-        return {}
-    return load_tables(path)
+    return path if path is not None and (chosen or path.exists()) else None
+
+
+def w8a16_up_to_m(device_name: str | None) -> int:
+    """The largest M that block FP8 layers run on the W8A16 kernel on ``device_name`` (0: none):
+    ``BRECCIA_SGLANG_W8A16_UP_TO_M``, else the tuned file's ``w8a16_up_to_m``, else 0."""
+    chosen = os.environ.get(names.ENV_W8A16_UP_TO_M)
+    if chosen:
+        if not chosen.isdigit():
+            raise BrecciaConfigError(f"{names.ENV_W8A16_UP_TO_M}={chosen!r}: expected a number of rows (0: never)")
+        return int(chosen)
+    path = _tuned_path(os.environ.get(names.ENV_BLOCK_FP8_CONFIGS) or None, device_name)
+    return load_w8a16_bound(path) if path else 0
+
+
+@functools.lru_cache(maxsize=None)
+def load_w8a16_bound(path: Path) -> int:
+    try:
+        bound = json.loads(path.read_text()).get("w8a16_up_to_m", 0)
+    except (OSError, ValueError) as exc:
+        raise BrecciaConfigError(f"block FP8 tile configs {path}: unreadable ({exc})") from exc
+    if not isinstance(bound, int) or isinstance(bound, bool) or bound < 0:
+        raise BrecciaConfigError(f"block FP8 tile configs {path}: w8a16_up_to_m must be a number of rows "
+                                 f"(0: never), not {bound!r}")
+    return bound
 
 
 def choose_config(m: int, block: int, interpreted: bool, device_name: str | None = None) -> TileConfig:

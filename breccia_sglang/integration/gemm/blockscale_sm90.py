@@ -27,6 +27,7 @@ from ...errors import BrecciaCheckpointError
 from ..sglang_params import fp8_params
 from .activation_quant import quantize_input
 from .base import GemmKernel, needs_1x128_block_fp8, needs_gpu
+from .small_batches import SmallBatchesOnW8A16
 
 BLOCK = 128
 N_MULTIPLE = 64  # FlashInfer's tile; torch's cuBLASLt path accepts it too
@@ -71,8 +72,9 @@ def torch_blockwise_matmul(x_codes: torch.Tensor, x_scale: torch.Tensor, weight:
                        swizzle_a=SwizzleType.NO_SWIZZLE, swizzle_b=SwizzleType.NO_SWIZZLE, output_dtype=out_dtype)
 
 
-class BlockscaleSm90Kernel(GemmKernel):
-    """W8A8 1x128 block FP8 on Hopper: torch's cuBLASLt kernel, else FlashInfer's DeepGEMM one."""
+class BlockscaleSm90Kernel(SmallBatchesOnW8A16, GemmKernel):
+    """W8A8 1x128 block FP8 on Hopper: torch's cuBLASLt kernel, else FlashInfer's DeepGEMM one;
+    decode-sized batches on W8A16 where this GPU model's tuned file says so (``small_batches``)."""
 
     name = names.GEMM_BLOCKSCALE_SM90
     priority = 85  # above triton-block-fp8 (80): measured faster on an H200, see the module's docstring
@@ -103,16 +105,21 @@ class BlockscaleSm90Kernel(GemmKernel):
         self.flashinfer = None if torch_has_blockwise() else flashinfer_gemm()
         if self.flashinfer is None:  # once: the layout cuBLASLt reads
             layer.weight_scale = torch.nn.Parameter(mn_major(layer.weight_scale.data), requires_grad=False)
+        self.route_small_batches(layer, BLOCK)
 
     def apply(self, layer, x, bias):
         rows = x.reshape(-1, x.shape[-1]).contiguous()
-        if self.flashinfer is not None:
-            out = self.flashinfer(rows, layer.weight, None, layer.weight_scale, out_dtype=x.dtype)
-        else:
-            out = torch_blockwise_linear(rows, layer.weight, layer.weight_scale, x.dtype)
+        out = self.small_batch(layer, rows)
+        if out is None:
+            out = self.w8a8(layer, rows, x.dtype)
         if bias is not None:
             out += bias
         return out.view(*x.shape[:-1], out.shape[-1])
+
+    def w8a8(self, layer, rows: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        if self.flashinfer is not None:
+            return self.flashinfer(rows, layer.weight, None, layer.weight_scale, out_dtype=out_dtype)
+        return torch_blockwise_linear(rows, layer.weight, layer.weight_scale, out_dtype)
 
 
 def torch_blockwise_linear(rows: torch.Tensor, weight: torch.Tensor, weight_scale_mn_major: torch.Tensor,

@@ -15,8 +15,6 @@ Activations are quantized per token and K block as SGLang's FP8 linears do (``ac
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 from breccia.layouts import PerBlockK
@@ -29,14 +27,9 @@ from ..sglang_params import code_params, fp8_params
 from .activation_quant import quantize_input
 from .base import GemmKernel, needs_gpu
 from .block_fp8_tiles import choose_config
+from .small_batches import SmallBatchesOnW8A16, device_name
 
 BLOCKS = (32, 64, 128)  # the K widths of the 1 x B scale blocks this path takes
-
-
-@functools.lru_cache(maxsize=None)
-def gpu_name(index: int) -> str:
-    """The GPU model's name, as SGLang names its tuned configs (e.g. "NVIDIA H200")."""
-    return torch.cuda.get_device_name(index)
 
 
 def block_fp8_matmul(x_codes: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
@@ -49,8 +42,7 @@ def block_fp8_matmul(x_codes: torch.Tensor, x_scale: torch.Tensor, weight: torch
     if k % block or weight.shape[1] != k or weight_scale.shape != (n, k // block) or x_scale.shape != (m, k // block):
         raise ValueError(f"block FP8 GEMM: x {tuple(x_codes.shape)}, scales {tuple(x_scale.shape)}, weight "
                          f"{tuple(weight.shape)}, scales {tuple(weight_scale.shape)} do not fit 1x{block} blocks")
-    device_name = gpu_name(x_codes.device.index or 0) if x_codes.is_cuda else None
-    tile = choose_config(m, block, interpreted, device_name)
+    tile = choose_config(m, block, interpreted, device_name(x_codes))
     config = tile.for_block(block)
     out = x_codes.new_empty((m, n), dtype=out_dtype)
     # SPLIT_K > 1: each K split writes fp32 partials, which SGLang's reduce kernel sums into out.
@@ -69,8 +61,9 @@ def block_fp8_matmul(x_codes: torch.Tensor, x_scale: torch.Tensor, weight: torch
     return out
 
 
-class TritonBlockFp8Kernel(GemmKernel):
-    """W8A8 block FP8 on SGLang's Triton kernel: ``Float8BlockScaling`` (B = 32, 64, 128) and MXFP8."""
+class TritonBlockFp8Kernel(SmallBatchesOnW8A16, GemmKernel):
+    """W8A8 block FP8 on SGLang's Triton kernel: ``Float8BlockScaling`` (B = 32, 64, 128) and MXFP8;
+    decode-sized batches on W8A16 where this GPU model's tuned file says so (``small_batches``)."""
 
     name = names.GEMM_TRITON_BLOCK_FP8
     priority = 80
@@ -102,10 +95,15 @@ class TritonBlockFp8Kernel(GemmKernel):
             layer.weight_scale = torch.nn.Parameter(decode_e8m0(exponents).contiguous(), requires_grad=False)
         if not layer.weight.is_contiguous():
             raise BrecciaCheckpointError(f"{self.name}: the loaded weight is not contiguous")
+        self.route_small_batches(layer, self.block)
 
     def apply(self, layer, x, bias):
-        codes, scales = quantize_input(x.reshape(-1, x.shape[-1]).contiguous(), self.block)
-        out = block_fp8_matmul(codes, scales, layer.weight, layer.weight_scale, self.block, x.dtype, self.interpreted)
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        out = self.small_batch(layer, rows)
+        if out is None:
+            codes, scales = quantize_input(rows, self.block)
+            out = block_fp8_matmul(codes, scales, layer.weight, layer.weight_scale, self.block, x.dtype,
+                                   self.interpreted)
         if bias is not None:
             out += bias
         return out.view(*x.shape[:-1], out.shape[-1])
