@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..launch import fp32_on_gpu, gpu_tiles
+
 # Programs a launch aims at per SM: enough loads in flight to keep HBM busy at M <= 16.
 PROGRAMS_PER_SM = 4
 MAX_SPLIT_K = 16  # beyond this the partial sums cost more traffic than the split gains
@@ -50,9 +52,17 @@ class TileConfig:
                 "GROUP_M": self.group_m, "num_warps": self.num_warps, "num_stages": self.num_stages}
 
 
-def config_for(m: int, table: list[tuple[int, TileConfig]]) -> TileConfig:
-    """The config of ``table`` ((largest M, config), smallest M first) for M rows."""
-    return next(config for top, config in table if m <= top)
+def pick_config(m: int, x: torch.Tensor, by_m: list[tuple[int, TileConfig]], fp32: TileConfig,
+                interpreter: TileConfig) -> TileConfig:
+    """The tile config of a launch over M rows of activations ``x``: ``by_m`` ((largest M,
+    config), smallest M first) on a GPU, ``fp32`` for fp32 activations there (the exact dot on
+    FMA units holds its tiles in registers: tensor-core tiles would spill), ``interpreter``
+    under the interpreter (every program runs in Python: the smallest tiles tl.dot takes)."""
+    if not gpu_tiles(x):
+        return interpreter
+    if fp32_on_gpu(x):
+        return fp32
+    return next(config for top, config in by_m if m <= top)
 
 
 @dataclass(frozen=True)

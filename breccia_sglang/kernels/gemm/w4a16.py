@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from ..attention.fp8_codec import e4m3_decode
-from ..launch import check_tensor, fp32_on_gpu, gpu_tiles, native_fp8_decode
-from .tiling import TileConfig, config_for, output_tile, scaled_groups, split_k_for, split_output, sum_splits
+from ..launch import check_tensor, native_fp8_decode
+from .tiling import TileConfig, output_tile, pick_config, scaled_groups, split_k_for, split_output, sum_splits
 
 CODES = ("int4", "uint4", "e2m1")  # two's complement, unsigned 0..15 (zero points allowed), FP4 E2M1
 GROUPS = (16, 32, 64, 128)  # K elements per scale: 16 for NVFP4 (e2m1), 32 / 64 / 128 for INT4
@@ -122,11 +122,7 @@ INTERPRETER_CONFIG = TileConfig(16, 32, 64, 1, 1, 1)
 
 def choose_config(m: int, x: torch.Tensor) -> TileConfig:
     """The tile config of a launch over M rows of activations ``x``."""
-    if not gpu_tiles(x):
-        return INTERPRETER_CONFIG
-    if fp32_on_gpu(x):
-        return FP32_CONFIG
-    return config_for(m, TILE_CONFIGS)
+    return pick_config(m, x, TILE_CONFIGS, FP32_CONFIG, INTERPRETER_CONFIG)
 
 
 def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,

@@ -20,8 +20,8 @@ import triton
 import triton.language as tl
 
 from ..attention.fp8_codec import e4m3_decode
-from ..launch import check_tensor, fp32_on_gpu, gpu_tiles, native_fp8_decode
-from .tiling import TileConfig, config_for, output_tile, scaled_groups, split_k_for, split_output, sum_splits
+from ..launch import check_tensor, native_fp8_decode
+from .tiling import TileConfig, output_tile, pick_config, scaled_groups, split_k_for, split_output, sum_splits
 
 X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 WEIGHT_DTYPES = (torch.float8_e4m3fn, torch.uint8)
@@ -80,21 +80,14 @@ TILE_CONFIGS: list[tuple[int, TileConfig]] = [
     (256, TileConfig(64, 128, 64, 8, 4, 3)),
     (1 << 62, TileConfig(128, 128, 64, 8, 8, 3)),
 ]
-# fp32 activations take the exact ("ieee") dot on FMA units, tiles held in registers (the same
-# reason as the W4A16 kernel's FP32_CONFIG: the tensor-core tiles would spill).
-FP32_CONFIG = TileConfig(32, 64, 32, 4, 8, 2)
-# Under the interpreter every program runs in Python: small tiles (tl.dot takes 16 per
-# dimension at least). K = 64 puts groups 16 / 32 inside a K tile, 64 on one, 128 across two.
+FP32_CONFIG = TileConfig(32, 64, 32, 4, 8, 2)  # no spills on sm_80-90 (benchmarks/compile_kernels.py)
+# K = 64 puts groups 16 / 32 inside a K tile, 64 on one, 128 across two.
 INTERPRETER_CONFIG = TileConfig(16, 32, 64, 1, 1, 1)
 
 
 def choose_config(m: int, x: torch.Tensor) -> TileConfig:
     """The tile config of a launch over M rows of activations ``x``."""
-    if not gpu_tiles(x):
-        return INTERPRETER_CONFIG
-    if fp32_on_gpu(x):
-        return FP32_CONFIG
-    return config_for(m, TILE_CONFIGS)
+    return pick_config(m, x, TILE_CONFIGS, FP32_CONFIG, INTERPRETER_CONFIG)
 
 
 def w8a16_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, *, group: int | None) -> torch.Tensor:
