@@ -61,6 +61,18 @@ def runs_per_gemm_kernel(checkpoint: Path, kernels, interpreted: str, requests: 
     return results
 
 
+def assert_log_names_each_layers_kernel(runs: dict, recipes: dict) -> None:
+    """Each engine's log (``runs``: kernel -> result, ``runs_per_gemm_kernel``) names, for every
+    kind of layer, that kernel and a recipe label starting with ``recipes[kind]``."""
+    import re
+
+    for kernel, result in runs.items():
+        for kind, recipe in recipes.items():
+            announced = re.findall(rf"breccia-sglang: {kind} layers \((.+?)\) run GEMM kernel (\S+)", result["stderr"])
+            assert announced and {k for _, k in announced} == {kernel}, (kind, announced)
+            assert all(label.startswith(recipe) for label, _ in announced), (kind, announced)
+
+
 def hf_reference_ids(demo_model, breccia_checkpoint, prompt_ids) -> list[int]:
     """Greedy tokens from HF transformers with the breccia weights dequantized by breccia."""
     import breccia

@@ -20,7 +20,7 @@ from breccia_sglang import names
 from breccia_sglang.format import make_recipe
 from breccia_sglang.format.quantize import quantize_checkpoint
 
-from ..helpers import runs_per_gemm_kernel
+from ..helpers import assert_log_names_each_layers_kernel, runs_per_gemm_kernel
 
 pytestmark = pytest.mark.engine
 
@@ -52,11 +52,7 @@ def test_the_triton_w4a16_gemm_serves_the_emulated_kernels_tokens(runs):
 
 
 def test_the_log_names_each_4_bit_layers_kernel_and_recipe(runs):
-    for kernel, result in runs.items():
-        for kind, recipe in RECIPES.items():
-            announced = re.findall(rf"breccia-sglang: {kind} layers \((.+?)\) run GEMM kernel (\S+)", result["stderr"])
-            assert announced and {k for _, k in announced} == {kernel}, (kind, announced)
-            assert all(label.startswith(recipe) for label, _ in announced), (kind, announced)
+    assert_log_names_each_layers_kernel(runs, RECIPES)
 
 
 def test_the_quantized_layers_stay_packed_two_codes_per_byte(runs):

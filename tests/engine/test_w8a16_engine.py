@@ -11,15 +11,13 @@ must name each layer's kernel.
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from breccia_sglang import names
 from breccia_sglang.format import make_recipe
 from breccia_sglang.format.quantize import quantize_checkpoint
 
-from ..helpers import runs_per_gemm_kernel
+from ..helpers import assert_log_names_each_layers_kernel, runs_per_gemm_kernel
 
 pytestmark = pytest.mark.engine
 
@@ -49,8 +47,4 @@ def test_the_triton_w8a16_gemm_serves_the_emulated_kernels_tokens(runs):
 def test_the_log_names_each_fp8_layers_kernel_and_recipe(runs):
     recipes = {"qkv_proj": "current", "o_proj": "block(E4M3,k=32)", "gate_up_proj": "mxfp8",
                "down_proj": "block(E4M3,k=32)"}
-    for kernel, result in runs.items():
-        for kind, recipe in recipes.items():
-            announced = re.findall(rf"breccia-sglang: {kind} layers \((.+?)\) run GEMM kernel (\S+)", result["stderr"])
-            assert announced and {k for _, k in announced} == {kernel}, (kind, announced)
-            assert all(label.startswith(recipe) for label, _ in announced), (kind, announced)
+    assert_log_names_each_layers_kernel(runs, recipes)
