@@ -105,3 +105,48 @@ def test_a_bad_variable_is_refused_naming_it(monkeypatch):
     monkeypatch.setenv(names.ENV_W8A16_UP_TO_M, "all")
     with pytest.raises(BrecciaConfigError, match=f"{names.ENV_W8A16_UP_TO_M}='all'"):
         tiles.w8a16_up_to_m(None)
+
+
+@pytest.mark.parametrize("cutlass", [True, False])
+def test_sglangs_per_tensor_linear_routes_reading_its_layout_in_place(monkeypatch, cutlass):
+    # SGLang's Fp8LinearMethod holds the loaded (N, K) codes as a (K, N) view, with one scale per
+    # channel (cutlass, on a full install: each shard's, exactly) or one requantized max scale
+    # (torch's _scaled_mm; its CUDA requantization cannot run here, so that layout is made by hand).
+    from breccia_sglang.format import make_recipe as recipe_named
+    from breccia_sglang.integration.gemm.sglang_fp8 import SglangFp8PerTensorKernel
+
+    monkeypatch.setenv(names.ENV_W8A16_UP_TO_M, "16")
+    gen = torch.Generator().manual_seed(3)
+    shards = [breccia.cast(torch.randn(rows, K, generator=gen) * (i + 1), recipe_named("fp8"))
+              for i, rows in enumerate((48, 16, 16))]
+    kernel, layer = SglangFp8PerTensorKernel(), torch.nn.Module()
+    kernel.create_weights(layer, LinearSpec("qkv_proj", shards[0].recipe, shards[0].layout, K, (48, 16, 16),
+                                            torch.float16, "cpu", None), None)
+    layer.weight.data.copy_(torch.cat([s.data for s in shards]).view(torch.float8_e4m3fn))
+    layer.weight_scale.data.copy_(torch.stack([s.scale.reshape(()) for s in shards]))
+    layer.logical_widths = [48, 16, 16]
+    if cutlass:
+        kernel.native.cutlass_fp8_supported = True
+        kernel.process_weights_after_loading(layer)
+        expected_weight = torch.cat([breccia.dequantize(s) for s in shards])  # exactly breccia's
+    else:
+        top = layer.weight_scale.data.max()
+        requantized = (layer.weight.data.float() * torch.cat([s.scale.expand(s.data.shape[0]) for s in shards])[:, None]
+                       / top).to(torch.float8_e4m3fn)
+
+        def requantize_with_max_scale(layer):  # what SGLang's process does there, without its CUDA kernel
+            layer.weight = torch.nn.Parameter(requantized.t(), requires_grad=False)
+            layer.weight_scale = torch.nn.Parameter(top.reshape(1), requires_grad=False)
+        kernel.native.process_weights_after_loading = requantize_with_max_scale
+        kernel.process_weights_after_loading(layer)
+        expected_weight = requantized.float() * top
+    assert layer.weight.shape == (K, 80) and kernel.w8a16_up_to_m == 16
+    x, bias = torch.randn(2, 5, K, generator=gen).half(), torch.randn(80, generator=gen).half()
+    out = kernel.apply(layer, x, bias)
+    reference = x.float() @ expected_weight.T + bias.float()
+    # fp16 weights, output and bias add: 2^-9 of the magnitude covers the three roundings.
+    magnitude = x.float().abs() @ expected_weight.abs().T + bias.float().abs()
+    assert out.shape == (2, 5, 80) and ((out.float() - reference).abs() <= 2.0**-9 * magnitude + 1e-3).all()
+    # Above the bound the layer is SGLang's again.
+    kernel.native.apply = lambda layer, x, bias: "sglang"
+    assert kernel.apply(layer, torch.zeros(17, K).half(), None) == "sglang"

@@ -11,7 +11,7 @@ names another file), else ``TILE_CONFIGS``. Every config is checked before use: 
 step their scales once per ``B // BLOCK_SIZE_K`` tiles, so a tile K that does not divide B gives
 silently wrong results (an error of 20.9 where 1e-6 is right, B=64, tile K 128).
 
-A tuned file may also say up to which M the block FP8 layers run on our W8A16 kernel instead
+A tuned file may also say up to which M the W8A8 FP8 layers run on our W8A16 kernel instead
 (``"w8a16_up_to_m"``, measured by ``benchmarks/bench_gemm.py``: decode-sized batches skip the
 activation quantization pass there); ``BRECCIA_SGLANG_W8A16_UP_TO_M`` overrides it.
 """
@@ -131,7 +131,7 @@ def _tuned_path(chosen: str | None, device_name: str | None) -> Path | None:
 
 
 def w8a16_up_to_m(device_name: str | None) -> int:
-    """The largest M that block FP8 layers run on the W8A16 kernel on ``device_name`` (0: none):
+    """The largest M that W8A8 FP8 layers run on the W8A16 kernel on ``device_name`` (0: none):
     ``BRECCIA_SGLANG_W8A16_UP_TO_M``, else the tuned file's ``w8a16_up_to_m``, else 0."""
     chosen = os.environ.get(names.ENV_W8A16_UP_TO_M)
     if chosen:

@@ -4,19 +4,27 @@ On GPUs with FP8 tensor cores (sm_89+) SGLang runs it W8A8 (cutlass or torch._sc
 scale per merged shard requantized to one per tensor). On sm_80-88 (A100, A10, RTX 30xx)
 SGLang's own ``Fp8LinearMethod`` switches to FP8 Marlin, a W8A16 kernel, with each shard's scale
 expanded to its channels: exactly breccia's values. Marlin's tiles need N % 64 and K % 128.
+
+Decode-sized batches can take our W8A16 kernel instead where a GPU model's tuned file says so
+(``small_batches``), reading SGLang's W8A8 layout in place: the loaded (N, K) codes, which SGLang
+holds as a transposed (K, N) view, and its scales, per channel (cutlass: each shard's, exactly)
+or one requantized max (torch's ``_scaled_mm``).
 """
 
 from __future__ import annotations
+
+import torch
 
 from ... import names
 from ...format.recipes import PER_TENSOR_FP8
 from ..sglang_params import fp8_params
 from .base import GemmKernel, needs_gpu
+from .small_batches import SmallBatchesOnW8A16
 
 MARLIN_MIN_CAPABILITY = 80  # SGLang's FP8 Marlin: Ampere and later
 
 
-class SglangFp8PerTensorKernel(GemmKernel):
+class SglangFp8PerTensorKernel(SmallBatchesOnW8A16, GemmKernel):
     """SGLang's native FP8 linear (``Fp8LinearMethod``: cutlass / torch._scaled_mm).
 
     Needs FP8 tensor cores (sm_89+). Merged layers are requantized to one max scale by
@@ -48,6 +56,18 @@ class SglangFp8PerTensorKernel(GemmKernel):
 
     def process_weights_after_loading(self, layer):
         self.native.process_weights_after_loading(layer)
+        # Not on FP8 Marlin (W8A16 already, a layout of its own), nor on ROCm (its E4M3 is fnuz).
+        if not self.native.use_marlin and torch.version.hip is None and layer.weight.t().is_contiguous():
+            self.route_small_batches(layer, None)
+
+    def w8a16_operands(self, layer):
+        weight = layer.weight.t()  # (N, K), contiguous: SGLang's (K, N) is a view of the loaded codes
+        return weight, layer.weight_scale.reshape(-1, 1).expand(weight.shape[0], 1)
 
     def apply(self, layer, x, bias):
-        return self.native.apply(layer, x, bias)
+        out = self.small_batch(layer, x.reshape(-1, x.shape[-1]).contiguous())
+        if out is None:
+            return self.native.apply(layer, x, bias)
+        if bias is not None:
+            out += bias
+        return out.view(*x.shape[:-1], out.shape[-1])

@@ -1,4 +1,5 @@
-"""Decode-sized batches of the W8A8 block FP8 kernels, on our W8A16 kernel instead.
+"""Decode-sized batches of the W8A8 FP8 kernels (block FP8, and SGLang's per-tensor FP8 linear),
+on our W8A16 kernel instead.
 
 At decode sizes a linear layer is one pass over its weight, and W8A8 adds a pass before it that
 quantizes the activations. Where a GPU model's tuned file says our W8A16 kernel
@@ -32,11 +33,12 @@ def device_name(t: torch.Tensor) -> str | None:
 
 
 class SmallBatchesOnW8A16:
-    """For a W8A8 kernel whose loaded weight is (N, K) FP8 with fp32 (N, K / group) scales."""
+    """For a W8A8 kernel whose loaded weight is (N, K) FP8 with fp32 (N, K / group) scales, or
+    what ``w8a16_operands`` makes of its layer."""
 
     w8a16_up_to_m = 0
 
-    def route_small_batches(self, layer, group: int) -> None:
+    def route_small_batches(self, layer, group: int | None) -> None:
         """Once, after loading: up to which M this layer's batches take W8A16 on this GPU."""
         self.w8a16_up_to_m, self.w8a16_group = w8a16_up_to_m(device_name(layer.weight)), group
         if self.w8a16_up_to_m:
@@ -46,7 +48,12 @@ class SmallBatchesOnW8A16:
         """``rows`` @ W^T on W8A16 if there are few enough rows, else None."""
         if rows.shape[0] > self.w8a16_up_to_m:
             return None
-        return w8a16_matmul(rows, layer.weight, layer.weight_scale, group=self.w8a16_group)
+        weight, scales = self.w8a16_operands(layer)
+        return w8a16_matmul(rows, weight, scales, group=self.w8a16_group)
+
+    def w8a16_operands(self, layer) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the (N, K) codes, their fp32 scales) as views of the layer's parameters."""
+        return layer.weight, layer.weight_scale
 
 
 @functools.lru_cache(maxsize=None)
