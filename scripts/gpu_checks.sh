@@ -70,13 +70,13 @@ wants() { [[ "$steps" == *" $1 "* ]]; }
 # TUNE_ARGS: e.g. "--m 1 8" to tune some M only (the table then covers those, so gemm keeps the
 # shipped one); by default every M, and gemm runs with the table just tuned.
 read -ra tune_args <<< "${TUNE_ARGS:-}"
-wants tune && step 130 tune "$PYTHON" benchmarks/tune_block_fp8.py "${smoke[@]}" --jobs 14 --out-dir "$OUT" "${tune_args[@]}"
+wants tune && step 110 tune "$PYTHON" benchmarks/tune_block_fp8.py "${smoke[@]}" --jobs 14 --out-dir "$OUT" "${tune_args[@]}"
 tuned=$(ls "$OUT"/block_fp8_*.json 2>/dev/null | head -1)
 if [ -n "$tuned" ] && [ -z "${TUNE_ARGS:-}" ]; then
     export BRECCIA_SGLANG_BLOCK_FP8_CONFIGS="$tuned"  # else the table shipped for this GPU, if any
 fi
 wants gemm && step 170 gemm "$PYTHON" benchmarks/bench_gemm.py "${smoke[@]}" --out "$OUT/gemm.json"
-wants kernels && step 50 kernels "$PYTHON" -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/kernels \
+wants kernels && step 70 kernels "$PYTHON" -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/kernels \
     tests/integration/test_gemm_blockscale.py
 wants moe && step 55 moe "$PYTHON" benchmarks/bench_moe.py "${smoke[@]}" --out "$OUT/moe.json"
 wants decode && step 45 decode "$PYTHON" benchmarks/bench_decode.py "${smoke[@]}" --out "$OUT/decode.json"
