@@ -2,7 +2,7 @@
 # The GPU checks of the kernel issues, as one call of the tool library's `device` tool:
 #
 #   bash scripts/fetch_gpu_wheels.sh             # here, once: .whl/ (~51 MB, git-ignored)
-#   run(command="bash scripts/gpu_checks.sh", carry=[".whl"], timeout_s=480)
+#   run(command="bash scripts/gpu_checks.sh", carry=[".whl"], timeout_s=590)
 #   run(command="bash scripts/gpu_checks.sh tune gemm kernels", ...)   # some steps only
 #
 # Each step has its own time limit (the sum fits the tool's 10 minutes), so one slow step cannot
@@ -25,9 +25,13 @@
 #    tests' awkward shapes, plus CUDA-graph capture and replay of a write + decode step (views
 #    included) and of each GEMM (K split included); and on sm_90 the blockscale-sm90 kernel's torch backend against the W8A8
 #    reference at row counts 1-33 (tests/integration/test_gemm_blockscale.py).
-# 4. benchmarks/bench_moe.py: FP8 1x128 and INT4 g128 experts on SGLang's fused MoE Triton
+# 4. benchmarks/tune_weight_only.py: the decode-sized (M = 1, 16) launches of our W8A16 (1x128
+#    FP8) and W4A16 (INT4 g128, NVFP4) GEMMs over tile configs and K-split programs per SM, each
+#    checked against its fp32 reference, beside BF16: the best per kind and M (a report: the
+#    tables in kernels/gemm/ change by hand from it).
+# 5. benchmarks/bench_moe.py: FP8 1x128 and INT4 g128 experts on SGLang's fused MoE Triton
 #    kernels against BF16 experts, Qwen3-30B-A3B's MoE shapes, batch 1-256, with the MoE targets.
-# 5. benchmarks/bench_decode.py: breccia's FP8 decode kernel against SGLang's Triton decode on
+# 6. benchmarks/bench_decode.py: breccia's FP8 decode kernel against SGLang's Triton decode on
 #    BF16 and per-tensor FP8 KV, side by side.
 # Files in $OUT (the tool brings back 8 at most): run.log (everything printed, env first) and a
 # JSON per step; the last lines printed are the targets.
@@ -65,7 +69,7 @@ step() {  # step SECONDS NAME COMMAND...: run it under a time limit, logged; a f
 smoke=()
 parallel=()
 if [ "$DEVICE" = cuda ]; then parallel=(-n 8); else smoke=(--smoke); fi
-steps=" ${*:-tune gemm kernels moe decode} "  # arguments: run only these steps (e.g. `moe decode`)
+steps=" ${*:-tune gemm kernels tune-wo moe decode} "  # arguments: run only these steps (e.g. `moe decode`)
 wants() { [[ "$steps" == *" $1 "* ]]; }
 # TUNE_ARGS: e.g. "--m 1 8" to tune some M only (the table then covers those, so gemm keeps the
 # shipped one); by default every M, and gemm runs with the table just tuned.
@@ -78,6 +82,8 @@ fi
 wants gemm && step 170 gemm "$PYTHON" benchmarks/bench_gemm.py "${smoke[@]}" --out "$OUT/gemm.json"
 wants kernels && step 70 kernels "$PYTHON" -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/kernels \
     tests/integration/test_gemm_blockscale.py
+wants tune-wo && step 90 tune-wo "$PYTHON" benchmarks/tune_weight_only.py "${smoke[@]}" --jobs 14 \
+    --out "$OUT/tune_weight_only.json"
 wants moe && step 55 moe "$PYTHON" benchmarks/bench_moe.py "${smoke[@]}" --out "$OUT/moe.json"
 wants decode && step 45 decode "$PYTHON" benchmarks/bench_decode.py "${smoke[@]}" --out "$OUT/decode.json"
 # `extra`: a one-off script ($EXTRA, e.g. a probe carried in a git-ignored folder) in this environment.

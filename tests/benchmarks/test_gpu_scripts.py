@@ -34,7 +34,7 @@ def test_every_script_gpu_checks_runs_is_here_and_takes_its_flags():
     # A renamed benchmark or flag would only show on a lent GPU, minutes into a short lease.
     text = (SCRIPTS / "gpu_checks.sh").read_text()
     scripts = set(re.findall(r"benchmarks/(\w+\.py)", text))
-    assert {"tune_block_fp8.py", "bench_gemm.py", "bench_moe.py", "bench_decode.py"} <= scripts
+    assert {"tune_block_fp8.py", "bench_gemm.py", "tune_weight_only.py", "bench_moe.py", "bench_decode.py"} <= scripts
     for script in scripts:
         path = SCRIPTS.parent / "benchmarks" / script
         assert path.exists(), script

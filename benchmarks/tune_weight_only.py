@@ -1,0 +1,248 @@
+"""Tune the decode-sized launches of our weight-only GEMMs (W8A16 over FP8 codes, W4A16 over INT4
+and NVFP4) on this GPU: tile configs and how many programs the K split aims at per SM.
+
+    python benchmarks/tune_weight_only.py                        # Llama-3-8B's shapes, M = 1 and 16
+    python benchmarks/tune_weight_only.py --kinds w8a16-g128 --m 1 8 16
+    python benchmarks/tune_weight_only.py --smoke                # CPU: TRITON_INTERPRET=1, tiny, no timings
+
+At M <= 16 these GEMMs are one pass over the weight, and their speed is how many loads stay in
+flight: the output tile (16 x BLOCK_N), the K step, the pipeline depth and the K split
+(``kernels/gemm/tiling.py``: programs per SM) decide it. Every candidate is compiled in parallel
+worker processes first (Triton's file cache then serves the timing process), checked against the
+fp32 reference of its kernel, then timed as ``_gpu_timing`` times (a CUDA graph over weight
+copies 4x the L2) beside BF16 ``torch.matmul`` on the same shape.
+
+Per kind and M the candidate of least summed slowdown over the shapes (time / that shape's best
+time) wins, and a line says what it gives against BF16. The result is a report: the tables are
+``TILE_CONFIGS`` in ``kernels/gemm/w8a16.py`` / ``w4a16.py`` and ``tiling.PROGRAMS_PER_SM``,
+changed by hand from it (``tune_weight_only.json`` holds every timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+if "--smoke" in sys.argv:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton compiles anything
+
+import torch
+
+from _common import OUT_DIR, error_summary, report_header
+from _gpu_timing import copies_for, graph_time_us
+from breccia_sglang.kernels.gemm import reference, tiling, w4a16, w8a16
+from breccia_sglang.kernels.gemm.tiling import TileConfig
+
+SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+SMOKE_SHAPES = {"qkv": (96, 256)}
+# kind -> (kernel module, codes or group): what each launch runs
+KINDS = {"w8a16-g128": (w8a16, 128), "w8a16-g32": (w8a16, 32), "w8a16-per-row": (w8a16, None),
+         "w4a16-int4-g128": (w4a16, ("int4", 128)), "w4a16-nvfp4": (w4a16, ("e2m1", 16))}
+DEFAULT_KINDS = ("w8a16-g128", "w4a16-int4-g128", "w4a16-nvfp4")
+
+
+def candidates(smoke: bool = False) -> list[tuple[TileConfig, int]]:
+    """(tile config, programs per SM): 16-row tiles (tl.dot's least), N and K tiles, pipeline depth."""
+    if smoke:  # the interpreter: a spread that covers a split and none
+        return [(TileConfig(16, 32, 64, 1, 1, 1), 1), (TileConfig(16, 64, 128, 1, 1, 1), 4)]
+    return [(TileConfig(16, n, k, 1, 4, stages), per_sm) for n in (32, 64, 128) for k in (128, 256)
+            for stages in (3, 4) for per_sm in (2, 4, 8)]
+
+
+def name_of(config: TileConfig, per_sm: int) -> str:
+    return f"{config.name} s{config.num_stages} w{config.num_warps} {per_sm}/SM"
+
+
+def make_weight(kind: str, n: int, k: int, device, gen) -> tuple[tuple, torch.Tensor]:
+    """(the launch's weight arguments, the fp32 dequantized weight): random codes and scales; the
+    kernels' speed does not depend on their values."""
+    module, what = KINDS[kind]
+    if module is w8a16:
+        codes = torch.randint(0, 0x7F, (n, k), generator=gen, device=device, dtype=torch.int32)  # 0x7F is NaN
+        codes |= torch.randint(0, 2, (n, k), generator=gen, device=device, dtype=torch.int32) << 7
+        codes = codes.to(torch.uint8)
+        scales = torch.rand(n, 1 if what is None else k // what, generator=gen, device=device) * 1e-3 + 1e-4
+        return (codes, scales), reference.w8a16_weight(codes, scales, group=what)
+    codes, group = what
+    packed = torch.randint(0, 256, (n, k // 2), generator=gen, device=device, dtype=torch.int32).to(torch.uint8)
+    if codes == "e2m1":  # E4M3 scale bytes 2^-6 .. 2^-3
+        scales = torch.randint(0x18, 0x30, (n, k // group), generator=gen, device=device, dtype=torch.int32)
+        scales = scales.to(torch.uint8)
+    else:
+        scales = torch.rand(n, k // group, generator=gen, device=device) * 1e-2 + 1e-3
+    return (packed, scales), reference.w4a16_weight(packed, scales, None, group=group, codes=codes)
+
+
+@contextlib.contextmanager
+def launching_with(module, config: TileConfig, per_sm: int):
+    """The production launcher, with ``config`` in place of its table's choice and the K split
+    aiming at ``per_sm`` programs per SM (interpreter: per launch)."""
+    chosen, wanted, interpreted = module.choose_config, tiling.PROGRAMS_PER_SM, tiling.INTERPRETER_PROGRAMS
+    module.choose_config = lambda m, x: config
+    tiling.PROGRAMS_PER_SM, tiling.INTERPRETER_PROGRAMS = per_sm, per_sm
+    try:
+        yield
+    finally:
+        module.choose_config, tiling.PROGRAMS_PER_SM, tiling.INTERPRETER_PROGRAMS = chosen, wanted, interpreted
+
+
+def run(kind: str, x: torch.Tensor, weight: tuple, config: TileConfig, per_sm: int) -> torch.Tensor:
+    module, what = KINDS[kind]
+    with launching_with(module, config, per_sm):
+        if module is w8a16:
+            return w8a16.w8a16_matmul(x, *weight, group=what)
+        codes, group = what
+        return w4a16.w4a16_matmul(x, *weight, group=group, codes=codes)
+
+
+def _compile(job) -> str | None:
+    """Worker: one launch on small K so Triton compiles it into its file cache; None, or why not."""
+    kind, config, per_sm, m, n = job
+    interpreted = not torch.cuda.is_available()  # the interpreter (tests): nothing to compile, the path runs
+    device, dtype = ("cpu", torch.float16) if interpreted else ("cuda", torch.bfloat16)
+    weight, _ = make_weight(kind, n, 512, device, torch.Generator(device=device).manual_seed(0))
+    try:
+        run(kind, torch.randn(m, 512, device=device).to(dtype), weight, config, per_sm)
+        if not interpreted:
+            torch.cuda.synchronize()
+    except Exception as exc:  # noqa: BLE001 - the candidate is reported, the others still run
+        return error_summary(exc)
+    return None
+
+
+def precompile(jobs: list, workers: int) -> dict:
+    """(kind, config, programs per SM, M, N) -> error or None, launched by ``workers`` spawned processes."""
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        return dict(zip(jobs, pool.map(_compile, jobs)))
+
+
+def tune(args, on_kind_done=lambda rows: None) -> list[dict]:
+    device = torch.device("cpu" if args.smoke else "cuda")
+    dtype = torch.float16 if args.smoke else torch.bfloat16  # the interpreter's bf16 dot is broken
+    shapes = SMOKE_SHAPES if args.smoke else {s: SHAPES[s] for s in args.shapes}
+    ms = [1, 7] if args.smoke else args.m
+    cands = candidates(args.smoke)
+    rows, failed = [], {}
+    if not args.smoke:
+        # One job per compiled kernel: the split does not change it; M is specialized as 1 or not.
+        jobs = list({(kind, config, 4, 1 if m == 1 else 16, 4096): None for kind in args.kinds
+                     for config, _ in cands for m in ms})
+        started = time.time()
+        failed = {(job[0], job[1]): err for job, err in precompile(jobs, args.jobs).items() if err}
+        print(f"compiled {len(jobs)} launches in {time.time() - started:.0f} s, {len(failed)} failed", flush=True)
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    for shape, (n, k) in shapes.items():
+        for m in ms:
+            x = torch.randn(m, k, generator=gen, device=device).to(dtype)
+            base = {"shape": shape, "n": n, "k": k, "m": m}
+            if not args.smoke:
+                w_bf16 = torch.randn(n, k, generator=gen, device=device).to(dtype)
+                bf16 = [w_bf16] + [torch.randn_like(w_bf16) for _ in range(copies_for(2 * n * k) - 1)]
+                rows.append({**base, "kind": "bf16", "config": "torch.matmul", "us": graph_time_us(
+                    [lambda w=w: x @ w.T for w in bf16], replays=args.replays)})
+                del bf16
+        for kind in args.kinds:
+            copies = None
+            for m in ms:
+                x = torch.randn(m, k, generator=gen, device=device).to(dtype)
+                for config, per_sm in cands:
+                    row = {"shape": shape, "n": n, "k": k, "m": m, "kind": kind, "config": name_of(config, per_sm),
+                           "tile": (config, per_sm)}
+                    if (kind, config) in failed:
+                        rows.append(row | {"error": failed[kind, config]})
+                        continue
+                    if copies is None:
+                        bytes_per_weight = n * k // (2 if KINDS[kind][0] is w4a16 else 1)
+                        copies = [make_weight(kind, n, k, device, gen)
+                                  for _ in range(1 if args.smoke else copies_for(bytes_per_weight))]
+                    weight, w_hat = copies[0]
+                    try:
+                        out = run(kind, x, weight, config, per_sm).float()
+                        ref = x.float() @ w_hat.T
+                        row["rel_err"] = float((out - ref).norm() / ref.norm())
+                        if not row["rel_err"] < 1e-2:  # the weight rounded to bf16 once, fp32 sums
+                            raise RuntimeError(f"wrong result: relative error {row['rel_err']:.2e}")
+                        if not args.smoke:
+                            row["us"] = graph_time_us([lambda w=w: run(kind, x, w, config, per_sm) for w, _ in copies],
+                                                      replays=args.replays)
+                    except Exception as exc:  # noqa: BLE001 - reported, the other candidates still run
+                        row["error"] = error_summary(exc)
+                    rows.append(row)
+            del copies
+            print(f"  {shape} {kind}", flush=True)
+            on_kind_done(rows)
+    return rows
+
+
+def best(rows: list[dict]) -> list[str]:
+    """Per (kind, M): the candidate of least summed slowdown over the shapes, and its speed
+    against BF16 on each shape."""
+    timed = [r for r in rows if "us" in r and "tile" in r]
+    lines = []
+    for kind, m in sorted({(r["kind"], r["m"]) for r in timed}):
+        here = [r for r in timed if (r["kind"], r["m"]) == (kind, m)]
+        shapes = sorted({r["shape"] for r in here})
+        complete = {c for c in {r["config"] for r in here} if sum(r["config"] == c for r in here) == len(shapes)}
+        here = [r for r in here if r["config"] in complete]  # a candidate that failed somewhere is out
+        if not here:
+            lines.append(f"{kind} M={m}: no candidate ran on every shape")
+            continue
+        fastest = {s: min(r["us"] for r in here if r["shape"] == s) for s in shapes}
+        slowdown = {}
+        for r in here:
+            slowdown.setdefault(r["config"], []).append(r["us"] / fastest[r["shape"]])
+        name, total = min(((c, sum(v)) for c, v in slowdown.items()), key=lambda cv: cv[1])
+        per_shape = []
+        for s in shapes:
+            ours = next(r["us"] for r in here if (r["shape"], r["config"]) == (s, name))
+            bf16 = next((r["us"] for r in rows if (r["shape"], r["m"], r["kind"]) == (s, m, "bf16")), None)
+            per_shape.append(f"{s} {ours:.1f} us" + (f" {bf16 / ours:.2f}x bf16" if bf16 else ""))
+        lines.append(f"{kind} M={m}: {name} (mean slowdown {total / len(shapes):.3f}): " + "; ".join(per_shape))
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), choices=list(KINDS))
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--m", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--replays", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=min(12, os.cpu_count() or 1), help="compile processes")
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, correctness only (TRITON_INTERPRET=1)")
+    parser.add_argument("--out", type=Path, default=OUT_DIR / "tune_weight_only.json")
+    args = parser.parse_args()
+    if not args.smoke and not torch.cuda.is_available():
+        sys.exit("no GPU here: tuning needs CUDA (use --smoke for a CPU correctness run)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    header = {**report_header("tune_weight_only", args),
+              "device": torch.cuda.get_device_name() if not args.smoke else "CPU, TRITON_INTERPRET=1"}
+    started = time.time()
+
+    def write(rows: list[dict]) -> list[str]:
+        lines = best(rows)
+        args.out.write_text(json.dumps({**header, "seconds": time.time() - started, "chosen": lines,
+                                        "rows": [{k: v for k, v in r.items() if k != "tile"} for r in rows]},
+                                       indent=1, default=str))
+        return lines
+
+    rows = tune(args, on_kind_done=write)
+    errors = [r for r in rows if "error" in r]
+    for r in errors[:20]:
+        print(f"failed: {r['kind']} {r['shape']} M={r['m']} {r['config']}: {r['error']}")
+    for line in write(rows):
+        print(line)
+    print(f"{len(errors)} failed candidates; wrote {args.out}")
+    if args.smoke and (errors or not any("rel_err" in r for r in rows)):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
