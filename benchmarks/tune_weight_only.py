@@ -60,16 +60,16 @@ def name_of(config: TileConfig, per_sm: int) -> str:
     return f"{config.name} s{config.num_stages} w{config.num_warps} {per_sm}/SM"
 
 
-def make_weight(kind: str, n: int, k: int, device, gen) -> tuple[tuple, torch.Tensor]:
-    """(the launch's weight arguments, the fp32 dequantized weight): random codes and scales; the
-    kernels' speed does not depend on their values."""
+def make_weight(kind: str, n: int, k: int, device, gen, dequantized: bool = True) -> tuple[tuple, torch.Tensor | None]:
+    """(the launch's weight arguments, the fp32 dequantized weight, if asked for): random codes
+    and scales; the kernels' speed does not depend on their values."""
     module, what = KINDS[kind]
     if module is w8a16:
         codes = torch.randint(0, 0x7F, (n, k), generator=gen, device=device, dtype=torch.int32)  # 0x7F is NaN
         codes |= torch.randint(0, 2, (n, k), generator=gen, device=device, dtype=torch.int32) << 7
         codes = codes.to(torch.uint8)
         scales = torch.rand(n, 1 if what is None else k // what, generator=gen, device=device) * 1e-3 + 1e-4
-        return (codes, scales), reference.w8a16_weight(codes, scales, group=what)
+        return (codes, scales), reference.w8a16_weight(codes, scales, group=what) if dequantized else None
     codes, group = what
     packed = torch.randint(0, 256, (n, k // 2), generator=gen, device=device, dtype=torch.int32).to(torch.uint8)
     if codes == "e2m1":  # E4M3 scale bytes 2^-6 .. 2^-3
@@ -77,7 +77,8 @@ def make_weight(kind: str, n: int, k: int, device, gen) -> tuple[tuple, torch.Te
         scales = scales.to(torch.uint8)
     else:
         scales = torch.rand(n, k // group, generator=gen, device=device) * 1e-2 + 1e-3
-    return (packed, scales), reference.w4a16_weight(packed, scales, None, group=group, codes=codes)
+    return (packed, scales), \
+        reference.w4a16_weight(packed, scales, None, group=group, codes=codes) if dequantized else None
 
 
 @contextlib.contextmanager
@@ -107,7 +108,7 @@ def _compile(job) -> str | None:
     kind, config, per_sm, m, n = job
     interpreted = not torch.cuda.is_available()  # the interpreter (tests): nothing to compile, the path runs
     device, dtype = ("cpu", torch.float16) if interpreted else ("cuda", torch.bfloat16)
-    weight, _ = make_weight(kind, n, 512, device, torch.Generator(device=device).manual_seed(0))
+    weight, _ = make_weight(kind, n, 512, device, torch.Generator(device=device).manual_seed(0), dequantized=False)
     try:
         run(kind, torch.randn(m, 512, device=device).to(dtype), weight, config, per_sm)
         if not interpreted:
@@ -153,20 +154,21 @@ def tune(args, on_kind_done=lambda rows: None) -> list[dict]:
             copies = None
             for m in ms:
                 x = torch.randn(m, k, generator=gen, device=device).to(dtype)
+                ref = None
                 for config, per_sm in cands:
                     row = {"shape": shape, "n": n, "k": k, "m": m, "kind": kind, "config": name_of(config, per_sm),
                            "tile": (config, per_sm)}
                     if (kind, config) in failed:
                         rows.append(row | {"error": failed[kind, config]})
                         continue
-                    if copies is None:
+                    if copies is None:  # the reference of the first copy only (fp32: 4-8x its bytes)
                         bytes_per_weight = n * k // (2 if KINDS[kind][0] is w4a16 else 1)
-                        copies = [make_weight(kind, n, k, device, gen)
-                                  for _ in range(1 if args.smoke else copies_for(bytes_per_weight))]
+                        copies = [make_weight(kind, n, k, device, gen, dequantized=i == 0)
+                                  for i in range(1 if args.smoke else copies_for(bytes_per_weight))]
                     weight, w_hat = copies[0]
                     try:
                         out = run(kind, x, weight, config, per_sm).float()
-                        ref = x.float() @ w_hat.T
+                        ref = x.float() @ w_hat.T if ref is None else ref
                         row["rel_err"] = float((out - ref).norm() / ref.norm())
                         if not row["rel_err"] < 1e-2:  # the weight rounded to bf16 once, fp32 sums
                             raise RuntimeError(f"wrong result: relative error {row['rel_err']:.2e}")
