@@ -40,18 +40,19 @@ def run_engine(spec: dict, tmp_path: Path, timeout: float = 900) -> dict:
     return run(spec, tmp_path, timeout)
 
 
-def runs_per_gemm_kernel(checkpoint: Path, kernels, interpreted: str, requests: list, tmp_path_factory) -> dict:
+def runs_per_gemm_kernel(checkpoint: Path, kernels, interpreted: str, requests: list, tmp_path_factory,
+                         env: dict | None = None) -> dict:
     """One real engine per GEMM kernel (``BRECCIA_SGLANG_GEMM``) on ``checkpoint`` in fp16, the
-    ``interpreted`` one under TRITON_INTERPRET=1, KV in fp16 so only the GEMM differs:
-    kernel -> the engine's result."""
+    ``interpreted`` one under TRITON_INTERPRET=1, KV in fp16 so only the GEMM differs, and
+    ``env`` set for every one: kernel -> the engine's result."""
     from breccia_sglang import names
 
     results = {}
     for kernel in kernels:
-        env = {names.ENV_GEMM: kernel, names.ENV_FP8_KV: "0"}
+        run_env = {**(env or {}), names.ENV_GEMM: kernel, names.ENV_FP8_KV: "0"}
         if kernel == interpreted:
-            env["TRITON_INTERPRET"] = "1"
-        spec = {"env": env,
+            run_env["TRITON_INTERPRET"] = "1"
+        spec = {"env": run_env,
                 "engine": {"model_path": str(checkpoint), "device": "cpu", "dtype": "float16",
                            "max_total_tokens": 512, "quantization": names.QUANT_METHOD,
                            "skip_tokenizer_init": True, "log_level": "info"},

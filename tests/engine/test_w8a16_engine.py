@@ -6,7 +6,8 @@ loading), 1x32 block FP8 in o_proj and down_proj, and MXFP8 (E8M0 scales) in gat
 TRITON_INTERPRET=1 with ``BRECCIA_SGLANG_GEMM=triton-w8a16`` every layer runs the kernel on
 the FP8 codes (K split across programs at decode); the same checkpoint on the emulated kernel
 (the weight dequantized in torch, then a matmul) must give the same greedy tokens, and the log
-must name each layer's kernel.
+must name each layer's kernel. The same checkpoint on the W8A8 Triton block kernel with every
+batch routed to W8A16 (``BRECCIA_SGLANG_W8A16_UP_TO_M``) gives those tokens too.
 """
 
 from __future__ import annotations
@@ -27,14 +28,28 @@ KERNELS = (names.GEMM_TRITON_W8A16, names.GEMM_EMULATED)
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_llama, tmp_path_factory):
-    checkpoint = tmp_path_factory.mktemp("fp8-recipes") / "ckpt"
-    quantize_checkpoint(tiny_llama, checkpoint, make_recipe("fp8-block", block_k=32), overrides=(
+def checkpoint(tiny_llama, tmp_path_factory):
+    path = tmp_path_factory.mktemp("fp8-recipes") / "ckpt"
+    quantize_checkpoint(tiny_llama, path, make_recipe("fp8-block", block_k=32), overrides=(
         ("*.self_attn.[qkv]_proj.*", make_recipe("fp8")), ("*.mlp.gate_proj.*", make_recipe("mxfp8")),
         ("*.mlp.up_proj.*", make_recipe("mxfp8")),
     ), progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(checkpoint, tmp_path_factory):
     return runs_per_gemm_kernel(checkpoint, KERNELS, names.GEMM_TRITON_W8A16,
                                 [{"input_ids": PROMPTS, "sampling_params": GREEDY}], tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def routed(checkpoint, tmp_path_factory):
+    """The W8A8 Triton block kernel asked for, with every batch routed to W8A16 (a bound above any
+    batch): the per-tensor q/k/v layers, which it does not serve, stay emulated."""
+    return runs_per_gemm_kernel(checkpoint, (names.GEMM_TRITON_BLOCK_FP8,), names.GEMM_TRITON_BLOCK_FP8,
+                                [{"input_ids": PROMPTS, "sampling_params": GREEDY}], tmp_path_factory,
+                                env={names.ENV_W8A16_UP_TO_M: "100000"})
 
 
 def test_the_triton_w8a16_gemm_serves_the_emulated_kernels_tokens(runs):
@@ -48,3 +63,10 @@ def test_the_log_names_each_fp8_layers_kernel_and_recipe(runs):
     recipes = {"qkv_proj": "current", "o_proj": "block(E4M3,k=32)", "gate_up_proj": "mxfp8",
                "down_proj": "block(E4M3,k=32)"}
     assert_log_names_each_layers_kernel(runs, recipes)
+
+
+def test_w8a8_layers_routed_to_w8a16_serve_the_same_tokens_and_say_so(runs, routed):
+    result = routed[names.GEMM_TRITON_BLOCK_FP8]
+    emulated = [r["output_ids"] for r in runs[names.GEMM_EMULATED]["results"][0]]
+    assert [r["output_ids"] for r in result["results"][0]] == emulated
+    assert "triton-block-fp8 runs batches of up to 100000 tokens on triton-w8a16" in result["stderr"]
