@@ -114,6 +114,18 @@ def needs_gpu(spec: LinearSpec, kernel: str, min_capability: int, max_capability
     return f"needs a CUDA GPU (sm_{min_capability}+){where}"
 
 
+def token_rows(x: torch.Tensor) -> torch.Tensor:
+    """x (..., K) as the contiguous (M, K) rows the GEMMs take."""
+    return x.reshape(-1, x.shape[-1]).contiguous()
+
+
+def layer_output(out: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A GEMM's (M, N) ``out`` for the rows of ``x`` (..., K): plus ``bias`` in place, shaped (..., N)."""
+    if bias is not None:
+        out += bias
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
 class GemmKernel:
     """One way to run a breccia linear layer. Subclasses set ``name`` and ``priority``."""
 

@@ -93,13 +93,22 @@ def tuned_file(device_name: str) -> Path:
 
 
 @functools.lru_cache(maxsize=None)
+def _tuned_json(path: Path) -> dict:
+    """A tuned file's contents, read once for its tables and its W8A16 bound."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BrecciaConfigError(f"block FP8 tile configs {path}: unreadable ({exc})") from exc
+
+
+@functools.lru_cache(maxsize=None)
 def load_tables(path: Path) -> dict[int, list[tuple[int, TileConfig]]]:
     """block width -> [(largest M, config), ...] from a tuned file; every config checked."""
+    raw = _tuned_json(path)
     try:
-        raw = json.loads(path.read_text())
         tables = {int(block): [(int(top), TileConfig(**config)) for top, config in rows]
                   for block, rows in raw["blocks"].items()}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise BrecciaConfigError(f"block FP8 tile configs {path}: unreadable ({exc})") from exc
     for block, rows in tables.items():
         for top, config in rows:
@@ -142,12 +151,8 @@ def w8a16_up_to_m(device_name: str | None) -> int:
     return load_w8a16_bound(path) if path else 0
 
 
-@functools.lru_cache(maxsize=None)
 def load_w8a16_bound(path: Path) -> int:
-    try:
-        bound = json.loads(path.read_text()).get("w8a16_up_to_m", 0)
-    except (OSError, ValueError) as exc:
-        raise BrecciaConfigError(f"block FP8 tile configs {path}: unreadable ({exc})") from exc
+    bound = _tuned_json(path).get("w8a16_up_to_m", 0)
     if not isinstance(bound, int) or isinstance(bound, bool) or bound < 0:
         raise BrecciaConfigError(f"block FP8 tile configs {path}: w8a16_up_to_m must be a number of rows "
                                  f"(0: never), not {bound!r}")

@@ -26,7 +26,7 @@ from ... import names
 from ...errors import BrecciaCheckpointError
 from ..sglang_params import fp8_params
 from .activation_quant import quantize_input
-from .base import GemmKernel, needs_1x128_block_fp8, needs_gpu
+from .base import GemmKernel, layer_output, needs_1x128_block_fp8, needs_gpu, token_rows
 from .small_batches import SmallBatchesOnW8A16
 
 BLOCK = 128
@@ -108,13 +108,11 @@ class BlockscaleSm90Kernel(SmallBatchesOnW8A16, GemmKernel):
         self.route_small_batches(layer, BLOCK)
 
     def apply(self, layer, x, bias):
-        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        rows = token_rows(x)
         out = self.small_batch(layer, rows)
         if out is None:
             out = self.w8a8(layer, rows, x.dtype)
-        if bias is not None:
-            out += bias
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return layer_output(out, x, bias)
 
     def w8a8(self, layer, rows: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
         if self.flashinfer is not None:

@@ -18,7 +18,7 @@ import torch
 from ... import names
 from ...format.recipes import PER_TENSOR_FP8
 from ..sglang_params import fp8_params
-from .base import GemmKernel, needs_gpu
+from .base import GemmKernel, layer_output, needs_gpu, token_rows
 from .small_batches import SmallBatchesOnW8A16
 
 MARLIN_MIN_CAPABILITY = 80  # SGLang's FP8 Marlin: Ampere and later
@@ -65,9 +65,7 @@ class SglangFp8PerTensorKernel(SmallBatchesOnW8A16, GemmKernel):
         return weight, layer.weight_scale.reshape(-1, 1).expand(weight.shape[0], 1)
 
     def apply(self, layer, x, bias):
-        out = self.small_batch(layer, x.reshape(-1, x.shape[-1]).contiguous())
+        out = self.small_batch(layer, token_rows(x))
         if out is None:
             return self.native.apply(layer, x, bias)
-        if bias is not None:
-            out += bias
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return layer_output(out, x, bias)

@@ -40,9 +40,10 @@ class SmallBatchesOnW8A16:
 
     def route_small_batches(self, layer, group: int | None) -> None:
         """Once, after loading: up to which M this layer's batches take W8A16 on this GPU."""
-        self.w8a16_up_to_m, self.w8a16_group = w8a16_up_to_m(device_name(layer.weight)), group
+        device = device_name(layer.weight)
+        self.w8a16_up_to_m, self.w8a16_group = w8a16_up_to_m(device), group
         if self.w8a16_up_to_m:
-            _announce(self.name, self.w8a16_up_to_m, device_name(layer.weight))
+            _announce(self.name, self.w8a16_up_to_m, device)
 
     def small_batch(self, layer, rows: torch.Tensor) -> torch.Tensor | None:
         """``rows`` @ W^T on W8A16 if there are few enough rows, else None."""

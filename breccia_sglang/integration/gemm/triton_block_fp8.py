@@ -25,7 +25,7 @@ from ...errors import BrecciaCheckpointError
 from ...weights.codes import decode_e8m0
 from ..sglang_params import code_params, fp8_params
 from .activation_quant import quantize_input
-from .base import GemmKernel, needs_gpu
+from .base import GemmKernel, layer_output, needs_gpu, token_rows
 from .block_fp8_tiles import choose_config
 from .small_batches import SmallBatchesOnW8A16, device_name
 
@@ -98,12 +98,10 @@ class TritonBlockFp8Kernel(SmallBatchesOnW8A16, GemmKernel):
         self.route_small_batches(layer, self.block)
 
     def apply(self, layer, x, bias):
-        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        rows = token_rows(x)
         out = self.small_batch(layer, rows)
         if out is None:
             codes, scales = quantize_input(rows, self.block)
             out = block_fp8_matmul(codes, scales, layer.weight, layer.weight_scale, self.block, x.dtype,
                                    self.interpreted)
-        if bias is not None:
-            out += bias
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return layer_output(out, x, bias)

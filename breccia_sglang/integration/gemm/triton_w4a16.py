@@ -23,7 +23,7 @@ from ... import names
 from ...format.recipes import packs_two_per_byte
 from ...kernels.gemm import w4a16_matmul
 from ..sglang_params import code_params, stored_weight
-from .base import GemmKernel, needs_gpu
+from .base import GemmKernel, layer_output, needs_gpu, token_rows
 
 GROUPS = (16, 32, 64, 128)  # K elements per scale the kernel takes (kernels.gemm.w4a16.GROUPS)
 
@@ -64,8 +64,5 @@ class TritonW4A16Kernel(GemmKernel):
 
     def apply(self, layer, x, bias):
         w = stored_weight(layer)
-        out = w4a16_matmul(x.reshape(-1, x.shape[-1]).contiguous(), w.data, w.scale, w.zero_point,
-                           group=self.group, codes=self.codes)
-        if bias is not None:
-            out += bias
-        return out.view(*x.shape[:-1], out.shape[-1])
+        out = w4a16_matmul(token_rows(x), w.data, w.scale, w.zero_point, group=self.group, codes=self.codes)
+        return layer_output(out, x, bias)

@@ -25,7 +25,7 @@ from ...format.recipes import PER_TENSOR_FP8, stores_native_fp8
 from ...kernels.gemm import w8a16_matmul
 from ...weights.dequant import row_scales, scale_values
 from ..sglang_params import SCALE_PARAM, code_params, fp8_params, replace_param, stored_weight
-from .base import GemmKernel, needs_gpu
+from .base import GemmKernel, layer_output, needs_gpu, token_rows
 
 
 class TritonW8A16Kernel(GemmKernel):
@@ -63,8 +63,6 @@ class TritonW8A16Kernel(GemmKernel):
         replace_param(layer, SCALE_PARAM, scales.contiguous())
 
     def apply(self, layer, x, bias):
-        out = w8a16_matmul(x.reshape(-1, x.shape[-1]).contiguous(), layer.weight, layer.weight_scale,
-                           group=None if self.per_tensor else self.group)
-        if bias is not None:
-            out += bias
-        return out.view(*x.shape[:-1], out.shape[-1])
+        group = None if self.per_tensor else self.group
+        out = w8a16_matmul(token_rows(x), layer.weight, layer.weight_scale, group=group)
+        return layer_output(out, x, bias)

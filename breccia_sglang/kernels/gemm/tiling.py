@@ -121,6 +121,15 @@ def output_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M
 
 
 @triton.jit
+def split_k_range(K, steps_per_split, BLOCK_K: tl.constexpr):
+    """(split, k_first, k_end) of this program: its split along K (grid axis 1) covers
+    ``steps_per_split`` K tiles from k_first, the last split ending at K."""
+    split = tl.program_id(1)
+    k_first = split * steps_per_split * BLOCK_K
+    return split, k_first, tl.minimum(K, k_first + steps_per_split * BLOCK_K)
+
+
+@triton.jit
 def scaled_groups(values, scales, zero_points, ROWS: tl.constexpr, COLS: tl.constexpr, GROUP: tl.constexpr,
                   HAS_ZERO: tl.constexpr):
     """A (ROWS, COLS) weight tile's values scaled per group of GROUP columns: (values - z) * s,

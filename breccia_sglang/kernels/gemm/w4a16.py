@@ -19,7 +19,8 @@ import triton.language as tl
 
 from ..attention.fp8_codec import e4m3_decode
 from ..launch import check_tensor, native_fp8_decode
-from .tiling import TileConfig, output_tile, pick_config, scaled_groups, split_k_for, split_output, sum_splits
+from .tiling import (TileConfig, output_tile, pick_config, scaled_groups, split_k_for, split_k_range, split_output,
+                     sum_splits)
 
 CODES = ("int4", "uint4", "e2m1")  # two's complement, unsigned 0..15 (zero points allowed), FP4 E2M1
 GROUPS = (16, 32, 64, 128)  # K elements per scale: 16 for NVFP4 (e2m1), 32 / 64 / 128 for INT4
@@ -54,9 +55,7 @@ def _w4a16_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = output_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    split = tl.program_id(1)  # this program's share of K: steps_per_split K tiles from k_first
-    k_first = split * steps_per_split * BLOCK_K
-    k_end = tl.minimum(K, k_first + steps_per_split * BLOCK_K)
+    split, k_first, k_end = split_k_range(K, steps_per_split, BLOCK_K)  # this program's share of K
 
     HALF_K: tl.constexpr = BLOCK_K // 2
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)

@@ -21,7 +21,8 @@ import triton.language as tl
 
 from ..attention.fp8_codec import e4m3_decode
 from ..launch import check_tensor, native_fp8_decode
-from .tiling import TileConfig, output_tile, pick_config, scaled_groups, split_k_for, split_output, sum_splits
+from .tiling import (TileConfig, output_tile, pick_config, scaled_groups, split_k_for, split_k_range, split_output,
+                     sum_splits)
 
 X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 WEIGHT_DTYPES = (torch.float8_e4m3fn, torch.uint8)
@@ -36,9 +37,7 @@ def _w8a16_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = output_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    split = tl.program_id(1)  # this program's share of K: steps_per_split K tiles from k_first
-    k_first = split * steps_per_split * BLOCK_K
-    k_end = tl.minimum(K, k_first + steps_per_split * BLOCK_K)
+    split, k_first, k_end = split_k_range(K, steps_per_split, BLOCK_K)  # this program's share of K
 
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
