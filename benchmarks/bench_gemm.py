@@ -84,6 +84,10 @@ PER_TENSOR = ("per-tensor-fp8", "w8a16-per-tensor")  # the variants serving per-
 # FP8 recipe -> the variants (kernels) that serve it
 RECIPE_VARIANTS = {"per-tensor": PER_TENSOR, "1x128": ONE_BY_128, "1x64": ("block-1x64", "w8a16-1x64"),
                    "mxfp8": ("mxfp8", "w8a16-mxfp8")}
+# FP8 recipe -> its W8A8 variants whose kernels route decode-sized batches to W8A16
+# (integration/gemm/small_batches.py), and the W8A16 variant they would route to
+ROUTED_W8A8 = {"per-tensor": ("per-tensor-fp8",), "1x128": ("block-1x128", "sm90-torch", "sm90-flashinfer"),
+               "1x64": ("block-1x64",), "mxfp8": ("mxfp8",)}
 FOUR_BIT = ("int4-g128", "int4-g128-asym", "nvfp4", "int4-g128-marlin")  # the 4-bit issue's targets
 EMULATED = names.GEMM_EMULATED  # the kernel CPUs and unsupported recipes get
 
@@ -392,6 +396,12 @@ def target_checks(rows: list[dict]) -> list[str]:
         if picks:
             lines.append(f"INFO {recipe}: fastest kernel by M (over shapes): "
                          + ", ".join(f"M={m} {variant}" for m, variant in picks))
+    bound, per_recipe = suggested_w8a16_bound(timed)
+    if per_recipe:
+        lines.append(f"INFO w8a16_up_to_m suggested: {bound} (per recipe: "
+                     + ", ".join(f"{recipe} {m}" for recipe, m in per_recipe.items())
+                     + f"): the W8A8 layers route batches up to it to W8A16 once this GPU's block FP8 table "
+                     f"says \"w8a16_up_to_m\": {bound}")
     theirs = {(r["shape"], r["m"]): r["time_us"] for r in timed if r["variant"] == "sglang-128x128"}
     totals = {}
     for name in ONE_BY_128:
@@ -409,6 +419,33 @@ def target_checks(rows: list[dict]) -> list[str]:
         lines.append(f"INFO fastest 1x128 kernel, summed over every shape and M: {fastest} "
                      f"{complete[fastest]:.1f} us ({others})")
     return lines
+
+
+def suggested_w8a16_bound(timed: list[dict]) -> tuple[int, dict[str, int]]:
+    """(the bound, per recipe): up to which M the W8A8 FP8 layers should run on W8A16. Per recipe,
+    the largest M measured such that at it and at every smaller M measured, W8A16's time summed
+    over the shapes is below that of the recipe's W8A8 kernel of least summed time (the one that
+    would rank first); the bound is the least of them, as one bound routes every W8A8 layer."""
+    per_recipe = {}
+    for recipe, w8a8 in ROUTED_W8A8.items():
+        ours_name = next(v for v in RECIPE_VARIANTS[recipe] if v.startswith("w8a16-"))
+        bound, measured = 0, False
+        for m in sorted({r["m"] for r in timed}):
+            ours = {r["shape"]: r["time_us"] for r in timed if (r["variant"], r["m"]) == (ours_name, m)}
+            sums = []
+            for name in w8a8:
+                theirs = {r["shape"]: r["time_us"] for r in timed if (r["variant"], r["m"]) == (name, m)}
+                if ours and theirs.keys() >= ours.keys():
+                    sums.append((sum(theirs[shape] for shape in ours), name))
+            if not sums:
+                break
+            measured = True
+            if sum(ours.values()) >= min(sums)[0]:
+                break
+            bound = m
+        if measured:
+            per_recipe[recipe] = bound
+    return (min(per_recipe.values()) if per_recipe else 0), per_recipe
 
 
 def fastest_per_recipe(timed: list[dict]) -> dict:
@@ -453,12 +490,14 @@ def main() -> None:
     quantize, quantizer = activation_quantizer(device)
     tools = (*gemm_tools(), quantize)
     tables = tile_tables()
-    print(f"activations: {quantizer}; block FP8 tile configs: {tables}")
+    weight_only = os.environ.get(names.ENV_WEIGHT_ONLY_CONFIGS) or "the shipped table of this GPU, if any"
+    print(f"activations: {quantizer}; block FP8 tile configs: {tables}; weight-only tile configs: {weight_only}")
     gen = torch.Generator(device=device).manual_seed(0)
     started, rows = time.time(), []
     report = {**report_header("gemm", args),
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU, TRITON_INTERPRET=1",
-              "activation_quantization": quantizer, "block_fp8_tile_configs": tables}
+              "activation_quantization": quantizer, "block_fp8_tile_configs": tables,
+              "weight_only_tile_configs": weight_only}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for shape, (n, k) in shapes.items():
         for m in ms:

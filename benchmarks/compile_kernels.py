@@ -18,7 +18,8 @@ the default table everywhere, and each table tuned on a GPU model (``integration
 for that model's compute capability, with the Hopper variant and its split-K reduction where a
 config asks for them.
 breccia's weight-only GEMMs are compiled with each of their tile configs on fp16 / bf16
-activations (fp32 has one config of its own), for every GPU from sm_80 on: W4A16 for every 4-bit
+activations (fp32 has one config of its own), for every GPU from sm_80 on, and with each config
+of every table tuned on a GPU model (``kernels/gemm/tuned/``) for that model's capability: W4A16 for every 4-bit
 code kind (INT4, UINT4 with zero points, E2M1 with E4M3 scale bytes), W8A16 for FP8 codes with
 groups of 128 and 32 and one scale per row, and the kernel that sums their K splits. And SGLang's fused MoE kernels with each MoE tile
 config breccia's MoE kernels launch them with: W8A8 FP8 experts with 1x128 scales (sm_89+) and
@@ -199,31 +200,65 @@ W8A16_GROUPS = {"g128": 128, "g32": 32, "per-row": None}  # 1x128 blocks; MXFP8 
 SPLIT_SUM = "breccia gemm split-k sum"
 
 
-def weight_only_launches(dtype: torch.dtype) -> list[Launch]:
-    """breccia's W4A16 and W8A16 GEMMs as their launchers call them on a GPU: each code kind (UINT4
-    with zero points, E2M1 with E4M3 scale bytes) or scale group, an M from each range of their
-    tile configs, and the K-split sum (once: it is the same kernel for both)."""
+def weight_only_tables() -> list[tuple[str, tuple[int, ...], dict]]:
+    """(name suffix, the archs it is for, table -> [(largest M, config)]) of every weight-only
+    table tuned on a GPU model and shipped (``kernels/gemm/tuned/``)."""
+    from breccia_sglang.kernels.gemm import tuned_configs
+
+    found = []
+    for path in sorted(tuned_configs.TUNED_DIR.glob("weight_only_*.json")):
+        about = json.loads(path.read_text())
+        found.append((f" [{about['device']}]", (about["capability"],), tuned_configs.load_tables(path)))
+    return found
+
+
+def weight_only_calls() -> list[tuple]:
+    """(module, kernel, label, tuned table, codes or None, call(x)) for each kind the launchers serve."""
     n, k = GEMM_SHAPE
-    sink: list[Launch] = []
-    ms = (1, 64, 256, 2048) if dtype != torch.float32 else (64,)  # fp32: one config for all M
     calls = []
     for codes, group in W4A16_GROUPS.items():
         packed = torch.zeros(n, k // 2, dtype=torch.uint8)
         scales = torch.zeros(n, k // group, dtype=torch.uint8) if codes == "e2m1" else torch.ones(n, k // group)
         zero_points = torch.zeros(n, k // group) if codes == "uint4" else None
-        calls += [(w4a16, "_w4a16_kernel", f"w4a16 gemm {codes}", m,
-                   lambda x, p=packed, s=scales, z=zero_points, g=group, c=codes: w4a16.w4a16_matmul(
-                       x, p, s, z, group=g, codes=c)) for m in ms]
+        table = "w4a16-nvfp4" if codes == "e2m1" else "w4a16-int4"
+        calls.append((w4a16, "_w4a16_kernel", f"w4a16 gemm {codes}", table, codes,
+                      lambda x, p=packed, s=scales, z=zero_points, g=group, c=codes: w4a16.w4a16_matmul(
+                          x, p, s, z, group=g, codes=c)))
     for kind, group in W8A16_GROUPS.items():
         codes, scales = torch.zeros(n, k, dtype=torch.uint8), torch.ones(n, 1 if group is None else k // group)
-        calls += [(w8a16, "_w8a16_kernel", f"w8a16 gemm {kind}", m,
-                   lambda x, w=codes, s=scales, g=group: w8a16.w8a16_matmul(x, w, s, group=g)) for m in ms]
-    for module, kernel, label, m, call in calls:
-        x = torch.zeros(m, k, dtype=dtype)
-        # Split K as on an H100 / H200 (132 SMs), so the decode launches record their split sum.
-        with gpu_tiles(), patched(tiling, "INTERPRETER_PROGRAMS", tiling.PROGRAMS_PER_SM * 132), \
-                recording(tiling, "_sum_splits_kernel", SPLIT_SUM, sink):
-            with recording(module, kernel, f"breccia {label} {module.choose_config(m, x).name}", sink):
+        calls.append((w8a16, "_w8a16_kernel", f"w8a16 gemm {kind}", "w8a16", None,
+                      lambda x, w=codes, s=scales, g=group: w8a16.w8a16_matmul(x, w, s, group=g)))
+    return calls
+
+
+def weight_only_launches(dtype: torch.dtype) -> list[Launch]:
+    """breccia's W4A16 and W8A16 GEMMs as their launchers call them on a GPU: each code kind (UINT4
+    with zero points, E2M1 with E4M3 scale bytes) or scale group, an M from each range of their
+    built-in tile configs and every config of each shipped tuned table (for its GPU's
+    capability), and the K-split sum (once: it is the same kernel for both)."""
+    k = GEMM_SHAPE[1]
+    sink: list[Launch] = []
+    ms = (1, 64, 256, 2048) if dtype != torch.float32 else (64,)  # fp32: one config for all M
+    for module, kernel, label, table, codes, call in weight_only_calls():
+        launches = []  # (M, the config forced or None for the launcher's own choice, name suffix, archs)
+        for m in ms:
+            x = torch.zeros(m, k, dtype=dtype)
+            with gpu_tiles():
+                launches.append((m, None, module.choose_config(m, x, *([codes] if codes else [])), "", None))
+        if dtype != torch.float32:  # tuned tables are for tensor-core dtypes; fp32 keeps its own config
+            for suffix, archs, tables in weight_only_tables():
+                launches += [(top, config, config, suffix, archs) for top, config in tables.get(table, [])]
+        for m, forced, config, suffix, archs in launches:
+            x = torch.zeros(m, k, dtype=dtype)
+            # Split K as on an H100 / H200 (132 SMs), so the decode launches record their split sum.
+            per_sm = config.programs_per_sm or tiling.PROGRAMS_PER_SM
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(gpu_tiles())
+                stack.enter_context(patched(tiling, "INTERPRETER_PROGRAMS", per_sm * 132))
+                stack.enter_context(recording(tiling, "_sum_splits_kernel", SPLIT_SUM, sink))
+                stack.enter_context(recording(module, kernel, f"breccia {label} {config.name}{suffix}", sink, archs))
+                if forced is not None:
+                    stack.enter_context(patched(module, "choose_config", lambda *_, c=forced: c))
                 call(x)
     first_sum = next(i for i, launch_ in enumerate(sink) if launch_.name == SPLIT_SUM)
     return [launch_ for i, launch_ in enumerate(sink) if launch_.name != SPLIT_SUM or i == first_sum]

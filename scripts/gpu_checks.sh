@@ -11,30 +11,32 @@
 #    block kernels, plain and Hopper variants) for 1x128 / 1x64 / 1x32 on Llama-3-8B's shapes at
 #    M = 1 .. 2048, each config checked against the W8A8 reference, beside BF16 and SGLang's own
 #    128x128 kernel; writes block_fp8_<GPU>.json, the table to ship in integration/gemm/tuned/.
-# 2. benchmarks/bench_gemm.py, with that table: the FP8 recipes' linears (activation quantization
+# 2. benchmarks/tune_weight_only.py: the decode-sized (M = 1, 16) launches of our W8A16 (1x128
+#    FP8) and W4A16 (INT4 g128, NVFP4) GEMMs over tile configs and K-split programs per SM, each
+#    checked against its fp32 reference, beside BF16; writes weight_only_<GPU>.json, the table to
+#    ship in kernels/gemm/tuned/, which the gemm step then takes.
+# 3. benchmarks/bench_gemm.py, with those tables: the FP8 recipes' linears (activation quantization
 #    included: block 1x128 / 1x64 and MXFP8 on SGLang's Triton block kernel, per-tensor FP8; on
 #    sm_90 also 1x128 on torch's blockwise scaled_mm) against BF16, the emulated kernel and
 #    SGLang's 128x128 block kernel, with the FP8 GEMM issue's targets and the fastest 1x128; every
 #    FP8 recipe also on our W8A16 kernel (no activation quantization, K split at decode sizes),
-#    with each recipe's fastest kernel per M (whether decode should route to W8A16); and
+#    with each recipe's fastest kernel per M and the w8a16_up_to_m it suggests (up to which M
+#    the W8A8 kernels should route decode to W8A16: the block_fp8 table's key); and
 #    the 4-bit recipes (int4-g128 with and without zero points, nvfp4) on our Triton W4A16 kernel,
 #    with the 4-bit issue's targets. (SGLang's Marlin rows need its CUDA kernels, which a bare
 #    machine lacks: they say so.)
-# 3. tests/kernels on the GPU, compiled (BRECCIA_KERNEL_DEVICE=cuda): the write, decode and
+# 4. tests/kernels on the GPU, compiled (BRECCIA_KERNEL_DEVICE=cuda): the write, decode and
 #    extend kernels and the W4A16 / W8A16 GEMMs against their fp32 references on the interpreter
 #    tests' awkward shapes, plus CUDA-graph capture and replay of a write + decode step (views
 #    included) and of each GEMM (K split included); and on sm_90 the blockscale-sm90 kernel's torch backend against the W8A8
 #    reference at row counts 1-33 (tests/integration/test_gemm_blockscale.py).
-# 4. benchmarks/tune_weight_only.py: the decode-sized (M = 1, 16) launches of our W8A16 (1x128
-#    FP8) and W4A16 (INT4 g128, NVFP4) GEMMs over tile configs and K-split programs per SM, each
-#    checked against its fp32 reference, beside BF16: the best per kind and M (a report: the
-#    tables in kernels/gemm/ change by hand from it).
 # 5. benchmarks/bench_moe.py: FP8 1x128 and INT4 g128 experts on SGLang's fused MoE Triton
 #    kernels against BF16 experts, Qwen3-30B-A3B's MoE shapes, batch 1-256, with the MoE targets.
 # 6. benchmarks/bench_decode.py: breccia's FP8 decode kernel against SGLang's Triton decode on
 #    BF16 and per-tensor FP8 KV, side by side.
-# Files in $OUT (the tool brings back 8 at most): run.log (everything printed, env first) and a
-# JSON per step; the last lines printed are the targets.
+# Files in $OUT: run.log (everything printed, env first), a JSON per step and the two tuned
+# tables (block_fp8_<GPU>.json, weight_only_<GPU>.json): 8, the most the tool brings back, so a
+# new step must write into one of these. The last lines printed are the targets.
 #
 # To try the script itself without a GPU (the interpreter, tiny sizes), with a Python that
 # has torch and triton: the wheels must match that Python (fetch_gpu_wheels.sh takes its version,
@@ -69,7 +71,7 @@ step() {  # step SECONDS NAME COMMAND...: run it under a time limit, logged; a f
 smoke=()
 parallel=()
 if [ "$DEVICE" = cuda ]; then parallel=(-n 8); else smoke=(--smoke); fi
-steps=" ${*:-tune gemm kernels tune-wo moe decode} "  # arguments: run only these steps (e.g. `moe decode`)
+steps=" ${*:-tune tune-wo gemm kernels moe decode} "  # arguments: run only these steps (e.g. `moe decode`)
 wants() { [[ "$steps" == *" $1 "* ]]; }
 # TUNE_ARGS: e.g. "--m 1 8" to tune some M only (the table then covers those, so gemm keeps the
 # shipped one); by default every M, and gemm runs with the table just tuned.
@@ -79,11 +81,13 @@ tuned=$(ls "$OUT"/block_fp8_*.json 2>/dev/null | head -1)
 if [ -n "$tuned" ] && [ -z "${TUNE_ARGS:-}" ]; then
     export BRECCIA_SGLANG_BLOCK_FP8_CONFIGS="$tuned"  # else the table shipped for this GPU, if any
 fi
+wants tune-wo && step 90 tune-wo "$PYTHON" benchmarks/tune_weight_only.py "${smoke[@]}" --jobs 14 \
+    --out "$OUT/tune_weight_only.json"
+tuned_wo=$(ls "$OUT"/weight_only_*.json 2>/dev/null | head -1)
+[ -n "$tuned_wo" ] && export BRECCIA_SGLANG_WEIGHT_ONLY_CONFIGS="$tuned_wo"  # gemm's W8A16 / W4A16 rows take it
 wants gemm && step 170 gemm "$PYTHON" benchmarks/bench_gemm.py "${smoke[@]}" --out "$OUT/gemm.json"
 wants kernels && step 70 kernels "$PYTHON" -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/kernels \
     tests/integration/test_gemm_blockscale.py
-wants tune-wo && step 90 tune-wo "$PYTHON" benchmarks/tune_weight_only.py "${smoke[@]}" --jobs 14 \
-    --out "$OUT/tune_weight_only.json"
 wants moe && step 55 moe "$PYTHON" benchmarks/bench_moe.py "${smoke[@]}" --out "$OUT/moe.json"
 wants decode && step 45 decode "$PYTHON" benchmarks/bench_decode.py "${smoke[@]}" --out "$OUT/decode.json"
 # `extra`: a one-off script ($EXTRA, e.g. a probe carried in a git-ignored folder) in this environment.

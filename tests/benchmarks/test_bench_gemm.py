@@ -79,3 +79,27 @@ def test_each_recipe_is_also_judged_at_its_fastest_kernel_per_m():
            "mxfp8 qkv M=1 0.50x" in lines
     assert "FAIL no FP8 recipe slower than BF16 at its fastest kernel per M: mxfp8 qkv M=1 0.83x (w8a16-mxfp8)" in lines
     assert "INFO 1x64: fastest kernel by M (over shapes): M=1 w8a16-1x64, M=2048 block-1x64" in lines
+
+
+def test_the_suggested_w8a16_bound_is_where_w8a16_stops_beating_the_w8a8_kernel_that_ranks_first():
+    def on(shape, variant, m, us):
+        return {"variant": variant, "shape": shape, "m": m, "time_us": us, "speedup_vs_bf16": 10.0 / us}
+
+    rows = [on(shape, "bf16", m, 10.0) for shape in ("qkv", "down") for m in (1, 8, 32)]
+    # per-tensor: W8A16 wins at M = 1 and 8 summed over both shapes (qkv alone loses at 8), then loses.
+    for m, w8a8, w8a16 in ((1, 10.0, 6.0), (8, 10.0, 9.0), (32, 10.0, 11.0)):
+        rows += [on("qkv", "per-tensor-fp8", m, w8a8), on("down", "per-tensor-fp8", m, w8a8)]
+        rows += [on("qkv", "w8a16-per-tensor", m, w8a16 + (2.0 if m == 8 else 0.0)),
+                 on("down", "w8a16-per-tensor", m, w8a16 - 1.5)]
+    # 1x128: judged against the faster W8A8 kernel (sm90-torch), not the Triton one; loses at M = 8.
+    for m, triton_us, torch_us, w8a16 in ((1, 8.0, 7.0, 6.0), (8, 8.0, 7.5, 7.9), (32, 8.0, 7.0, 6.0)):
+        rows += [on("qkv", "block-1x128", m, triton_us), on("qkv", "sm90-torch", m, torch_us),
+                 on("qkv", "w8a16-1x128", m, w8a16)]
+    bound, per_recipe = bench_gemm.suggested_w8a16_bound(rows)
+    # M = 32 wins again for 1x128, but 8 lost: the bound stops at the first loss.
+    assert per_recipe == {"per-tensor": 8, "1x128": 1} and bound == 1
+    assert any(line.startswith('INFO w8a16_up_to_m suggested: 1 (per recipe: per-tensor 8, 1x128 1)')
+               for line in bench_gemm.target_checks(rows))
+    # No W8A16 row faster at M = 1: nothing to route.
+    slow = [r | {"time_us": 99.0} if r["variant"].startswith("w8a16-") else r for r in rows]
+    assert bench_gemm.suggested_w8a16_bound(slow) == (0, {"per-tensor": 0, "1x128": 0})

@@ -100,7 +100,7 @@ def test_the_weight_only_gemms_compile_with_every_tile_config_and_code_kind_from
     # No FP8 dot: W4A16 and W8A16 run on every GPU from sm_80, so FP8 codes (W8A16's weights,
     # NVFP4's E4M3 scale bytes) take the integer decode before sm_89 (fp8e4nv would not compile
     # there). Both split K at decode sizes: the split sum compiles too.
-    from breccia_sglang.kernels.gemm import w4a16, w8a16
+    from breccia_sglang.kernels.gemm import tuned_configs, w4a16, w8a16
 
     split_sum = "breccia gemm split-k sum"  # compile_kernels.SPLIT_SUM (it cannot be imported interpreted)
     rows = [r for r in report[0]["rows"] if r["kernel"].startswith(("breccia w4a16 gemm", "breccia w8a16 gemm",
@@ -109,10 +109,20 @@ def test_the_weight_only_gemms_compile_with_every_tile_config_and_code_kind_from
         [("w8a16", kind, w8a16) for kind in ("g128", "g32", "per-row")]  # compile_kernels.W8A16_GROUPS
     expected = {f"breccia {op} gemm {kind} {c.name}" for op, kind, module in kinds for _, c in module.TILE_CONFIGS}
     fp32 = {f"breccia {op} gemm {kind} {module.FP32_CONFIG.name}" for op, kind, module in kinds}
+    # Each shipped tuned table's configs, for its GPU model's capability only.
+    tuned = {arch: set() for arch in ARCHS}
+    for path in sorted(tuned_configs.TUNED_DIR.glob("weight_only_*.json")):
+        about = json.loads(path.read_text())
+        for op, kind, _ in kinds:
+            table = "w8a16" if op == "w8a16" else "w4a16-nvfp4" if kind == "e2m1" else "w4a16-int4"
+            tuned.setdefault(about["capability"], set()).update(
+                f"breccia {op} gemm {kind} {c.name} [{about['device']}]"
+                for _, c in tuned_configs.load_tables(path).get(table, []))
     for arch in ARCHS:
         for dtype in DTYPES:
             kernels = {r["kernel"] for r in rows if (r["arch"], r["dtype"]) == (arch, dtype)}
-            assert kernels == (fp32 if dtype == "float32" else expected) | {split_sum}, (arch, dtype)
+            wanted = fp32 if dtype == "float32" else expected | tuned[arch]
+            assert kernels == wanted | {split_sum}, (arch, dtype)
     for r in rows:
         assert "error" not in r, r
         if r["kernel"] != split_sum:

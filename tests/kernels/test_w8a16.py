@@ -8,9 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from breccia_sglang import names
 from breccia_sglang.kernels import launch
-from breccia_sglang.kernels.gemm import tiling, w8a16, w8a16_matmul
+from breccia_sglang.kernels.gemm import tiling, tuned_configs, w8a16, w8a16_matmul
 from breccia_sglang.kernels.gemm.reference import w8a16_reference, w8a16_weight
+from breccia_sglang.kernels.gemm.tiling import TileConfig
 from breccia_sglang.weights.codes import decode_e8m0
 
 from .pool import DEVICE, on_device
@@ -92,6 +94,21 @@ def test_gpu_tile_sizes_match_the_reference_too(group, m, n, k, x_dtype, monkeyp
     weight, scales = make_weight(group, "fp32", n, k, gen)
     x = on_device(torch.randn(m, k, generator=gen).to(x_dtype))
     assert_matches_reference(w8a16_matmul(x, weight, scales, group=group), x, weight, scales, group)
+
+
+def test_a_config_tuned_for_a_gpu_model_launches_right(tmp_path, monkeypatch):
+    # A tuned table (tuned_configs.py) replaces the built-in config by M: 16 x 128 x 128 at M = 3
+    # leaves 56 of the tile's columns masked at N = 72 and holds four 32-wide groups a K tile.
+    tuned = TileConfig(16, 128, 128, 1, 4, 4, programs_per_sm=2)
+    path = tmp_path / "weight_only_Some_GPU.json"
+    tuned_configs.write_tables(path, {"w8a16": [(4, tuned)]}, device="Some GPU")
+    monkeypatch.setenv(names.ENV_WEIGHT_ONLY_CONFIGS, str(path))
+    monkeypatch.setattr(launch, "FORCE_GPU_TILES", True)
+    gen = torch.Generator().manual_seed(5)
+    weight, scales = make_weight(32, "fp32", 72, 384, gen)
+    x = on_device(torch.randn(3, 384, generator=gen).to(torch.float16))
+    assert w8a16.choose_config(3, x) == tuned
+    assert_matches_reference(w8a16_matmul(x, weight, scales, group=32), x, weight, scales, 32)
 
 
 def test_the_cases_split_k_and_the_split_sum_is_what_one_program_computes(monkeypatch):

@@ -5,6 +5,7 @@ stay in their dtype).
   zero points, NVFP4's E2M1 with E4M3 scales), with its tile configs per range of M.
 - ``w8a16.py``: the W8A16 dequant-GEMM over FP8 E4M3 codes (per-tensor, 1 x B block, MXFP8).
 - ``tiling.py``: what both launches share: tile configs, bands over M, K splits and their sum.
+- ``tuned_configs.py``: their decode tile configs tuned per GPU model (``tuned/``).
 - ``reference.py``: the fp32 torch references they are tested against.
 """
 

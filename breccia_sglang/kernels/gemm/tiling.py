@@ -33,8 +33,9 @@ INTERPRETER_PROGRAMS = 8
 @dataclass(frozen=True)
 class TileConfig:
     """One launch configuration: the output tile (block_m x block_n), the K step, the rows of
-    programs that share weight tiles in L2 (group_m), warps and pipeline stages. The K split is
-    not part of it: it follows from the launch's shape and the GPU (``split_k_for``)."""
+    programs that share weight tiles in L2 (group_m), warps and pipeline stages, and how many
+    programs per SM the K split aims at (None: ``PROGRAMS_PER_SM``). The split itself follows
+    from the launch's shape and the GPU's SM count (``split_k_for``)."""
 
     block_m: int
     block_n: int
@@ -42,6 +43,7 @@ class TileConfig:
     group_m: int
     num_warps: int
     num_stages: int
+    programs_per_sm: int | None = None
 
     @property
     def name(self) -> str:
@@ -51,18 +53,32 @@ class TileConfig:
         return {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "BLOCK_K": self.block_k,
                 "GROUP_M": self.group_m, "num_warps": self.num_warps, "num_stages": self.num_stages}
 
+    def why_not(self) -> str | None:
+        """None if both weight-only kernels can launch this config on a GPU, else why not."""
+        tiles = (self.block_m, self.block_n, self.block_k)
+        if any(t < 16 or t & (t - 1) for t in tiles):
+            return f"tiles of {self.name}: tl.dot needs powers of two of at least 16 in every dimension"
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            return f"{self.num_warps} warps: Triton launches 1, 2, 4, 8 or 16"
+        if self.group_m < 1 or self.num_stages < 1:
+            return f"group_m {self.group_m} and num_stages {self.num_stages} must be at least 1"
+        if self.programs_per_sm is not None and self.programs_per_sm < 1:
+            return f"programs_per_sm {self.programs_per_sm} must be at least 1 (or absent: the default)"
+        return None
+
 
 def pick_config(m: int, x: torch.Tensor, by_m: list[tuple[int, TileConfig]], fp32: TileConfig,
-                interpreter: TileConfig) -> TileConfig:
+                interpreter: TileConfig, tuned: list[tuple[int, TileConfig]] = ()) -> TileConfig:
     """The tile config of a launch over M rows of activations ``x``: ``by_m`` ((largest M,
-    config), smallest M first) on a GPU, ``fp32`` for fp32 activations there (the exact dot on
-    FMA units holds its tiles in registers: tensor-core tiles would spill), ``interpreter``
+    config), smallest M first) on a GPU, after the rows ``tuned`` on this GPU model (which
+    cover the M they were measured up to); ``fp32`` for fp32 activations there (the exact dot
+    on FMA units holds its tiles in registers: tensor-core tiles would spill), ``interpreter``
     under the interpreter (every program runs in Python: the smallest tiles tl.dot takes)."""
     if not gpu_tiles(x):
         return interpreter
     if fp32_on_gpu(x):
         return fp32
-    return next(config for top, config in by_m if m <= top)
+    return next(config for top, config in (*tuned, *by_m) if m <= top)
 
 
 @dataclass(frozen=True)
@@ -74,24 +90,26 @@ class Split:
 
 
 def split_k_for(m: int, n: int, k: int, config: TileConfig, device: torch.device) -> Split:
-    """How many ways to split K so that a launch has about ``PROGRAMS_PER_SM`` programs per SM.
+    """How many ways to split K so that a launch has about ``config.programs_per_sm`` programs
+    per SM.
 
     Only M <= ``MAX_SPLIT_M`` splits. Splits are whole K tiles, and none is empty: the last may
     be shorter.
     """
     steps = triton.cdiv(k, config.block_k)
     tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n)
-    wanted = programs_to_fill(device)
+    wanted = programs_to_fill(device, config.programs_per_sm)
     if m > MAX_SPLIT_M or tiles >= wanted or steps <= 1:
         return Split(1, steps)
     per_split = triton.cdiv(steps, min(MAX_SPLIT_K, steps, triton.cdiv(wanted, tiles)))
     return Split(triton.cdiv(steps, per_split), per_split)
 
 
-def programs_to_fill(device: torch.device) -> int:
+def programs_to_fill(device: torch.device, per_sm: int | None = None) -> int:
     if device.type != "cuda":
         return INTERPRETER_PROGRAMS
-    return PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return (per_sm or PROGRAMS_PER_SM) * _sm_count(index)
 
 
 @functools.lru_cache(maxsize=None)

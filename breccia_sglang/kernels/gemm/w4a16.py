@@ -21,6 +21,7 @@ from ..attention.fp8_codec import e4m3_decode
 from ..launch import check_tensor, native_fp8_decode
 from .tiling import (TileConfig, output_tile, pick_config, scaled_groups, split_k_for, split_k_range, split_output,
                      sum_splits)
+from .tuned_configs import tuned_rows
 
 CODES = ("int4", "uint4", "e2m1")  # two's complement, unsigned 0..15 (zero points allowed), FP4 E2M1
 GROUPS = (16, 32, 64, 128)  # K elements per scale: 16 for NVFP4 (e2m1), 32 / 64 / 128 for INT4
@@ -104,7 +105,8 @@ def _w4a16_kernel(
 
 # (largest M, config), smallest M first; a launch takes the first whose M bound it fits. Decode
 # (M <= 16) streams the weight once: narrow N tiles give many programs to keep memory busy.
-# Large M reuses each weight tile over many rows: big tiles. Not tuned on a GPU yet.
+# Large M reuses each weight tile over many rows: big tiles. A GPU model with a tuned table
+# (tuned_configs.py) takes its rows first.
 TILE_CONFIGS: list[tuple[int, TileConfig]] = [
     (16, TileConfig(16, 32, 128, 1, 4, 4)),
     (64, TileConfig(32, 64, 128, 4, 4, 3)),
@@ -119,9 +121,10 @@ FP32_CONFIG = TileConfig(32, 64, 32, 4, 8, 2)
 INTERPRETER_CONFIG = TileConfig(16, 32, 64, 1, 1, 1)
 
 
-def choose_config(m: int, x: torch.Tensor) -> TileConfig:
-    """The tile config of a launch over M rows of activations ``x``."""
-    return pick_config(m, x, TILE_CONFIGS, FP32_CONFIG, INTERPRETER_CONFIG)
+def choose_config(m: int, x: torch.Tensor, codes: str) -> TileConfig:
+    """The tile config of a launch over M rows of activations ``x`` and 4-bit ``codes``."""
+    table = "w4a16-nvfp4" if codes == "e2m1" else "w4a16-int4"  # NVFP4 also decodes a scale per 16
+    return pick_config(m, x, TILE_CONFIGS, FP32_CONFIG, INTERPRETER_CONFIG, tuned_rows(table, x))
 
 
 def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
@@ -161,7 +164,7 @@ def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
     if m == 0 or n == 0:
         return x.new_empty((m, n))
 
-    config = choose_config(m, x)
+    config = choose_config(m, x, codes)
     split = split_k_for(m, n, k, config, x.device)
     out, partials = split_output(x, n, split)
     zeros = zero_points if zero_points is not None else scales  # never read without HAS_ZERO

@@ -23,6 +23,7 @@ from ..attention.fp8_codec import e4m3_decode
 from ..launch import check_tensor, native_fp8_decode
 from .tiling import (TileConfig, output_tile, pick_config, scaled_groups, split_k_for, split_k_range, split_output,
                      sum_splits)
+from .tuned_configs import tuned_rows
 
 X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 WEIGHT_DTYPES = (torch.float8_e4m3fn, torch.uint8)
@@ -72,7 +73,8 @@ def _w8a16_kernel(
 
 # (largest M, config), smallest M first. Decode (M <= 16) streams the weight once: wide K steps
 # and deep pipelines keep loads in flight, and the K split (tiling.py) adds programs. Large M
-# reuses each weight tile over many rows: big tiles. Not tuned on a GPU yet.
+# reuses each weight tile over many rows: big tiles. A GPU model with a tuned table
+# (tuned_configs.py) takes its rows first.
 TILE_CONFIGS: list[tuple[int, TileConfig]] = [
     (16, TileConfig(16, 64, 128, 1, 4, 4)),
     (64, TileConfig(32, 64, 128, 4, 4, 3)),
@@ -86,7 +88,7 @@ INTERPRETER_CONFIG = TileConfig(16, 32, 64, 1, 1, 1)
 
 def choose_config(m: int, x: torch.Tensor) -> TileConfig:
     """The tile config of a launch over M rows of activations ``x``."""
-    return pick_config(m, x, TILE_CONFIGS, FP32_CONFIG, INTERPRETER_CONFIG)
+    return pick_config(m, x, TILE_CONFIGS, FP32_CONFIG, INTERPRETER_CONFIG, tuned_rows("w8a16", x))
 
 
 def w8a16_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, *, group: int | None) -> torch.Tensor:
