@@ -73,6 +73,7 @@ class Launch(NamedTuple):
     args: tuple
     kwargs: dict
     archs: tuple[int, ...] | None = None  # the GPUs it is launched on (None: every one asked for)
+    weight_bytes_per_step: int | None = None  # a weight-only GEMM's weight bytes per K step of a program
 
 
 @contextlib.contextmanager
@@ -248,6 +249,7 @@ def weight_only_launches(dtype: torch.dtype) -> list[Launch]:
         if dtype != torch.float32:  # tuned tables are for tensor-core dtypes; fp32 keeps its own config
             for suffix, archs, tables in weight_only_tables():
                 launches += [(top, config, config, suffix, archs) for top, config in tables.get(table, [])]
+        bytes_per_code = 1 if module is w8a16 else 0.5
         for m, forced, config, suffix, archs in launches:
             x = torch.zeros(m, k, dtype=dtype)
             # Split K as on an H100 / H200 (132 SMs), so the decode launches record their split sum.
@@ -260,6 +262,8 @@ def weight_only_launches(dtype: torch.dtype) -> list[Launch]:
                 if forced is not None:
                     stack.enter_context(patched(module, "choose_config", lambda *_, c=forced: c))
                 call(x)
+            gemm = max(i for i, launch_ in enumerate(sink) if launch_.name != SPLIT_SUM)  # before its split sum
+            sink[gemm] = sink[gemm]._replace(weight_bytes_per_step=int(config.block_n * config.block_k * bytes_per_code))
     first_sum = next(i for i, launch_ in enumerate(sink) if launch_.name == SPLIT_SUM)
     return [launch_ for i, launch_ in enumerate(sink) if launch_.name != SPLIT_SUM or i == first_sum]
 
@@ -353,12 +357,38 @@ def compile_for(launch_: Launch, arch: int) -> dict:
     row.update(registers=usage["registers"], spill_bytes=usage["local"] + usage["stack"], shared_bytes=shared,
                shared_limit=SHARED_PER_BLOCK.get(arch), num_warps=compiled.metadata.num_warps,
                num_stages=options.num_stages,
-               blocks_per_sm_by_registers=REGISTERS_PER_SM // max(1, usage["registers"] * threads))
+               blocks_per_sm_by_registers=REGISTERS_PER_SM // max(1, usage["registers"] * threads),
+               loop_instructions=loop_instructions(compiled.asm["cubin"]))
+    if launch_.weight_bytes_per_step and row["loop_instructions"]:
+        # What issuing the loop costs per weight byte streamed: an SM issues 128 thread-instructions a
+        # cycle, and HBM gives an H200 SM ~18 bytes a cycle (4.8 TB/s over 132 SMs at 1.98 GHz), so a
+        # decode-sized GEMM past ~7 of these cannot stream its weight at memory speed.
+        row["instructions_per_weight_byte"] = row["loop_instructions"] * threads / launch_.weight_bytes_per_step
     return row
 
 
+def loop_instructions(cubin: bytes) -> int:
+    """SASS instructions (per warp) in the kernel's longest loop: the backward branch that spans
+    the most code, from its target to itself (the main K or KV loop, in these kernels)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([str(TRITON_BIN / "cuobjdump"), "-sass", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    addresses = [(int(a, 16), op) for a, op in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", text)]
+    loops = [(int(target, 16), at) for at, op in addresses if "BRA" in op
+             for target in re.findall(r"0x([0-9a-f]+)", op) if int(target, 16) < at]
+    if not loops:
+        return 0
+    first, last = max(loops, key=lambda loop: loop[1] - loop[0])
+    return sum(first <= at <= last for at, _ in addresses)
+
+
+TRITON_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"  # Triton's bundled CUDA tools
+
+
 def cubin_resources(cubin: bytes) -> dict:
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    cuobjdump = TRITON_BIN / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
@@ -409,7 +439,9 @@ def format_row(r: dict) -> str:
     fp8 = {True: "native", False: "integer", None: "-"}[r["native_fp8"]]
     return (f"{where} {r['kernel']:28} regs {r['registers']:3d}  spill {r['spill_bytes']:5d} B  "
             f"shared {r['shared_bytes'] // 1024:3d}{limit} KiB  warps {r['num_warps']} stages {r['num_stages']}  "
-            f"blocks/SM (regs) {r['blocks_per_sm_by_registers']}  fp8 decode {fp8}")
+            f"blocks/SM (regs) {r['blocks_per_sm_by_registers']}  fp8 decode {fp8}"
+            + (f"  {r['instructions_per_weight_byte']:.1f} instr/weight byte" if "instructions_per_weight_byte" in r
+               else ""))
 
 
 def main() -> None:

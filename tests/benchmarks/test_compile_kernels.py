@@ -130,6 +130,21 @@ def test_the_weight_only_gemms_compile_with_every_tile_config_and_code_kind_from
         assert r["shared_bytes"] <= r["shared_limit"] and r["spill_bytes"] < 256, r
 
 
+def test_decode_tiles_scaled_after_the_dot_issue_fewer_instructions_per_weight_byte(report):
+    # W8A16's 16-row tiles with one scale per row over the K tile (per row, groups of 128) put
+    # the codes into an fp16 dot and scale its result; groups of 32 scale each weight first. At
+    # decode sizes the loop's instructions per weight byte bound the speed (an H200 SM issues ~7
+    # per byte of its share of HBM bandwidth), so the first must issue fewer on every target.
+    for arch in ARCHS:
+        per_byte = {r["kernel"]: r["instructions_per_weight_byte"] for r in report[0]["rows"]
+                    if (r["arch"], r["dtype"]) == (arch, "bfloat16")
+                    and r["kernel"].startswith(("breccia w4a16", "breccia w8a16"))}
+        assert all(v > 0 for v in per_byte.values()), per_byte  # every weight-only GEMM has its loop found
+        scaled_each = per_byte["breccia w8a16 gemm g32 16x64x128"]
+        for kind in ("per-row", "g128"):
+            assert per_byte[f"breccia w8a16 gemm {kind} 16x64x128"] < 0.9 * scaled_each, (arch, per_byte)
+
+
 def test_sglangs_fused_moe_kernels_compile_with_every_moe_config_breccia_launches(report):
     # The FP8 kernel needs FP8 tensor cores (sm_89+); the INT4 one runs from sm_80. Shared memory
     # is what this catches: INT4's 64 x 128 tile with a 128-deep K needed 192 KiB, so its K tile

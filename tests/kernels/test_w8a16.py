@@ -80,6 +80,24 @@ def test_w8a16_matches_fp32_reference(group, scale_kind, m, n, k, x_dtype):
     assert_matches_reference(out, x, weight, scales, group)
 
 
+@pytest.mark.parametrize("group", [None, 64, 128])
+def test_bf16_rows_past_fp16s_range_keep_their_values(group):
+    # Where one scale per row covers the K tile (per row, groups of 64 and 128 against the
+    # interpreter's 64-wide K tile) the codes meet the activations in an fp16 dot, bf16 ones too
+    # (so this runs under the interpreter, whose bf16 dot is broken): a row holding values fp16
+    # cannot (up to ~3e6 here, fp16 ends at 65504) is scaled by a power of two first. Without
+    # that it would come out inf.
+    gen = torch.Generator().manual_seed(11)
+    weight, scales = make_weight(group, "fp32", 40, 256, gen)
+    x = torch.randn(5, 256, generator=gen)
+    x[0] *= 1e6
+    x[1, 7] = 70000.0  # one value past fp16's range in an otherwise ordinary row
+    x[2] *= 1e-3  # small values stay exact (fp16 normals)
+    x[3, :64] = 40000.0  # one K tile past 2^15, the next ones ordinary
+    x = on_device(x.to(torch.bfloat16))
+    assert_matches_reference(w8a16_matmul(x, weight, scales, group=group), x, weight, scales, group)
+
+
 @pytest.mark.parametrize("group,m,n,k,x_dtype", [
     (32, 1, 40, 640, torch.float16),  # 16 x 64 x 128: 4 groups a K tile, K split 5 ways
     (128, 33, 72, 384, torch.float16),  # 64 x 128 x 64: a group spans two K tiles

@@ -58,6 +58,8 @@ class TileConfig:
         tiles = (self.block_m, self.block_n, self.block_k)
         if any(t < 16 or t & (t - 1) for t in tiles):
             return f"tiles of {self.name}: tl.dot needs powers of two of at least 16 in every dimension"
+        if self.block_k < 32:
+            return f"tiles of {self.name}: W4A16 dots each half of a K tile (16 wide at least)"
         if self.num_warps not in (1, 2, 4, 8, 16):
             return f"{self.num_warps} warps: Triton launches 1, 2, 4, 8 or 16"
         if self.group_m < 1 or self.num_stages < 1:
@@ -158,6 +160,37 @@ def scaled_groups(values, scales, zero_points, ROWS: tl.constexpr, COLS: tl.cons
     if HAS_ZERO:
         grouped = grouped - zero_points[:, :, None]
     return tl.reshape(grouped * scales[:, :, None], (ROWS, COLS))
+
+
+@triton.jit
+def bf16_row_max(x):
+    """max |x| per row of a bf16 tile (fp32), the input of ``fp16_units``; 0 for an fp16 tile,
+    which needs no unit (the compiler drops the work)."""
+    if x.dtype == tl.float16:
+        return tl.zeros((x.shape[0],), tl.float32)
+    else:
+        return tl.max(tl.abs(x.to(tl.float32)), axis=1)
+
+
+@triton.jit
+def fp16_units(row_max):
+    """(unit, 1 / unit) per row, powers of two with which ``x / unit`` fits fp16: 1 unless the
+    row holds 2^15 or more (bf16 only), then the least unit that brings it below."""
+    exponent = (row_max.to(tl.int32, bitcast=True) >> 23) & 0xFF  # biased: 2^15 is 142
+    big = exponent >= 142
+    unit = tl.where(big, ((exponent - 14) << 23).to(tl.float32, bitcast=True), 1.0)
+    inverse = tl.where(big, ((268 - exponent) << 23).to(tl.float32, bitcast=True), 1.0)  # exact, as unit is
+    return unit, inverse
+
+
+@triton.jit
+def as_fp16(x, inverse):
+    """An fp16 / bf16 tile over its rows' units (``fp16_units``) in fp16: exact, but for values
+    under fp16's normal range (2^-14 * unit), which lose bits as subnormals."""
+    if x.dtype == tl.float16:
+        return x
+    else:
+        return (x.to(tl.float32) * inverse[:, None]).to(tl.float16)
 
 
 @triton.jit

@@ -3,12 +3,21 @@
 ``weight`` (N, K) holds one E4M3 code per element (float8_e4m3fn or its uint8 bytes). Its
 scales are fp32, one per row and K group of ``group`` (block FP8 1 x B; MXFP8's E8M0 exponents
 converted once to their exact fp32 powers of two), or one per row (``group=None``: per-tensor
-FP8, each merged shard's scale repeated over its rows). Each program decodes a
-(BLOCK_N, BLOCK_K) weight tile (one hardware conversion on sm_89+, bit moves before), scales it
-in fp32 as breccia's dequantize does, rounds it to the activation dtype and multiplies on tensor
-cores with fp32 accumulation. Activations stay as they are: no quantization pass before the GEMM
-and no activation rounding error, which is what decode-sized batches (M <= 16, one pass over the
-weight) want. K is split across programs when there are too few output tiles (``tiling.py``).
+FP8, each merged shard's scale repeated over its rows). Each program reads a (BLOCK_N, BLOCK_K)
+weight tile and multiplies on tensor cores with fp32 accumulation:
+
+- decode-sized tiles (16 rows) where one scale per row covers the tile (per row, or groups of
+  BLOCK_K or more): the codes go into an fp16 dot as they are (one hardware conversion per pair
+  of codes on sm_89+, bit moves before) and the scales multiply the dot's fp32 result: no
+  weight is rounded, and fp16 / bf16 activations meet them in fp16 (exact; a row past fp16's
+  range is scaled by a power of two);
+- otherwise (groups inside the tile: MXFP8's 32, 1x32 / 1x64 blocks; larger tiles; fp32
+  activations) the tile is decoded to fp32, scaled as breccia's dequantize scales it, rounded to
+  the activation dtype and accumulated in place.
+
+Activations are not quantized: no pass before the GEMM, which is what decode-sized batches
+(M <= 16, one pass over the weight) want. K is split across programs when there are too few
+output tiles (``tiling.py``).
 
 No host synchronisation and no branch on tensor values: a launch can be captured in a CUDA graph.
 """
@@ -19,10 +28,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..attention.fp8_codec import e4m3_decode
+from ..attention.fp8_codec import e4m3_as_fp16, e4m3_decode, e4m3_fp16_undo
 from ..launch import check_tensor, native_fp8_decode
-from .tiling import (TileConfig, output_tile, pick_config, scaled_groups, split_k_for, split_k_range, split_output,
-                     sum_splits)
+from .tiling import (TileConfig, as_fp16, bf16_row_max, fp16_units, output_tile, pick_config, scaled_groups,
+                     split_k_for, split_k_range, split_output, sum_splits)
 from .tuned_configs import tuned_rows
 
 X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -53,19 +62,36 @@ def _w8a16_kernel(
         k_ok = k < k_end
         x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         w_ok = n_ok[:, None] & k_ok[None, :]
-        w = e4m3_decode(tl.load(weight_rows + k[None, :], mask=w_ok, other=0), tl.float32, NATIVE_FP8)
-        if GROUP % BLOCK_K == 0:  # one group covers the tile (or one scale per row): a scale per row
-            s = tl.load(scale_rows + (k0 // GROUP) * stride_sk, mask=n_ok, other=0.0)[:, None]
-            w = w * s
-        elif BLOCK_K % GROUP == 0 and (GROUP & (GROUP - 1)) == 0:
-            # Whole groups per tile (MXFP8's 32, 1x32 / 1x64 blocks): one scale per group.
-            g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
-            s = tl.load(scale_rows[:, None] + g[None, :] * stride_sk,
-                        mask=n_ok[:, None] & (g * GROUP < k_end)[None, :], other=0.0)
-            w = scaled_groups(w, s, s, BLOCK_N, BLOCK_K, GROUP, False)
-        else:  # any other width: a scale per element (repeated addresses, served from L1)
-            w = w * tl.load(scale_rows[:, None] + (k // GROUP)[None, :] * stride_sk, mask=w_ok, other=0.0)
-        acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc, input_precision=DOT_PRECISION)
+        codes = tl.load(weight_rows + k[None, :], mask=w_ok, other=0)
+        if GROUP % BLOCK_K == 0 and x.dtype != tl.float32 and BLOCK_M == 16:
+            # Decode-sized tiles where one scale per row covers the tile (one per row overall, or
+            # a group of a tile or more): the scale multiplies the dot's fp32 result, not each
+            # weight, so the codes go into an fp16 dot as they are (exact, one conversion per
+            # pair on sm_89+), with the activations in fp16 (exact, a row past fp16's range
+            # scaled by a power of two). Such a launch is one pass over the weight, and issuing
+            # its instructions is what bounds it: 10-35% fewer per weight byte than scaling
+            # each weight (benchmarks/compile_kernels.py), and no weight is rounded. Larger
+            # tiles keep the in-place accumulation below: this one's second accumulator
+            # spills there.
+            x_unit, x_inverse = fp16_units(bf16_row_max(x))
+            s = tl.load(scale_rows + (k0 // GROUP) * stride_sk, mask=n_ok, other=0.0) * e4m3_fp16_undo(NATIVE_FP8)
+            w = e4m3_as_fp16(codes, NATIVE_FP8)
+            acc += tl.dot(as_fp16(x, x_inverse), tl.trans(w)) * (x_unit[:, None] * s[None, :])
+        else:
+            # Groups inside a tile, or fp32 activations (the exact dot): the weights are scaled in
+            # fp32, as breccia's dequantize scales them, and rounded to the activation dtype.
+            w = e4m3_decode(codes, tl.float32, NATIVE_FP8)
+            if GROUP % BLOCK_K == 0:
+                w = w * tl.load(scale_rows + (k0 // GROUP) * stride_sk, mask=n_ok, other=0.0)[:, None]
+            elif BLOCK_K % GROUP == 0 and (GROUP & (GROUP - 1)) == 0:
+                # Whole groups per tile (MXFP8's 32, 1x32 / 1x64 blocks): one scale per group.
+                g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+                s = tl.load(scale_rows[:, None] + g[None, :] * stride_sk,
+                            mask=n_ok[:, None] & (g * GROUP < k_end)[None, :], other=0.0)
+                w = scaled_groups(w, s, s, BLOCK_N, BLOCK_K, GROUP, False)
+            else:  # any other width: a scale per element (repeated addresses, served from L1)
+                w = w * tl.load(scale_rows[:, None] + (k // GROUP)[None, :] * stride_sk, mask=w_ok, other=0.0)
+            acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc, input_precision=DOT_PRECISION)
 
     out_ptrs = out_ptr + split * stride_os + m.to(tl.int64)[:, None] * stride_om + n[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
