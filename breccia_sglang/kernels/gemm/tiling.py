@@ -163,37 +163,6 @@ def scaled_groups(values, scales, zero_points, ROWS: tl.constexpr, COLS: tl.cons
 
 
 @triton.jit
-def bf16_row_max(x):
-    """max |x| per row of a bf16 tile (fp32), the input of ``fp16_units``; 0 for an fp16 tile,
-    which needs no unit (the compiler drops the work)."""
-    if x.dtype == tl.float16:
-        return tl.zeros((x.shape[0],), tl.float32)
-    else:
-        return tl.max(tl.abs(x.to(tl.float32)), axis=1)
-
-
-@triton.jit
-def fp16_units(row_max):
-    """(unit, 1 / unit) per row, powers of two with which ``x / unit`` fits fp16: 1 unless the
-    row holds 2^15 or more (bf16 only), then the least unit that brings it below."""
-    exponent = (row_max.to(tl.int32, bitcast=True) >> 23) & 0xFF  # biased: 2^15 is 142
-    big = exponent >= 142
-    unit = tl.where(big, ((exponent - 14) << 23).to(tl.float32, bitcast=True), 1.0)
-    inverse = tl.where(big, ((268 - exponent) << 23).to(tl.float32, bitcast=True), 1.0)  # exact, as unit is
-    return unit, inverse
-
-
-@triton.jit
-def as_fp16(x, inverse):
-    """An fp16 / bf16 tile over its rows' units (``fp16_units``) in fp16: exact, but for values
-    under fp16's normal range (2^-14 * unit), which lose bits as subnormals."""
-    if x.dtype == tl.float16:
-        return x
-    else:
-        return (x.to(tl.float32) * inverse[:, None]).to(tl.float16)
-
-
-@triton.jit
 def _sum_splits_kernel(partials_ptr, out_ptr, numel, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < numel
