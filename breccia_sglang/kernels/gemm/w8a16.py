@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from ..attention.fp8_codec import e4m3_as_fp16, e4m3_decode, e4m3_fp16_undo
+from ..fp16_operands import fp16_operand
 from ..launch import check_tensor, native_fp8_decode
 from .tiling import (TileConfig, output_tile, pick_config, scaled_groups, split_k_for, split_k_range, split_output,
                      sum_splits)
@@ -36,37 +37,6 @@ from .tuned_configs import tuned_rows
 
 X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 WEIGHT_DTYPES = (torch.float8_e4m3fn, torch.uint8)
-
-
-@triton.jit
-def bf16_row_max(x):
-    """max |x| per row of a bf16 tile (fp32), the input of ``fp16_units``; 0 for an fp16 tile,
-    which needs no unit (the compiler drops the work)."""
-    if x.dtype == tl.float16:
-        return tl.zeros((x.shape[0],), tl.float32)
-    else:
-        return tl.max(tl.abs(x.to(tl.float32)), axis=1)
-
-
-@triton.jit
-def fp16_units(row_max):
-    """(unit, 1 / unit) per row, powers of two with which ``x / unit`` fits fp16: 1 unless the
-    row holds 2^15 or more (bf16 only), then the least unit that brings it below."""
-    exponent = (row_max.to(tl.int32, bitcast=True) >> 23) & 0xFF  # biased: 2^15 is 142
-    big = exponent >= 142
-    unit = tl.where(big, ((exponent - 14) << 23).to(tl.float32, bitcast=True), 1.0)
-    inverse = tl.where(big, ((268 - exponent) << 23).to(tl.float32, bitcast=True), 1.0)  # exact, as unit is
-    return unit, inverse
-
-
-@triton.jit
-def as_fp16(x, inverse):
-    """An fp16 / bf16 tile over its rows' units (``fp16_units``) in fp16: exact, but for values
-    under fp16's normal range (2^-14 * unit), which lose bits as subnormals."""
-    if x.dtype == tl.float16:
-        return x
-    else:
-        return (x.to(tl.float32) * inverse[:, None]).to(tl.float16)
 
 
 @triton.jit
@@ -104,10 +74,9 @@ def _w8a16_kernel(
             # each weight (benchmarks/compile_kernels.py), and no weight is rounded. Larger
             # tiles keep the in-place accumulation below: this one's second accumulator
             # spills there.
-            x_unit, x_inverse = fp16_units(bf16_row_max(x))
+            x16, x_unit = fp16_operand(x)
             s = tl.load(scale_rows + (k0 // GROUP) * stride_sk, mask=n_ok, other=0.0) * e4m3_fp16_undo(NATIVE_FP8)
-            w = e4m3_as_fp16(codes, NATIVE_FP8)
-            acc += tl.dot(as_fp16(x, x_inverse), tl.trans(w)) * (x_unit[:, None] * s[None, :])
+            acc += tl.dot(x16, tl.trans(e4m3_as_fp16(codes, NATIVE_FP8))) * (x_unit[:, None] * s[None, :])
         else:
             # Groups inside a tile, or fp32 activations (the exact dot): the weights are scaled in
             # fp32, as breccia's dequantize scales them, and rounded to the activation dtype.
