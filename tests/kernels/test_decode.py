@@ -38,6 +38,24 @@ def test_decode_matches_fp32_reference(batch, page_size, group, head_dim, dtype)
     assert_matches_reference(out, ref, dtype)
 
 
+@pytest.mark.parametrize("gpu_tiles", [False, True])
+def test_bf16_queries_past_fp16s_range_keep_their_values(gpu_tiles, monkeypatch):
+    # fp16 / bf16 queries meet the FP8 codes in fp16 dots (so bf16 runs under the interpreter
+    # too, whose bf16 dot is broken), each query row over a power-of-two unit that brings it
+    # into fp16's range. Queries 2^16 times larger (up to ~2.6e5: fp16 ends at 65504) with a
+    # softmax scale 2^16 times smaller are the same attention; without the units they are inf.
+    monkeypatch.setattr(launch, "FORCE_GPU_TILES", gpu_tiles)
+    gen = torch.Generator().manual_seed(21)
+    pool = PagedPool([90, 1, 33], 16, 64, gen)
+    context = pool.contexts()
+    q = torch.randn(3, KV_HEADS * 3, 64, generator=gen)
+    q[:, 1] *= 2.0**16  # every request's second head
+    q = on_device(q.to(torch.bfloat16))
+    sm_scale = 64**-0.5 * 2.0**-16
+    out = paged_decode_attention(q, context, sm_scale=sm_scale)
+    assert_matches_reference(out, paged_decode_attention_reference(q, context, sm_scale=sm_scale), torch.bfloat16)
+
+
 def test_decode_split_count_does_not_change_the_result():
     gen = torch.Generator().manual_seed(7)
     pool = PagedPool([700, 5, 257], 16, 64, gen)

@@ -23,6 +23,20 @@ def test_extend_matches_fp32_reference(batch, page_size, group, head_dim, dtype)
     assert_matches_reference(out, ref, dtype)
 
 
+def test_bf16_queries_past_fp16s_range_keep_their_values():
+    # As in test_decode.py: bf16 query rows past fp16's range (2^16 times larger, with a softmax
+    # scale 2^16 times smaller) take a power-of-two unit into the fp16 dots.
+    gen = torch.Generator().manual_seed(22)
+    _, q, prefix, new, max_new = extend_case(3, 16, 2, 64, torch.float32, gen)
+    q = q.clone()
+    q[::2, 1] *= 2.0**16  # every other new token's second head
+    q = q.to(torch.bfloat16)
+    sm_scale = 64**-0.5 * 2.0**-16
+    out = paged_extend_attention(q, prefix, new, max_new, sm_scale=sm_scale)
+    assert_matches_reference(out, paged_extend_attention_reference(q, prefix, new, sm_scale=sm_scale),
+                             torch.bfloat16)
+
+
 def test_extend_over_a_cached_prefix_equals_extending_the_whole_sequence():
     # A prefix hit (prefix from the cache, the rest new) and a recompute (everything new)
     # see the same FP8 K/V, so the last tokens' outputs agree.

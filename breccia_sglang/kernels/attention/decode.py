@@ -19,7 +19,7 @@ import triton.language as tl
 from ...kvcache import PagedKV
 from ..launch import check_tensor, fp32_on_gpu, gpu_tiles, native_fp8_decode
 from .operands import LOG2E, check_query, dot_precision, pointers, ragged
-from .paged_tile import attend_tile, load_fp8_tile
+from .paged_tile import attend_tile, load_fp8_tile, query_operand
 
 MIN_TOKENS_PER_SPLIT = 256  # below this a split's fixed cost outweighs the parallelism it adds
 
@@ -59,8 +59,8 @@ def _decode_split_kernel(
         d_ok = d < HEAD_DIM
         dv = tl.arange(0, BLOCK_DV)
         dv_ok = dv < V_HEAD_DIM
-        q = tl.load(q_ptr + req * stride_q_req + heads[:, None] * stride_q_head + d[None, :],
-                    mask=head_ok[:, None] & d_ok[None, :], other=0.0)
+        q, q_unit = query_operand(tl.load(q_ptr + req * stride_q_req + heads[:, None] * stride_q_head + d[None, :],
+                                          mask=head_ok[:, None] & d_ok[None, :], other=0.0))
 
         m = tl.full((BLOCK_H,), float("-inf"), tl.float32)
         l = tl.zeros((BLOCK_H,), tl.float32)
@@ -73,7 +73,7 @@ def _decode_split_kernel(
                                        stride_ks_slot, d, d_ok, n_ok, q.dtype, NATIVE_FP8)
             v, v_scale = load_fp8_tile(v_data_ptr, v_scale_ptr, slots, kv_head, stride_v_slot, stride_v_head,
                                        stride_vs_slot, dv, dv_ok, n_ok, q.dtype, NATIVE_FP8)
-            m, l, acc = attend_tile(q, k, k_scale, v, v_scale, n_ok[None, :], m, l, acc, qk_scale_log2,
+            m, l, acc = attend_tile(q, q_unit, k, k_scale, v, v_scale, n_ok[None, :], m, l, acc, qk_scale_log2,
                                     DOT_PRECISION)
 
         out_ptrs = (part_out_ptr + req * stride_po_req + heads[:, None] * stride_po_head

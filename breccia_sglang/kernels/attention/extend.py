@@ -18,11 +18,11 @@ import triton.language as tl
 from ...kvcache import PagedKV
 from ..launch import check_tensor, fp32_on_gpu, gpu_tiles, native_fp8_decode
 from .operands import LOG2E, check_kv, check_query, dot_precision, pointers, ragged
-from .paged_tile import attend_tile, load_fp8_tile
+from .paged_tile import attend_tile, load_fp8_tile, query_operand
 
 
 @triton.jit
-def _attend_slots(q, row_pos, slot_ids_ptr, key_lo, key_hi, causal: tl.constexpr,
+def _attend_slots(q, q_unit, row_pos, slot_ids_ptr, key_lo, key_hi, causal: tl.constexpr,
                   k_data_ptr, k_scale_ptr, v_data_ptr, v_scale_ptr, kv_head,
                   stride_k_slot, stride_k_head, stride_ks_slot, stride_v_slot, stride_v_head, stride_vs_slot,
                   d, d_ok, dv, dv_ok, m, l, acc, qk_scale_log2,
@@ -40,7 +40,8 @@ def _attend_slots(q, row_pos, slot_ids_ptr, key_lo, key_hi, causal: tl.constexpr
         visible = n_ok[None, :]
         if causal:
             visible = visible & (n[None, :] <= row_pos[:, None])
-        m, l, acc = attend_tile(q, k, k_scale, v, v_scale, visible, m, l, acc, qk_scale_log2, DOT_PRECISION)
+        m, l, acc = attend_tile(q, q_unit, k, k_scale, v, v_scale, visible, m, l, acc, qk_scale_log2,
+                                DOT_PRECISION)
     return m, l, acc
 
 
@@ -71,21 +72,22 @@ def _extend_kernel(
         d_ok = d < HEAD_DIM
         dv = tl.arange(0, BLOCK_DV)
         dv_ok = dv < V_HEAD_DIM
-        q = tl.load(q_ptr + (q_start + rows)[:, None].to(tl.int64) * stride_q_token + head * stride_q_head + d[None, :],
-                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        q, q_unit = query_operand(tl.load(
+            q_ptr + (q_start + rows)[:, None].to(tl.int64) * stride_q_token + head * stride_q_head + d[None, :],
+            mask=row_ok[:, None] & d_ok[None, :], other=0.0))
 
         m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l = tl.zeros((BLOCK_M,), tl.float32)
         acc = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
         # The cached prefix: every key visible.
-        m, l, acc = _attend_slots(q, rows, prefix_indices_ptr + prefix_start, 0, prefix_len, False,
+        m, l, acc = _attend_slots(q, q_unit, rows, prefix_indices_ptr + prefix_start, 0, prefix_len, False,
                                   k_data_ptr, k_scale_ptr, v_data_ptr, v_scale_ptr, kv_head,
                                   stride_k_slot, stride_k_head, stride_ks_slot,
                                   stride_v_slot, stride_v_head, stride_vs_slot,
                                   d, d_ok, dv, dv_ok, m, l, acc, qk_scale_log2, BLOCK_N, DOT_PRECISION, NATIVE_FP8)
         # The new tokens, causal; keys past this row block's last row are never visible.
         key_hi = tl.minimum(q_len, (row_block + 1) * BLOCK_M)
-        m, l, acc = _attend_slots(q, rows, new_slots_ptr + q_start, 0, key_hi, True,
+        m, l, acc = _attend_slots(q, q_unit, rows, new_slots_ptr + q_start, 0, key_hi, True,
                                   k_data_ptr, k_scale_ptr, v_data_ptr, v_scale_ptr, kv_head,
                                   stride_k_slot, stride_k_head, stride_ks_slot,
                                   stride_v_slot, stride_v_head, stride_vs_slot,

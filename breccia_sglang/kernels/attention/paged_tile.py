@@ -1,45 +1,69 @@
 """The inner step both attention kernels share: read a tile of FP8 K and V through slot
-indices, apply the per-(token, head) scales in registers, and fold the tile into an
-online softmax (flash-attention style, base-2 exponentials).
+indices, apply the per-(token, head) scales, and fold the tile into an online softmax
+(flash-attention style, base-2 exponentials). No dequantized copy of K or V exists in memory.
 
-K's scales are applied to the logits, ``q . (s_k k) = s_k (q . k)``, so K's FP8 values only
-need an exact conversion to the query dtype before ``tl.dot``. V's scales are applied to the
-tile in registers: folding them into the probabilities instead (``p s_v``) would push small
-products into fp16's subnormal range. Either way no dequantized copy of K or V exists in memory.
+fp16 / bf16 queries take tensor-core dots in fp16: the codes are exact in fp16 (one conversion
+per pair on sm_89+, against three instructions per code for bf16), the query rows are exact in
+fp16 over a power-of-two unit (``fp16_operands``), and the scales multiply fp32 results or
+small tiles instead of every K and V element. What bounds a decode step is how many instructions
+each cache byte costs (``benchmarks/compile_kernels.py`` counts them): K's scales go on the
+logits, ``q . (s_k k) = s_k (q . k)``; V's go on the probabilities, ``sum_t p_t (s_t v_t)`` with
+``p_t s_t / s_max`` in fp16 (the tile's largest scale ``s_max`` keeps them at most 1, so only
+negligible products fall below fp16's normal range) and ``s_max`` on the fp32 result. fp32
+queries keep exact fp32 dots over values scaled in fp32.
 """
 
 import triton
 import triton.language as tl
 
-from .fp8_codec import e4m3_decode
+from ..fp16_operands import fp16_operand
+from .fp8_codec import e4m3_as_fp16, e4m3_decode, e4m3_fp16_undo
+
+
+@triton.jit
+def query_operand(q):
+    """A query tile as (its dot operand, its rows' units): fp32 as it is, else exact fp16."""
+    if q.dtype == tl.float32:
+        return q, tl.full((q.shape[0],), 1.0, tl.float32)
+    else:
+        return fp16_operand(q)
 
 
 @triton.jit
 def load_fp8_tile(data_ptr, scale_ptr, slots, head, stride_slot, stride_head, stride_scale_slot,
                   d, d_ok, row_ok, dtype: tl.constexpr, NATIVE_FP8: tl.constexpr):
-    """Rows ``slots`` of one kv head: (BLOCK_N, BLOCK_D) values in ``dtype`` and (BLOCK_N,) fp32 scales.
-    Masked rows read as 0 with scale 0. ``NATIVE_FP8``: see ``e4m3_decode``."""
+    """Rows ``slots`` of one kv head as (BLOCK_N, BLOCK_D) values and (BLOCK_N,) fp32 scales whose
+    products are the cache's entries: fp32 values for fp32 queries (``dtype``), else the codes in
+    fp16. Masked rows read as 0 with scale 0. ``NATIVE_FP8``: see ``e4m3_decode``."""
     codes = tl.load(data_ptr + slots[:, None] * stride_slot + head * stride_head + d[None, :],
                     mask=row_ok[:, None] & d_ok[None, :], other=0)
     scale = tl.load(scale_ptr + slots * stride_scale_slot + head, mask=row_ok, other=0.0)
-    return e4m3_decode(codes, dtype, NATIVE_FP8), scale
+    if dtype == tl.float32:
+        return e4m3_decode(codes, tl.float32, NATIVE_FP8), scale
+    else:
+        return e4m3_as_fp16(codes, NATIVE_FP8), scale * e4m3_fp16_undo(NATIVE_FP8)
 
 
 @triton.jit
-def attend_tile(q, k, k_scale, v, v_scale, visible, m, l, acc, qk_scale_log2,
+def attend_tile(q, q_unit, k, k_scale, v, v_scale, visible, m, l, acc, qk_scale_log2,
                 DOT_PRECISION: tl.constexpr):
     """Fold one key/value tile into the running (max ``m``, sum ``l``, output ``acc``).
 
-    q (M, D) and k (N, D), v (N, Dv) in the same dtype; visible (M, N) bool; m, l (M,) fp32;
-    acc (M, Dv) fp32. ``qk_scale_log2`` is the softmax scale times log2(e).
+    q (M, D) fp32 or fp16 with its rows' units (M,) (``query_operand``); k (N, D), v (N, Dv) and
+    their (N,) scales as ``load_fp8_tile`` gives them for that query dtype; visible (M, N) bool;
+    m, l (M,) fp32; acc (M, Dv) fp32. ``qk_scale_log2`` is the softmax scale times log2(e).
     """
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-    qk = qk * (k_scale * qk_scale_log2)[None, :]
+    qk = qk * q_unit[:, None] * (k_scale * qk_scale_log2)[None, :]
     qk = tl.where(visible, qk, float("-inf"))
     m_new = tl.maximum(m, tl.max(qk, axis=1))
     alpha = tl.exp2(m - m_new)
     p = tl.exp2(qk - m_new[:, None])
     l = l * alpha + tl.sum(p, axis=1)
-    v = (v.to(tl.float32) * v_scale[:, None]).to(v.dtype)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    if v.dtype == tl.float32:
+        acc = acc * alpha[:, None] + tl.dot(p, v * v_scale[:, None], input_precision=DOT_PRECISION)
+    else:
+        v_top = tl.max(v_scale, axis=0)
+        share = v_scale / tl.maximum(v_top, 1e-30)  # at most 1; 0 where the whole tile is masked
+        acc = acc * alpha[:, None] + tl.dot((p * share[None, :]).to(tl.float16), v) * v_top
     return m_new, l, acc
