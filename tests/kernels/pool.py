@@ -37,6 +37,21 @@ CASES = [
 ]
 
 
+def captured(call):
+    """(a CUDA graph of ``call()``, what the captured call returned): ``call`` runs once on a side
+    stream first (Triton compiles there, outside the capture), as SGLang warms up before it
+    captures its decode steps. Replay the graph after changing the inputs in place."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = call()
+    return graph, out
+
+
 def on_device(t: torch.Tensor) -> torch.Tensor:
     """Inputs are drawn on the CPU (seeded generators) and moved to the device under test."""
     return t.to(DEVICE)

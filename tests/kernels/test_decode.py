@@ -19,6 +19,7 @@ from .pool import (
     PagedPool,
     assert_matches_reference,
     assert_same_math,
+    captured,
     context_lengths,
     on_device,
 )
@@ -147,14 +148,7 @@ def test_write_and_decode_replay_from_a_cuda_graph():
             buffer.copy_(torch.randn(buffer.shape, generator=gen))
 
     fill([n - 9 for n in lengths])
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # compile and warm up outside the capture
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    graph, _ = captured(step)
     for context in ([n - 9 for n in lengths], lengths):
         fill(context)
         graph.replay()

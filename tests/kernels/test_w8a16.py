@@ -15,7 +15,7 @@ from breccia_sglang.kernels.gemm.reference import w8a16_reference, w8a16_weight
 from breccia_sglang.kernels.gemm.tiling import TileConfig
 from breccia_sglang.weights.codes import decode_e8m0
 
-from .pool import DEVICE, on_device
+from .pool import DEVICE, captured, on_device
 
 # bf16 tl.dot is wrong under the interpreter; compiled on a GPU it is checked too.
 X_DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE != "cpu" else [])
@@ -228,14 +228,7 @@ def test_w8a16_replays_from_a_cuda_graph():
     weight, scales = make_weight(128, "fp32", 72, 1024, gen)
     x = on_device(torch.zeros(4, 1024, dtype=torch.bfloat16))
     assert tiling.split_k_for(4, 72, 1024, w8a16.choose_config(4, x), x.device).splits > 1
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # compile outside the capture
-        w8a16_matmul(x, weight, scales, group=128)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = w8a16_matmul(x, weight, scales, group=128)
+    graph, out = captured(lambda: w8a16_matmul(x, weight, scales, group=128))
     for _ in range(2):
         x.copy_(torch.randn(x.shape, generator=gen))
         graph.replay()
