@@ -21,7 +21,8 @@ breccia's weight-only GEMMs are compiled with each of their tile configs on fp16
 activations (fp32 has one config of its own), for every GPU from sm_80 on, and with each config
 of every table tuned on a GPU model (``kernels/gemm/tuned/``) for that model's capability: W4A16 for every 4-bit
 code kind (INT4, UINT4 with zero points, E2M1 with E4M3 scale bytes), W8A16 for FP8 codes with
-groups of 128 and 32 and one scale per row, and the kernel that sums their K splits. And SGLang's fused MoE kernels with each MoE tile
+groups of 128 and 32 and one scale per row, and the kernel that sums their K splits; and the
+pass that dequantizes those FP8 weights into each dtype (the prefill route). And SGLang's fused MoE kernels with each MoE tile
 config breccia's MoE kernels launch them with: W8A8 FP8 experts with 1x128 scales (sm_89+) and
 W4A16 INT4 experts with groups of 128 (sm_80+), at Qwen3-30B-A3B's expert shapes.
 
@@ -57,7 +58,7 @@ from triton.runtime.jit import create_function_from_signature
 from _common import OUT_DIR, error_summary, report_header  # noqa: E402
 from breccia_sglang.kernels import launch  # noqa: E402
 from breccia_sglang.kernels.attention import decode, extend, write_kv  # noqa: E402
-from breccia_sglang.kernels.gemm import tiling, w4a16, w8a16  # noqa: E402
+from breccia_sglang.kernels.gemm import dequantize, tiling, w4a16, w8a16  # noqa: E402
 from breccia_sglang.kvcache import PagedKV, PagedScaledTensor  # noqa: E402
 
 # Largest shared memory one block may use (opt-in), bytes: CUDA programming guide, table 21.
@@ -264,6 +265,11 @@ def weight_only_launches(dtype: torch.dtype) -> list[Launch]:
                 call(x)
             gemm = max(i for i, launch_ in enumerate(sink) if launch_.name != SPLIT_SUM)  # before its split sum
             sink[gemm] = sink[gemm]._replace(weight_bytes_per_step=int(config.block_n * config.block_k * bytes_per_code))
+    for kind, group in W8A16_GROUPS.items():  # the prefill route's pass, writing this dtype
+        codes, scales = torch.zeros(*GEMM_SHAPE, dtype=torch.uint8), torch.ones(GEMM_SHAPE[0], 1 if group is None
+                                                                               else k // group)
+        with gpu_tiles(), recording(dequantize, "_dequantize_fp8_kernel", f"breccia dequantize fp8 {kind}", sink):
+            dequantize.dequantize_fp8(codes, scales, group=group, dtype=dtype)
     first_sum = next(i for i, launch_ in enumerate(sink) if launch_.name == SPLIT_SUM)
     return [launch_ for i, launch_ in enumerate(sink) if launch_.name != SPLIT_SUM or i == first_sum]
 

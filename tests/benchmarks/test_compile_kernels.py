@@ -130,6 +130,21 @@ def test_the_weight_only_gemms_compile_with_every_tile_config_and_code_kind_from
         assert r["shared_bytes"] <= r["shared_limit"] and r["spill_bytes"] < 256, r
 
 
+def test_the_prefill_routes_dequantize_pass_compiles_for_every_gpu_and_dtype(report):
+    # The FP8 kernels' prefill route writes the weight in the activations' dtype: every scale
+    # group kind (compile_kernels.W8A16_GROUPS) into every dtype, from sm_80 (the integer decode
+    # there), without spills into the 16-bit dtypes the route serves.
+    rows = [r for r in report[0]["rows"] if r["kernel"].startswith("breccia dequantize fp8")]
+    assert {(r["arch"], r["dtype"], r["kernel"].rsplit(" ", 1)[1]) for r in rows} == \
+        {(a, d, kind) for a in ARCHS for d in DTYPES for kind in ("g128", "g32", "per-row")}
+    for r in rows:
+        assert "error" not in r, r
+        assert r["native_fp8"] is (r["arch"] >= 89), r
+        assert r["shared_bytes"] <= r["shared_limit"], r
+        if r["dtype"] != "float32":
+            assert r["spill_bytes"] == 0, r
+
+
 def test_decode_tiles_scaled_after_the_dot_issue_fewer_instructions_per_weight_byte(report):
     # W8A16's 16-row tiles with one scale per row over the K tile (per row, groups of 128) put
     # the codes into an fp16 dot and scale its result; groups of 32 scale each weight first. At

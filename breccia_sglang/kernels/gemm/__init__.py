@@ -4,12 +4,15 @@ stay in their dtype).
 - ``w4a16.py``: the W4A16 dequant-GEMM over 4-bit codes packed two per byte (INT4, UINT4 with
   zero points, NVFP4's E2M1 with E4M3 scales), with its tile configs per range of M.
 - ``w8a16.py``: the W8A16 dequant-GEMM over FP8 E4M3 codes (per-tensor, 1 x B block, MXFP8).
+- ``dequantize.py``: those FP8 weights written in the activation dtype in one pass, for the
+  platform's dense GEMM at prefill sizes.
 - ``tiling.py``: what both launches share: tile configs, bands over M, K splits and their sum.
 - ``tuned_configs.py``: their decode tile configs tuned per GPU model (``tuned/``).
 - ``reference.py``: the fp32 torch references they are tested against.
 """
 
+from .dequantize import dequantize_fp8, dequantized_linear
 from .w4a16 import w4a16_matmul
 from .w8a16 import w8a16_matmul
 
-__all__ = ["w4a16_matmul", "w8a16_matmul"]
+__all__ = ["dequantize_fp8", "dequantized_linear", "w4a16_matmul", "w8a16_matmul"]
