@@ -260,7 +260,7 @@ def write(args, header: dict, rows: list[dict], seconds: float, quiet: bool) -> 
     """The timings, and on a GPU the table of every block width measured so far."""
     report = {**header, "seconds": seconds, "rows": [{key: v for key, v in r.items() if key != "tile"} for r in rows]}
     if not args.smoke:
-        from breccia_sglang.integration.gemm.block_fp8_tiles import tuned_file, write_tables
+        from breccia_sglang.integration.gemm.block_fp8_tiles import routes_of, tuned_file, write_tables
 
         ms = args.m
         tables, lines = best_tables(rows, ms, sorted({r["block"] for r in rows if "ms" in r and "tile" in r}))
@@ -268,9 +268,10 @@ def write(args, header: dict, rows: list[dict], seconds: float, quiet: bool) -> 
         name = torch.cuda.get_device_name()
         major, minor = torch.cuda.get_device_capability()
         path = args.out_dir / tuned_file(name).name
+        # The shipped file's batch routes carry over: tuning the tiles does not measure them.
         write_tables(path, tables, device=name, capability=major * 10 + minor,
                      measured=f"{datetime.date.today()}, python benchmarks/tune_block_fp8.py "
-                              + " ".join(sys.argv[1:]) + f" (torch {torch.__version__})")
+                              + " ".join(sys.argv[1:]) + f" (torch {torch.__version__})", **routes_of(tuned_file(name)))
         if not quiet:
             for line in lines:
                 print(line)

@@ -7,7 +7,9 @@ TRITON_INTERPRET=1 with ``BRECCIA_SGLANG_GEMM=triton-w8a16`` every layer runs th
 the FP8 codes (K split across programs at decode); the same checkpoint on the emulated kernel
 (the weight dequantized in torch, then a matmul) must give the same greedy tokens, and the log
 must name each layer's kernel. The same checkpoint on the W8A8 Triton block kernel with every
-batch routed to W8A16 (``BRECCIA_SGLANG_W8A16_UP_TO_M``) gives those tokens too.
+batch routed to W8A16 (``BRECCIA_SGLANG_W8A16_UP_TO_M``) gives those tokens too, and so does
+the W8A16 kernel with its prefill batches on the weight dequantized in one pass
+(``BRECCIA_SGLANG_DEQUANTIZE_FROM_M``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,15 @@ def routed(checkpoint, tmp_path_factory):
                                 env={names.ENV_W8A16_UP_TO_M: "100000"})
 
 
+@pytest.fixture(scope="module")
+def dequantized_prefill(checkpoint, tmp_path_factory):
+    """triton-w8a16 with batches of 8 tokens or more on the dequantized weight: the 44-token
+    prefill batch takes that route, the 2-token decode batches stay on the kernel."""
+    return runs_per_gemm_kernel(checkpoint, (names.GEMM_TRITON_W8A16,), names.GEMM_TRITON_W8A16,
+                                [{"input_ids": PROMPTS, "sampling_params": GREEDY}], tmp_path_factory,
+                                env={names.ENV_DEQUANTIZE_FROM_M: "8"})
+
+
 def test_the_triton_w8a16_gemm_serves_the_emulated_kernels_tokens(runs):
     triton = [r["output_ids"] for r in runs[names.GEMM_TRITON_W8A16]["results"][0]]
     emulated = [r["output_ids"] for r in runs[names.GEMM_EMULATED]["results"][0]]
@@ -70,3 +81,12 @@ def test_w8a8_layers_routed_to_w8a16_serve_the_same_tokens_and_say_so(runs, rout
     emulated = [r["output_ids"] for r in runs[names.GEMM_EMULATED]["results"][0]]
     assert [r["output_ids"] for r in result["results"][0]] == emulated
     assert "triton-block-fp8 runs batches of up to 100000 tokens on triton-w8a16" in result["stderr"]
+
+
+def test_prefill_on_the_dequantized_weight_serves_the_same_tokens_and_says_so(runs, dequantized_prefill):
+    result = dequantized_prefill[names.GEMM_TRITON_W8A16]
+    emulated = [r["output_ids"] for r in runs[names.GEMM_EMULATED]["results"][0]]
+    assert [r["output_ids"] for r in result["results"][0]] == emulated
+    for groups in ("per-tensor", "32"):  # q/k/v; o, down (1x32) and gate/up (MXFP8)
+        assert (f"triton-w8a16 runs batches of 8 tokens or more on its weight dequantized in one pass and a "
+                f"dense GEMM (scale groups: {groups})") in result["stderr"]

@@ -12,8 +12,9 @@
 - ``marlin_w4a16.py``: INT4 on SGLang's AWQ-Marlin and NVFP4 on its FP4 Marlin (W4A16, sm_80+),
   converted once after loading; ``marlin_fp8.py``: 1x128 block FP8 on its FP8 Marlin (W8A16,
   sm_80+: the GPUs without FP8 tensor cores); ``marlin_rules.py``: which layers Marlin takes.
-- ``small_batches.py``: decode-sized batches of the W8A8 FP8 kernels on the W8A16 kernel,
-  up to the M a GPU model's tuned file gives (none measured yet).
+- ``batch_routes.py``: the batch sizes an FP8 layer's kernel hands on: decode-sized ones to the
+  W8A16 kernel, prefill-sized ones to the weight dequantized in one pass and a dense GEMM, by
+  the bounds a GPU model's tuned file (or an environment variable) gives.
 - ``triton_w8a16.py``: every FP8 E4M3 recipe on our Triton W8A16 GEMM (sm_80+; the FP8 path
   for what SGLang's kernels refuse: 1x32 / 1x64 / MXFP8 below sm_89, 1x256 anywhere).
 - ``triton_w4a16.py``: INT4 and NVFP4 on our Triton W4A16 GEMM, packed codes read in place

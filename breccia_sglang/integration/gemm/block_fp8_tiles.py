@@ -13,7 +13,11 @@ silently wrong results (an error of 20.9 where 1e-6 is right, B=64, tile K 128).
 
 A tuned file may also say up to which M the W8A8 FP8 layers run on our W8A16 kernel instead
 (``"w8a16_up_to_m"``, measured by ``benchmarks/bench_gemm.py``: decode-sized batches skip the
-activation quantization pass there); ``BRECCIA_SGLANG_W8A16_UP_TO_M`` overrides it.
+activation quantization pass there); ``BRECCIA_SGLANG_W8A16_UP_TO_M`` overrides it. And from
+which M the FP8 layers of each scale group run on the dequantized weight and the platform's
+dense GEMM (``"dequantize_from_m"``: {"32": M, "64": M, "128": M, "per-tensor": M}; prefill-sized
+batches, where fine scales cost a W8A8 kernel more than one pass that writes the weight in
+bf16); ``BRECCIA_SGLANG_DEQUANTIZE_FROM_M`` overrides it for every group.
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ def tuned_file(device_name: str) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _tuned_json(path: Path) -> dict:
-    """A tuned file's contents, read once for its tables and its W8A16 bound."""
+    """A tuned file's contents, read once for its tables and its batch routes' bounds."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -159,6 +163,43 @@ def load_w8a16_bound(path: Path) -> int:
     return bound
 
 
+# The keys of a tuned file's "dequantize_from_m": a layer's scale group width, or one per row.
+PER_TENSOR_KEY = "per-tensor"
+
+
+def group_key(group: int | None) -> str:
+    return PER_TENSOR_KEY if group is None else str(group)
+
+
+def dequantize_from_m(device_name: str | None, group: int | None) -> int:
+    """From which M the FP8 layers with scale groups of ``group`` (None: one scale per row) run on
+    the dequantized weight on ``device_name`` (0: never): ``BRECCIA_SGLANG_DEQUANTIZE_FROM_M``,
+    else the tuned file's ``dequantize_from_m`` for that group, else 0."""
+    chosen = os.environ.get(names.ENV_DEQUANTIZE_FROM_M)
+    if chosen:
+        if not chosen.isdigit():
+            raise BrecciaConfigError(f"{names.ENV_DEQUANTIZE_FROM_M}={chosen!r}: expected a number of rows "
+                                     f"(0: never)")
+        return int(chosen)
+    path = _tuned_path(os.environ.get(names.ENV_BLOCK_FP8_CONFIGS) or None, device_name)
+    return load_dequantize_bounds(path).get(group_key(group), 0) if path else 0
+
+
+def load_dequantize_bounds(path: Path) -> dict[str, int]:
+    bounds = _tuned_json(path).get("dequantize_from_m", {})
+    if not isinstance(bounds, dict):
+        raise BrecciaConfigError(f"block FP8 tile configs {path}: dequantize_from_m must map scale group widths "
+                                 f"(\"32\", \"64\", \"128\", \"{PER_TENSOR_KEY}\") to numbers of rows, not {bounds!r}")
+    for key, bound in bounds.items():
+        if not (key == PER_TENSOR_KEY or key.isdigit()):
+            raise BrecciaConfigError(f"block FP8 tile configs {path}: dequantize_from_m: {key!r} is no scale "
+                                     f"group width (\"32\", \"64\", \"128\" or \"{PER_TENSOR_KEY}\")")
+        if not isinstance(bound, int) or isinstance(bound, bool) or bound < 0:
+            raise BrecciaConfigError(f"block FP8 tile configs {path}: dequantize_from_m[{key!r}] must be a number "
+                                     f"of rows (0: never), not {bound!r}")
+    return bounds
+
+
 def choose_config(m: int, block: int, interpreted: bool, device_name: str | None = None) -> TileConfig:
     """The launch config for M rows of 1 x ``block`` blocks; never one that would be wrong."""
     candidates = [INTERPRETER_CONFIG] if interpreted else [c for top, c in table_for(block, device_name) if m <= top]
@@ -167,6 +208,16 @@ def choose_config(m: int, block: int, interpreted: bool, device_name: str | None
             return config
     # Every listed config is wrong for this block: B itself as tile K is always right.
     return replace(candidates[-1], block_k=None)
+
+
+# What a tuned file says besides its tables: the batch routes' bounds (and why they are what they
+# are). A table tuned anew keeps them from the file it replaces (``routes_of``).
+ROUTE_KEYS = ("w8a16_up_to_m", "dequantize_from_m", "dequantize_from_m_basis")
+
+
+def routes_of(path: Path) -> dict:
+    """The batch routes a tuned file sets ({} if there is no such file)."""
+    return {key: value for key, value in _tuned_json(path).items() if key in ROUTE_KEYS} if path.exists() else {}
 
 
 def write_tables(path: Path, tables: dict[int, list[tuple[int, TileConfig]]], **about) -> None:

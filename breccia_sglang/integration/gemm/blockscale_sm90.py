@@ -27,7 +27,7 @@ from ...errors import BrecciaCheckpointError
 from ..sglang_params import fp8_params
 from .activation_quant import quantize_input
 from .base import GemmKernel, layer_output, needs_1x128_block_fp8, needs_gpu, token_rows
-from .small_batches import SmallBatchesOnW8A16
+from .batch_routes import BatchRoutes
 
 BLOCK = 128
 N_MULTIPLE = 64  # FlashInfer's tile; torch's cuBLASLt path accepts it too
@@ -72,9 +72,10 @@ def torch_blockwise_matmul(x_codes: torch.Tensor, x_scale: torch.Tensor, weight:
                        swizzle_a=SwizzleType.NO_SWIZZLE, swizzle_b=SwizzleType.NO_SWIZZLE, output_dtype=out_dtype)
 
 
-class BlockscaleSm90Kernel(SmallBatchesOnW8A16, GemmKernel):
+class BlockscaleSm90Kernel(BatchRoutes, GemmKernel):
     """W8A8 1x128 block FP8 on Hopper: torch's cuBLASLt kernel, else FlashInfer's DeepGEMM one;
-    decode-sized batches on W8A16 where this GPU model's tuned file says so (``small_batches``)."""
+    decode- and prefill-sized batches on other routes where this GPU model's tuned file says so
+    (``batch_routes``)."""
 
     name = names.GEMM_BLOCKSCALE_SM90
     priority = 85  # above triton-block-fp8 (80): measured faster on an H200, see the module's docstring
@@ -105,11 +106,11 @@ class BlockscaleSm90Kernel(SmallBatchesOnW8A16, GemmKernel):
         self.flashinfer = None if torch_has_blockwise() else flashinfer_gemm()
         if self.flashinfer is None:  # once: the layout cuBLASLt reads
             layer.weight_scale = torch.nn.Parameter(mn_major(layer.weight_scale.data), requires_grad=False)
-        self.route_small_batches(layer, BLOCK)
+        self.route_batches(layer, BLOCK)
 
     def apply(self, layer, x, bias):
         rows = token_rows(x)
-        out = self.small_batch(layer, rows)
+        out = self.routed(layer, rows)
         if out is None:
             out = self.w8a8(layer, rows, x.dtype)
         return layer_output(out, x, bias)

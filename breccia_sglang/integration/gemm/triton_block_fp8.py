@@ -27,7 +27,7 @@ from ..sglang_params import code_params, fp8_params
 from .activation_quant import quantize_input
 from .base import GemmKernel, layer_output, needs_gpu, token_rows
 from .block_fp8_tiles import choose_config
-from .small_batches import SmallBatchesOnW8A16, device_name
+from .batch_routes import BatchRoutes, device_name
 
 BLOCKS = (32, 64, 128)  # the K widths of the 1 x B scale blocks this path takes
 
@@ -61,9 +61,10 @@ def block_fp8_matmul(x_codes: torch.Tensor, x_scale: torch.Tensor, weight: torch
     return out
 
 
-class TritonBlockFp8Kernel(SmallBatchesOnW8A16, GemmKernel):
+class TritonBlockFp8Kernel(BatchRoutes, GemmKernel):
     """W8A8 block FP8 on SGLang's Triton kernel: ``Float8BlockScaling`` (B = 32, 64, 128) and MXFP8;
-    decode-sized batches on W8A16 where this GPU model's tuned file says so (``small_batches``)."""
+    decode- and prefill-sized batches on other routes where this GPU model's tuned file says so
+    (``batch_routes``)."""
 
     name = names.GEMM_TRITON_BLOCK_FP8
     priority = 80
@@ -95,11 +96,11 @@ class TritonBlockFp8Kernel(SmallBatchesOnW8A16, GemmKernel):
             layer.weight_scale = torch.nn.Parameter(decode_e8m0(exponents).contiguous(), requires_grad=False)
         if not layer.weight.is_contiguous():
             raise BrecciaCheckpointError(f"{self.name}: the loaded weight is not contiguous")
-        self.route_small_batches(layer, self.block)
+        self.route_batches(layer, self.block)
 
     def apply(self, layer, x, bias):
         rows = token_rows(x)
-        out = self.small_batch(layer, rows)
+        out = self.routed(layer, rows)
         if out is None:
             codes, scales = quantize_input(rows, self.block)
             out = block_fp8_matmul(codes, scales, layer.weight, layer.weight_scale, self.block, x.dtype,

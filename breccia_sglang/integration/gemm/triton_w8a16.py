@@ -10,6 +10,9 @@ On sm_89+ the W8A8 kernels rank above it; it runs there when asked for
 (``BRECCIA_SGLANG_GEMM=triton-w8a16``), e.g. to compare decode-sized batches, where it skips the
 activation quantization pass (``benchmarks/bench_gemm.py``).
 
+Prefill-sized batches can take the weight dequantized in one pass and a dense GEMM instead,
+where a GPU model's tuned file says so (``batch_routes``).
+
 Scales become fp32 once after loading, the codes stay as loaded (N * K bytes): one scale per
 row for per-tensor FP8 (each merged shard's scale over its rows, exactly breccia's values), the
 (N, K / B) block scales as they are, MXFP8's E8M0 exponents as their exact powers of two.
@@ -26,12 +29,14 @@ from ...kernels.gemm import w8a16_matmul
 from ...weights.dequant import row_scales, scale_values
 from ..sglang_params import SCALE_PARAM, code_params, fp8_params, replace_param, stored_weight
 from .base import GemmKernel, layer_output, needs_gpu, token_rows
+from .batch_routes import BatchRoutes
 
 
-class TritonW8A16Kernel(GemmKernel):
+class TritonW8A16Kernel(BatchRoutes, GemmKernel):
     """W8A16 on our Triton kernel: FP8 E4M3 weights (per-tensor, 1 x B block, MXFP8), sm_80+."""
 
     name = names.GEMM_TRITON_W8A16
+    SMALL_ROUTE = False  # it is the W8A16 kernel; prefill-sized batches may still go on
     priority = 70  # below SGLang's kernels (W8A8 on sm_89+, FP8 Marlin below) and above emulated
 
     @classmethod
@@ -61,8 +66,11 @@ class TritonW8A16Kernel(GemmKernel):
         else:
             scales = scale_values(w.scale, self.recipe)
         replace_param(layer, SCALE_PARAM, scales.contiguous())
+        self.route_batches(layer, None if self.per_tensor else self.group)
 
     def apply(self, layer, x, bias):
-        group = None if self.per_tensor else self.group
-        out = w8a16_matmul(token_rows(x), layer.weight, layer.weight_scale, group=group)
+        rows = token_rows(x)
+        out = self.routed(layer, rows)
+        if out is None:
+            out = w8a16_matmul(rows, layer.weight, layer.weight_scale, group=self.route_group)
         return layer_output(out, x, bias)
