@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16",
                    help="the activation dtype the server would run (SGLang's --dtype); some kernels take only one "
                         "(default: bfloat16)")
+    p.add_argument("--gpu", metavar="NAME",
+                   help="a GPU model as CUDA names it (e.g. 'NVIDIA H200'): also show the batch sizes each FP8 "
+                        "kernel hands to another there, from that model's tuned file (with --capability)")
 
     args = parser.parse_args(argv)
     try:
@@ -113,7 +116,7 @@ def _quantize(args) -> int:
 def _inspect(args) -> int:
     from .integration.inspect_report import inspect_checkpoint
 
-    print(inspect_checkpoint(args.checkpoint, args.capability, dtype=args.dtype))
+    print(inspect_checkpoint(args.checkpoint, args.capability, dtype=args.dtype, gpu=args.gpu))
     return 0
 
 

@@ -9,17 +9,21 @@ import torch
 from ..format import BrecciaCheckpoint
 from ..format.experts import expert_weights, moe_prefixes
 from .gemm import LinearSpec, Target, choose_kernel
+from .gemm.batch_routes import describe_routes
 from .moe import MoESpec, choose_moe_kernel
 
 
-def inspect_checkpoint(path, capability: int | None = None, dtype: str = "bfloat16") -> str:
+def inspect_checkpoint(path, capability: int | None = None, dtype: str = "bfloat16", gpu: str | None = None) -> str:
     """Validate ``path`` exactly as loading does and describe it, one line per tensor (one per
     MoE layer for its experts), with the kernel it would get here, or on an NVIDIA GPU of ``capability`` (e.g. 90 for sm_90), for
-    activations in ``dtype`` (SGLang's --dtype: FP4 Marlin, for one, takes only float16)."""
+    activations in ``dtype`` (SGLang's --dtype: FP4 Marlin, for one, takes only float16). With
+    ``gpu``, a GPU model's name as CUDA gives it ("NVIDIA H200"), each FP8 kernel's batch routes
+    on that model too (decode- and prefill-sized batches its tuned file hands to other kernels)."""
     ckpt = BrecciaCheckpoint.open(path)
     ckpt.check_scale_values()
     target = Target.here() if capability is None else Target.gpu(capability)
     where = f"this machine ({target})" if capability is None else f"sm_{capability}"
+    where += f" ({gpu}'s batch routes)" if gpu else ""
     rows = [("tensor", "recipe/layout", "shape", "bytes", f"kernel on {where}, {dtype}")]
     experts = [expert_weights(ckpt.entries, prefix) for prefix in moe_prefixes(ckpt.entries)]
     in_experts = {e.name for layer in experts for e in layer.all()}
@@ -28,8 +32,9 @@ def inspect_checkpoint(path, capability: int | None = None, dtype: str = "bfloat
             continue
         out_features, in_features = entry.data.shape[-2], entry.data.shape[-1]
         spec = LinearSpec.for_entry(name, entry, in_features, (out_features,), getattr(torch, dtype), target)
-        kernel = choose_kernel(spec).name
-        rows.append((name, entry.label, "x".join(map(str, entry.data.shape)), _size(entry.nbytes), kernel))
+        kernel = choose_kernel(spec)
+        routes = describe_routes(kernel, spec, gpu) if gpu else ""
+        rows.append((name, entry.label, "x".join(map(str, entry.data.shape)), _size(entry.nbytes), kernel.name + routes))
     rows += [_moe_row(layer, getattr(torch, dtype), target) for layer in experts]
     plain_bytes = sum(t.nbytes for t in ckpt.plain.values())
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

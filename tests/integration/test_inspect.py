@@ -1,9 +1,11 @@
 """``breccia-sglang inspect --capability N``: the kernel each layer would get on a GPU that is not
-here, for checkpoints breccia itself wrote (one file, and sharded with an index)."""
+here, for checkpoints breccia itself wrote (one file, and sharded with an index); with ``--gpu
+NAME``, the batch routes that GPU model's tuned file gives each FP8 kernel too."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ import pytest
 import torch
 from breccia.bridges import save_safetensors
 
+from breccia_sglang import names
 from breccia_sglang.integration.inspect_report import inspect_checkpoint
 
 from .test_gemm_choice import EXPECTED, RECIPES
@@ -74,3 +77,39 @@ def test_inspect_takes_the_activation_dtype_which_decides_nvfp4s_kernel(tmp_path
                            "--dtype", "bfloat16"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert set(kernels_in(done.stdout).values()) == {"triton-w4a16"} and "kernel on sm_90, bfloat16" in done.stdout
+
+
+def kernel_columns(report: str) -> set[str]:
+    """The kernel column of the two layers' rows, routes included (everything after the size)."""
+    return {line.split("KiB", 1)[1].strip() for line in report.splitlines() if line.startswith(LAYERS)}
+
+
+@pytest.mark.parametrize("recipe,capability,column", [
+    ("mxfp8", 90, "triton-block-fp8 (M >= 512: dequantized + dense GEMM)"),
+    ("fp8-block-64", 90, "triton-block-fp8 (M >= 512: dequantized + dense GEMM)"),
+    ("fp8-block-128", 90, "blockscale-sm90"),  # faster there than the route would be
+    ("fp8", 90, "sglang-fp8-linear"),
+    ("int4", 90, "marlin-int4"),
+    ("fp8-block-64", 80, "triton-w8a16 (M >= 512: dequantized + dense GEMM)"),
+])
+def test_inspect_on_a_named_gpu_model_shows_its_batch_routes(recipe, capability, column, tmp_path, monkeypatch):
+    # The H200's shipped tuned file routes prefill-sized batches of fine scale groups (1x32,
+    # MXFP8, 1x64) to the dequantized weight; a capability asked for with that model's name
+    # reads the same file.
+    for variable in (names.ENV_W8A16_UP_TO_M, names.ENV_DEQUANTIZE_FROM_M, names.ENV_BLOCK_FP8_CONFIGS):
+        monkeypatch.delenv(variable, raising=False)
+    checkpoint = write_checkpoint(tmp_path / "ckpt", recipe, sharded=False)
+    report = inspect_checkpoint(checkpoint, capability, gpu="NVIDIA H200")
+    assert kernel_columns(report) == {column}, report
+    assert "(NVIDIA H200's batch routes)" in report.splitlines()[0]
+    assert kernel_columns(inspect_checkpoint(checkpoint, capability)) == {column.split()[0]}  # no model: no routes
+
+
+def test_the_command_takes_the_gpu_model_and_the_variables(tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "ckpt", "fp8", sharded=False)
+    env = {**os.environ, names.ENV_W8A16_UP_TO_M: "16", names.ENV_DEQUANTIZE_FROM_M: "1024"}
+    done = subprocess.run([sys.executable, "-m", "breccia_sglang.cli", "inspect", str(checkpoint), "--capability", "89",
+                           "--gpu", "NVIDIA L40S"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert kernel_columns(done.stdout) == {"sglang-fp8-linear (M <= 16: triton-w8a16; M >= 1024: dequantized + "
+                                           "dense GEMM)"}
