@@ -31,6 +31,10 @@ tokens in flight, from 1 (decode) to 2048 (prefill). Variants, per (shape, M):
   w8a16-per-tensor, w8a16-1x128, w8a16-1x64, w8a16-mxfp8
                     the same FP8 weights on our triton-w8a16 kernel: codes decoded in the GEMM,
                     activations unquantized (no quantization pass), K split at decode sizes
+  dequant-per-tensor, dequant-1x128, dequant-1x64, dequant-mxfp8
+                    the same FP8 weights dequantized to BF16 in one pass (kernels/gemm/dequantize.py),
+                    then torch.matmul: the prefill route of the FP8 kernels (from M = 128 on a GPU;
+                    below it one pass over the weight is what BF16 itself costs)
 The W8A8 variants include their activation quantization (torch on a bare GPU machine, where
 SGLang's CUDA quantization kernel is not installed: that time is in the numbers, so they are an
 upper bound). Every variant is checked against the fp32 reference first (W8A8 for the FP8
@@ -44,7 +48,9 @@ Targets (H100 / H200): per-tensor and 1x128 FP8 >= 1.6x BF16 at M <= 16 and >= 1
 M >= 1024; no recipe slower than BF16 at any M; 1x128 within 10% of sglang-128x128; 4-bit
 (int4-g128 with and without zero points, nvfp4) >= 2.5x BF16 at M <= 16 and >= 1.0x up to M = 128.
 The run also says which 1x128 kernel was fastest, and, per FP8 recipe and M, which of its
-kernels (W8A8 or W8A16) was fastest: what a choice of kernel by M would take.
+kernels (W8A8, W8A16 or the dequantized weight) was fastest: what a choice of kernel by M would
+take, and the bounds of the FP8 kernels' batch routes it suggests (w8a16_up_to_m,
+dequantize_from_m per scale group: keys of the block FP8 tuned file).
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ from _gpu_timing import copies_for, time_us
 from breccia_sglang import names
 from breccia_sglang.format import make_recipe
 from breccia_sglang.format.recipes import layout_of
-from breccia_sglang.kernels.gemm import w4a16_matmul, w8a16_matmul
+from breccia_sglang.kernels.gemm import dequantized_linear, w4a16_matmul, w8a16_matmul
 from breccia_sglang.kernels.gemm.reference import w4a16_weight, w8a16_weight
 from breccia_sglang.weights import dequantize_as, quantize_activations_fp8
 from breccia_sglang.weights.codes import decode_e8m0
@@ -82,12 +88,16 @@ BASELINE = "bf16"
 ONE_BY_128 = ("block-1x128", "sm90-torch", "sm90-flashinfer", "block-1x128-marlin", "w8a16-1x128")  # serving 1x128
 PER_TENSOR = ("per-tensor-fp8", "w8a16-per-tensor")  # the variants serving per-tensor FP8
 # FP8 recipe -> the variants (kernels) that serve it
-RECIPE_VARIANTS = {"per-tensor": PER_TENSOR, "1x128": ONE_BY_128, "1x64": ("block-1x64", "w8a16-1x64"),
-                   "mxfp8": ("mxfp8", "w8a16-mxfp8")}
+RECIPE_VARIANTS = {"per-tensor": (*PER_TENSOR, "dequant-per-tensor"), "1x128": (*ONE_BY_128, "dequant-1x128"),
+                   "1x64": ("block-1x64", "w8a16-1x64", "dequant-1x64"),
+                   "mxfp8": ("mxfp8", "w8a16-mxfp8", "dequant-mxfp8")}
 # FP8 recipe -> its W8A8 variants whose kernels route decode-sized batches to W8A16
 # (integration/gemm/small_batches.py), and the W8A16 variant they would route to
 ROUTED_W8A8 = {"per-tensor": ("per-tensor-fp8",), "1x128": ("block-1x128", "sm90-torch", "sm90-flashinfer"),
                "1x64": ("block-1x64",), "mxfp8": ("mxfp8",)}
+# FP8 recipe -> its scale groups' key in a tuned file's "dequantize_from_m" (block_fp8_tiles.group_key)
+GROUP_KEYS = {"per-tensor": "per-tensor", "1x128": "128", "1x64": "64", "mxfp8": "32"}
+DEQUANTIZE_MIN_M = 128  # on a GPU the dequantize rows start here (smaller M: see the variants above)
 FOUR_BIT = ("int4-g128", "int4-g128-asym", "nvfp4", "int4-g128-marlin")  # the 4-bit issue's targets
 EMULATED = names.GEMM_EMULATED  # the kernel CPUs and unsupported recipes get
 
@@ -136,6 +146,7 @@ def variants(x: torch.Tensor, w: torch.Tensor, tools, interpreted: bool) -> dict
         data = st.data.view(torch.float8_e4m3fn)
         scale = decode_e8m0(st.scale).contiguous() if recipe.name == "mxfp8" else st.scale
         found["w8a16-" + name.removeprefix("block-")] = w8a16_variant(x, data, scale, block)
+        found.update(dequant_variant(x, "dequant-" + name.removeprefix("block-"), data, scale, block))
         if block_fp8_matmul is None:
             found[name] = (None, ref)
             continue
@@ -165,8 +176,9 @@ def variants(x: torch.Tensor, w: torch.Tensor, tools, interpreted: bool) -> dict
         found.update(hopper_variants(x, w, quantize))
 
     per_tensor = breccia.cast(w, make_recipe("fp8"))
-    found["w8a16-per-tensor"] = w8a16_variant(x, per_tensor.data, per_tensor.scale.float().reshape(1).expand(
-        w.shape[0]).contiguous(), None)
+    row_scales = per_tensor.scale.float().reshape(1).expand(w.shape[0]).contiguous()
+    found["w8a16-per-tensor"] = w8a16_variant(x, per_tensor.data, row_scales, None)
+    found.update(dequant_variant(x, "dequant-per-tensor", per_tensor.data, row_scales, None))
     if x.is_cuda:
         ref = w8a8_reference_linear(x, per_tensor.data, per_tensor.scale.reshape(1), per_tensor.recipe,
                                     per_tensor.layout, group=None)
@@ -186,6 +198,15 @@ def w8a16_variant(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, grou
     """(run, reference) of the triton-w8a16 kernel on an FP8 weight (fp32 scales per row and
     group, or per row): W8A16, so the reference is the dequantized weight times x itself."""
     return (lambda: w8a16_matmul(x, data, scale, group=group)), x.float() @ w8a16_weight(data, scale, group=group).T
+
+
+def dequant_variant(x: torch.Tensor, name: str, data: torch.Tensor, scale: torch.Tensor, group: int | None) -> dict:
+    """{name: (run, reference)} of the FP8 kernels' prefill route on this weight (none at a
+    GPU's decode sizes): the reference is W8A16's, the dequantized weight times x itself."""
+    if x.is_cuda and x.shape[0] < DEQUANTIZE_MIN_M:
+        return {}
+    return {name: ((lambda: dequantized_linear(x, data, scale, group=group)),
+                   x.float() @ w8a16_weight(data, scale, group=group).T)}
 
 
 # (variant, recipe, codes the W4A16 kernel reads, group, zero points)
@@ -381,7 +402,7 @@ def target_checks(rows: list[dict]) -> list[str]:
     # The kernels a server takes for FP8 recipes by default: not the baselines (BF16, SGLang's
     # 128x128), the emulated kernels, nor W8A16, which ranks below W8A8 where FP8 tensor cores are.
     slower = [r for r in timed if r["variant"] not in (BASELINE, "sglang-128x128", EMULATED, "int4-emulated", *FOUR_BIT)
-              and not r["variant"].startswith("w8a16-") and r["speedup_vs_bf16"] < 1.0]
+              and not r["variant"].startswith(("w8a16-", "dequant-")) and r["speedup_vs_bf16"] < 1.0]
     lines.append(f"{'PASS' if not slower else 'FAIL'} no FP8 recipe slower than BF16 on its default kernel: "
                  + (", ".join(f"{r['variant']} {r['shape']} M={r['m']} {r['speedup_vs_bf16']:.2f}x" for r in slower)
                     or "none"))
@@ -402,6 +423,10 @@ def target_checks(rows: list[dict]) -> list[str]:
                      + ", ".join(f"{recipe} {m}" for recipe, m in per_recipe.items())
                      + f"): the W8A8 layers route batches up to it to W8A16 once this GPU's block FP8 table "
                      f"says \"w8a16_up_to_m\": {bound}")
+    from_m = suggested_dequantize_bounds(timed)
+    if from_m:
+        lines.append(f"INFO dequantize_from_m suggested: {json.dumps(from_m)}: the FP8 layers of each scale group run "
+                     f"batches from that M on the dequantized weight once this GPU's block FP8 table says so (0: never)")
     theirs = {(r["shape"], r["m"]): r["time_us"] for r in timed if r["variant"] == "sglang-128x128"}
     totals = {}
     for name in ONE_BY_128:
@@ -446,6 +471,34 @@ def suggested_w8a16_bound(timed: list[dict]) -> tuple[int, dict[str, int]]:
         if measured:
             per_recipe[recipe] = bound
     return (min(per_recipe.values()) if per_recipe else 0), per_recipe
+
+
+def suggested_dequantize_bounds(timed: list[dict]) -> dict[str, int]:
+    """Scale group key -> from which M the recipe's layers should run on the dequantized weight
+    (0: never): the smallest M measured such that at it and at every larger M measured, the
+    dequantize route's time summed over the shapes is below that of the kernel the layer has
+    otherwise, the recipe's W8A8 kernel of least summed time (its W8A16 kernel where no W8A8
+    one ran: GPUs without FP8 tensor cores)."""
+    bounds = {}
+    for recipe, key in GROUP_KEYS.items():
+        ours_name = next(v for v in RECIPE_VARIANTS[recipe] if v.startswith("dequant-"))
+        others = ROUTED_W8A8[recipe]
+        if not any(r["variant"] in others for r in timed):
+            others = [v for v in RECIPE_VARIANTS[recipe] if v.startswith("w8a16-")]
+        wins = []
+        for m in sorted({r["m"] for r in timed if r["variant"] == ours_name}):
+            ours = {r["shape"]: r["time_us"] for r in timed if (r["variant"], r["m"]) == (ours_name, m)}
+            sums = []
+            for name in others:
+                theirs = {r["shape"]: r["time_us"] for r in timed if (r["variant"], r["m"]) == (name, m)}
+                if theirs.keys() >= ours.keys():
+                    sums.append(sum(theirs[shape] for shape in ours))
+            if sums:
+                wins.append((m, sum(ours.values()) < min(sums)))
+        if wins:
+            losing = [m for m, won in wins if not won]
+            bounds[key] = next((m for m, _ in wins if not losing or m > max(losing)), 0)
+    return bounds
 
 
 def fastest_per_recipe(timed: list[dict]) -> dict:

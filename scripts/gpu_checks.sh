@@ -21,7 +21,9 @@
 #    SGLang's 128x128 block kernel, with the FP8 GEMM issue's targets and the fastest 1x128; every
 #    FP8 recipe also on our W8A16 kernel (no activation quantization, K split at decode sizes),
 #    with each recipe's fastest kernel per M and the w8a16_up_to_m it suggests (up to which M
-#    the W8A8 kernels should route decode to W8A16: the block_fp8 table's key); and
+#    the W8A8 kernels should route decode to W8A16: the block_fp8 table's key); every FP8
+#    recipe from M = 128 on its weight dequantized in one pass then torch.matmul, with the
+#    dequantize_from_m per scale group it suggests (the prefill route, the same table's key); and
 #    the 4-bit recipes (int4-g128 with and without zero points, nvfp4) on our Triton W4A16 kernel,
 #    with the 4-bit issue's targets. (SGLang's Marlin rows need its CUDA kernels, which a bare
 #    machine lacks: they say so.)
