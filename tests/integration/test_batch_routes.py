@@ -158,9 +158,16 @@ def test_sglangs_per_tensor_linear_routes_reading_its_layout_in_place(monkeypatc
     # fp16 weights, output and bias add: 2^-9 of the magnitude covers the three roundings.
     magnitude = x.float().abs() @ expected_weight.abs().T + bias.float().abs()
     assert out.shape == (2, 5, 80) and ((out.float() - reference).abs() <= 2.0**-9 * magnitude + 1e-3).all()
-    # Above the bound the layer is SGLang's again.
+    # Above the bound the layer is SGLang's again, up to the prefill route's bound, from which
+    # the weight is dequantized from the same layout (one scale per row, or the max broadcast).
     kernel.native.apply = lambda layer, x, bias: "sglang"
     assert kernel.apply(layer, torch.zeros(17, K).half(), None) == "sglang"
+    monkeypatch.setenv(names.ENV_DEQUANTIZE_FROM_M, "18")
+    kernel.route_batches(layer, None)
+    assert kernel.apply(layer, torch.zeros(17, K).half(), None) == "sglang"
+    x = torch.randn(18, K, generator=gen).half()
+    assert torch.equal(kernel.apply(layer, x, None),
+                       torch.nn.functional.linear(x, expected_weight.half()))  # the same products, rounded once
 
 
 def emulated(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, group: int) -> torch.Tensor:
