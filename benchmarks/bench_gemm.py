@@ -92,7 +92,7 @@ RECIPE_VARIANTS = {"per-tensor": (*PER_TENSOR, "dequant-per-tensor"), "1x128": (
                    "1x64": ("block-1x64", "w8a16-1x64", "dequant-1x64"),
                    "mxfp8": ("mxfp8", "w8a16-mxfp8", "dequant-mxfp8")}
 # FP8 recipe -> its W8A8 variants whose kernels route decode-sized batches to W8A16
-# (integration/gemm/small_batches.py), and the W8A16 variant they would route to
+# (integration/gemm/batch_routes.py), and the W8A16 variant they would route to
 ROUTED_W8A8 = {"per-tensor": ("per-tensor-fp8",), "1x128": ("block-1x128", "sm90-torch", "sm90-flashinfer"),
                "1x64": ("block-1x64",), "mxfp8": ("mxfp8",)}
 # FP8 recipe -> its scale groups' key in a tuned file's "dequantize_from_m" (block_fp8_tiles.group_key)
