@@ -457,15 +457,11 @@ def suggested_w8a16_bound(timed: list[dict]) -> tuple[int, dict[str, int]]:
         bound, measured = 0, False
         for m in sorted({r["m"] for r in timed}):
             ours = {r["shape"]: r["time_us"] for r in timed if (r["variant"], r["m"]) == (ours_name, m)}
-            sums = []
-            for name in w8a8:
-                theirs = {r["shape"]: r["time_us"] for r in timed if (r["variant"], r["m"]) == (name, m)}
-                if ours and theirs.keys() >= ours.keys():
-                    sums.append((sum(theirs[shape] for shape in ours), name))
-            if not sums:
+            theirs = least_summed_time(timed, w8a8, m, ours.keys()) if ours else None
+            if theirs is None:
                 break
             measured = True
-            if sum(ours.values()) >= min(sums)[0]:
+            if sum(ours.values()) >= theirs:
                 break
             bound = m
         if measured:
@@ -488,17 +484,24 @@ def suggested_dequantize_bounds(timed: list[dict]) -> dict[str, int]:
         wins = []
         for m in sorted({r["m"] for r in timed if r["variant"] == ours_name}):
             ours = {r["shape"]: r["time_us"] for r in timed if (r["variant"], r["m"]) == (ours_name, m)}
-            sums = []
-            for name in others:
-                theirs = {r["shape"]: r["time_us"] for r in timed if (r["variant"], r["m"]) == (name, m)}
-                if theirs.keys() >= ours.keys():
-                    sums.append(sum(theirs[shape] for shape in ours))
-            if sums:
-                wins.append((m, sum(ours.values()) < min(sums)))
+            theirs = least_summed_time(timed, others, m, ours.keys())
+            if theirs is not None:
+                wins.append((m, sum(ours.values()) < theirs))
         if wins:
             losing = [m for m, won in wins if not won]
             bounds[key] = next((m for m, _ in wins if not losing or m > max(losing)), 0)
     return bounds
+
+
+def least_summed_time(timed: list[dict], variants, m: int, shapes) -> float | None:
+    """The least time at M, summed over ``shapes``, of those ``variants`` measured on every one of
+    them (None: none was)."""
+    sums = []
+    for name in variants:
+        theirs = {r["shape"]: r["time_us"] for r in timed if (r["variant"], r["m"]) == (name, m)}
+        if theirs.keys() >= shapes:
+            sums.append(sum(theirs[shape] for shape in shapes))
+    return min(sums) if sums else None
 
 
 def fastest_per_recipe(timed: list[dict]) -> dict:

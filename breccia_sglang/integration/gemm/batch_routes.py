@@ -54,13 +54,19 @@ class BatchRoutes:
         """Whether this kernel hands batches of ``spec``'s layer on at all (``route_batches``)."""
         return True
 
+    @classmethod
+    def route_bounds(cls, device: str | None, group: int | None) -> tuple[int, int]:
+        """(up to which M batches take W8A16, from which M the dequantized weight; 0: never) for
+        a layer of scale groups ``group`` (None: one scale per row) on GPU model ``device``."""
+        return (w8a16_up_to_m(device) if cls.SMALL_ROUTE else 0), dequantize_from_m(device, group)
+
     def route_batches(self, layer, group: int | None) -> None:
         """Once, after loading: which batch sizes of this layer leave its kernel on this GPU.
         ``group``: the weight's scale group width (None: one scale per row)."""
         device = device_name(layer.weight)
         self.route_group = group
-        self.w8a16_up_to_m = w8a16_up_to_m(device) if self.SMALL_ROUTE else 0
-        self.dequantize_from_m = dequantize_from_m(device, group) or NEVER
+        self.w8a16_up_to_m, from_m = self.route_bounds(device, group)
+        self.dequantize_from_m = from_m or NEVER
         if self.w8a16_up_to_m:
             _announce(f"{self.name} runs batches of up to {self.w8a16_up_to_m} tokens on {names.GEMM_TRITON_W8A16}",
                       device)
@@ -87,10 +93,11 @@ def describe_routes(kernel: type, spec, device: str) -> str:
     tuned file, or the environment variables), as ``breccia-sglang inspect`` shows them: "" for none."""
     if not (isinstance(kernel, type) and issubclass(kernel, BatchRoutes)) or not kernel.routes_layer(spec):
         return ""
+    up_to, from_m = kernel.route_bounds(device, spec.block)
     routes = []
-    if kernel.SMALL_ROUTE and (up_to := w8a16_up_to_m(device)):
+    if up_to:
         routes.append(f"M <= {up_to}: {names.GEMM_TRITON_W8A16}")
-    if from_m := dequantize_from_m(device, spec.block):
+    if from_m:
         routes.append(f"M >= {from_m}: dequantized + dense GEMM")
     return f" ({'; '.join(routes)})" if routes else ""
 

@@ -146,18 +146,16 @@ def _tuned_path(chosen: str | None, device_name: str | None) -> Path | None:
 def w8a16_up_to_m(device_name: str | None) -> int:
     """The largest M that W8A8 FP8 layers run on the W8A16 kernel on ``device_name`` (0: none):
     ``BRECCIA_SGLANG_W8A16_UP_TO_M``, else the tuned file's ``w8a16_up_to_m``, else 0."""
-    chosen = os.environ.get(names.ENV_W8A16_UP_TO_M)
-    if chosen:
-        if not chosen.isdigit():
-            raise BrecciaConfigError(f"{names.ENV_W8A16_UP_TO_M}={chosen!r}: expected a number of rows (0: never)")
-        return int(chosen)
+    chosen = rows_variable(names.ENV_W8A16_UP_TO_M)
+    if chosen is not None:
+        return chosen
     path = _tuned_path(os.environ.get(names.ENV_BLOCK_FP8_CONFIGS) or None, device_name)
     return load_w8a16_bound(path) if path else 0
 
 
 def load_w8a16_bound(path: Path) -> int:
     bound = _tuned_json(path).get("w8a16_up_to_m", 0)
-    if not isinstance(bound, int) or isinstance(bound, bool) or bound < 0:
+    if not is_rows(bound):
         raise BrecciaConfigError(f"block FP8 tile configs {path}: w8a16_up_to_m must be a number of rows "
                                  f"(0: never), not {bound!r}")
     return bound
@@ -175,12 +173,9 @@ def dequantize_from_m(device_name: str | None, group: int | None) -> int:
     """From which M the FP8 layers with scale groups of ``group`` (None: one scale per row) run on
     the dequantized weight on ``device_name`` (0: never): ``BRECCIA_SGLANG_DEQUANTIZE_FROM_M``,
     else the tuned file's ``dequantize_from_m`` for that group, else 0."""
-    chosen = os.environ.get(names.ENV_DEQUANTIZE_FROM_M)
-    if chosen:
-        if not chosen.isdigit():
-            raise BrecciaConfigError(f"{names.ENV_DEQUANTIZE_FROM_M}={chosen!r}: expected a number of rows "
-                                     f"(0: never)")
-        return int(chosen)
+    chosen = rows_variable(names.ENV_DEQUANTIZE_FROM_M)
+    if chosen is not None:
+        return chosen
     path = _tuned_path(os.environ.get(names.ENV_BLOCK_FP8_CONFIGS) or None, device_name)
     return load_dequantize_bounds(path).get(group_key(group), 0) if path else 0
 
@@ -194,10 +189,25 @@ def load_dequantize_bounds(path: Path) -> dict[str, int]:
         if not (key == PER_TENSOR_KEY or key.isdigit()):
             raise BrecciaConfigError(f"block FP8 tile configs {path}: dequantize_from_m: {key!r} is no scale "
                                      f"group width (\"32\", \"64\", \"128\" or \"{PER_TENSOR_KEY}\")")
-        if not isinstance(bound, int) or isinstance(bound, bool) or bound < 0:
+        if not is_rows(bound):
             raise BrecciaConfigError(f"block FP8 tile configs {path}: dequantize_from_m[{key!r}] must be a number "
                                      f"of rows (0: never), not {bound!r}")
     return bounds
+
+
+def rows_variable(variable: str) -> int | None:
+    """The number of rows an environment variable sets (None: unset), refused naming it if it is not one."""
+    chosen = os.environ.get(variable)
+    if not chosen:
+        return None
+    if not chosen.isdigit():
+        raise BrecciaConfigError(f"{variable}={chosen!r}: expected a number of rows (0: never)")
+    return int(chosen)
+
+
+def is_rows(value) -> bool:
+    """Whether a tuned file's value is a number of rows (a non-negative JSON integer, not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def choose_config(m: int, block: int, interpreted: bool, device_name: str | None = None) -> TileConfig:
