@@ -4,8 +4,8 @@
 in the high one (``weights.packing.pack_low_first``). Each program loads a (BLOCK_N, BLOCK_K / 2)
 tile of bytes with vector loads, decodes both nibbles, interleaves the halves back into K order,
 scales them in fp32 as breccia's dequantize does (``(value - z) * s``, one scale and zero point
-loaded per group, ``tiling.scaled_groups``), rounds the tile to the activation dtype and
-multiplies on tensor cores with fp32 accumulation.
+loaded per group: ``four_bit.py``, which the one-pass dequantize shares), rounds the tile to the
+activation dtype and multiplies on tensor cores with fp32 accumulation.
 
 K is split across programs when there are too few output tiles (``tiling.py``). No host
 synchronisation and no branch on tensor values: a launch can be captured in a CUDA graph.
@@ -17,42 +17,21 @@ import torch
 import triton
 import triton.language as tl
 
-from ..attention.fp8_codec import e4m3_decode
 from ..launch import check_tensor, native_fp8_decode
-from .tiling import (TileConfig, output_tile, pick_config, scaled_groups, split_k_for, split_k_range, split_output,
-                     sum_splits)
+from .four_bit import CODES, check_four_bit_weight, launch_operands, scaled_values, unpacked_values
+from .tiling import TileConfig, output_tile, pick_config, split_k_for, split_k_range, split_output, sum_splits
 from .tuned_configs import tuned_rows
 
-CODES = ("int4", "uint4", "e2m1")  # two's complement, unsigned 0..15 (zero points allowed), FP4 E2M1
-GROUPS = (16, 32, 64, 128)  # K elements per scale: 16 for NVFP4 (e2m1), 32 / 64 / 128 for INT4
 X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-SCALE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8)  # uint8: E4M3 codes
-ZERO_POINT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-@triton.jit
-def _nibble_values(c, CODE: tl.constexpr):
-    """int32 codes 0..15 -> their fp32 values before scaling."""
-    if CODE == 0:  # int4: two's complement
-        return ((c ^ 8) - 8).to(tl.float32)
-    elif CODE == 1:  # uint4
-        return c.to(tl.float32)
-    else:
-        # e2m1: sign to fp16's sign bit, the 2 exponent and 1 mantissa bits to fp16's low
-        # exponent and top mantissa bits. That reads as the value * 2^-14 (fp16's exponent bias is
-        # 14 more than E2M1's), 0.5 (E2M1's subnormal) landing on an fp16 subnormal that the fp16 ->
-        # fp32 conversion reads exactly; one multiply by 2^14 restores every value.
-        bits = ((c & 8) << 12) | ((c & 7) << 9)
-        return bits.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32) * 16384.0
 
 
 @triton.jit
 def _w4a16_kernel(
     x_ptr, packed_ptr, scale_ptr, zero_ptr, out_ptr,
-    M, N, K, steps_per_split,
-    stride_xm, stride_pn, stride_sn, stride_sk, stride_zn, stride_zk, stride_os, stride_om,
-    GROUP: tl.constexpr, CODE: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_E4M3: tl.constexpr,
-    NATIVE_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    M, N, K, steps_per_split, stride_xm, stride_pn, stride_os, stride_om,
+    stride_sn, stride_sk, stride_zn, stride_zk,
+    GROUP: tl.constexpr, CODE: tl.constexpr, NATIVE_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_ZERO: tl.constexpr, SCALE_E4M3: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = output_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -63,7 +42,7 @@ def _w4a16_kernel(
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok, n_ok = m < M, n < N
     x_rows = x_ptr + m.to(tl.int64)[:, None] * stride_xm
-    byte_rows = packed_ptr + n.to(tl.int64)[:, None] * stride_pn
+    byte_rows = packed_ptr + n.to(tl.int64) * stride_pn
     scale_rows = scale_ptr + n.to(tl.int64) * stride_sn
     zero_rows = zero_ptr + n.to(tl.int64) * stride_zn
 
@@ -72,31 +51,9 @@ def _w4a16_kernel(
         k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & (k < k_end)[None, :], other=0.0)
         j = k0 // 2 + tl.arange(0, HALF_K)  # byte index in the row; element 2j and 2j + 1
-        j_ok = n_ok[:, None] & (j < k_end // 2)[None, :]
-        c = tl.load(byte_rows + j[None, :], mask=j_ok, other=0).to(tl.int32)
-        low, high = _nibble_values(c & 15, CODE), _nibble_values(c >> 4, CODE)
-
-        values = tl.reshape(tl.join(low, high), (BLOCK_N, BLOCK_K))  # element 2j then 2j + 1: K order
-
-        if GROUP % BLOCK_K == 0:  # one group covers the tile: one scale per row
-            s_ptrs = scale_rows[:, None] + (k0 // GROUP) * stride_sk
-            z_ptrs = zero_rows[:, None] + (k0 // GROUP) * stride_zk
-            s_ok = n_ok[:, None]
-        else:  # whole groups per tile (groups and tiles are powers of two): one scale per group
-            g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
-            s_ptrs = scale_rows[:, None] + g[None, :] * stride_sk
-            z_ptrs = zero_rows[:, None] + g[None, :] * stride_zk
-            s_ok = n_ok[:, None] & (g * GROUP < k_end)[None, :]
-        s = tl.load(s_ptrs, mask=s_ok, other=0)
-        if SCALE_E4M3:
-            s = e4m3_decode(s, tl.float32, NATIVE_FP8)
-        else:
-            s = s.to(tl.float32)
-        z = tl.load(z_ptrs, mask=s_ok, other=0).to(tl.float32) if HAS_ZERO else s
-        if GROUP % BLOCK_K == 0:
-            w = ((values - z) * s if HAS_ZERO else values * s).to(x.dtype)
-        else:
-            w = scaled_groups(values, s, z, BLOCK_N, BLOCK_K, GROUP, HAS_ZERO).to(x.dtype)
+        values = unpacked_values(byte_rows, j, n_ok[:, None] & (j < k_end // 2)[None, :], CODE, BLOCK_N, BLOCK_K)
+        w = scaled_values(values, scale_rows, zero_rows, k0, k_end, n_ok, stride_sk, stride_zk, GROUP, HAS_ZERO,
+                          SCALE_E4M3, NATIVE_FP8, BLOCK_N, BLOCK_K).to(x.dtype)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
 
     out_ptrs = out_ptr + split * stride_os + m.to(tl.int64)[:, None] * stride_om + n[None, :]
@@ -137,46 +94,30 @@ def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
     packed : (N, K / 2) uint8, element 2j of a row in the low nibble of byte j.
     scales : (N, K / group) float32 / float16 / bfloat16, or uint8 E4M3 codes (NVFP4).
     zero_points : (N, K / group) float (integer-valued), ``codes="uint4"`` only: W = (u - z) * s.
-    group : K elements per scale, one of ``GROUPS``.
+    group : K elements per scale, one of ``four_bit.GROUPS``.
     codes : "int4" (two's complement), "uint4" (0..15) or "e2m1" (FP4), see ``weights.codes``.
 
     Returns (M, N) in x's dtype: fp32 accumulation of x times the dequantized weight rounded to
     x's dtype (fp32 x: true fp32 products).
     """
-    if codes not in CODES:
-        raise ValueError(f"codes: expected one of {CODES}, got {codes!r}")
-    if group not in GROUPS:
-        raise ValueError(f"group: expected one of {GROUPS}, got {group!r}")
     check_tensor("x", x, shape=(None, None), dtypes=X_DTYPES, last_dim_contiguous=True)
     m, k = x.shape
-    if k % group:
-        raise ValueError(f"x: K={k} is not a whole number of {group}-wide scale groups")
-    check_tensor("packed", packed, shape=(None, k // 2), dtypes=(torch.uint8,), last_dim_contiguous=True)
+    check_four_bit_weight(packed, scales, zero_points, k=k, k_from="x", group=group, codes=codes)
     n = packed.shape[0]
-    check_tensor("scales", scales, shape=(n, k // group), dtypes=SCALE_DTYPES)
-    if zero_points is not None:
-        if codes != "uint4":
-            raise ValueError(f"zero_points: only uint4 codes take zero points, not {codes}")
-        check_tensor("zero_points", zero_points, shape=(n, k // group), dtypes=ZERO_POINT_DTYPES)
-    for name, t in (("packed", packed), ("scales", scales), ("zero_points", zero_points)):
-        if t is not None and t.device != x.device:
-            raise ValueError(f"{name}: on {t.device}, x on {x.device}")
+    if packed.device != x.device:
+        raise ValueError(f"packed: on {packed.device}, x on {x.device}")
     if m == 0 or n == 0:
         return x.new_empty((m, n))
 
     config = choose_config(m, x, codes)
     split = split_k_for(m, n, k, config, x.device)
     out, partials = split_output(x, n, split)
-    zeros = zero_points if zero_points is not None else scales  # never read without HAS_ZERO
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n), split.splits)
     _w4a16_kernel[grid](
-        x, packed, scales, zeros, partials,
-        m, n, k, split.steps,
-        x.stride(0), packed.stride(0), scales.stride(0), scales.stride(1), zeros.stride(0), zeros.stride(1),
-        m * n, n,
-        GROUP=group, CODE=CODES.index(codes), HAS_ZERO=zero_points is not None,
-        SCALE_E4M3=scales.dtype == torch.uint8, NATIVE_FP8=native_fp8_decode(x),
+        x, packed, scales, zero_points if zero_points is not None else scales, partials,
+        m, n, k, split.steps, x.stride(0), packed.stride(0), m * n, n,
+        GROUP=group, CODE=CODES.index(codes), NATIVE_FP8=native_fp8_decode(x),
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
-        **config.launch_args(),
+        **launch_operands(scales, zero_points), **config.launch_args(),
     )
     return sum_splits(partials, out)
