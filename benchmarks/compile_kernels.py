@@ -22,7 +22,7 @@ activations (fp32 has one config of its own), for every GPU from sm_80 on, and w
 of every table tuned on a GPU model (``kernels/gemm/tuned/``) for that model's capability: W4A16 for every 4-bit
 code kind (INT4, UINT4 with zero points, E2M1 with E4M3 scale bytes), W8A16 for FP8 codes with
 groups of 128 and 32 and one scale per row, and the kernel that sums their K splits; and the
-pass that dequantizes those FP8 weights into each dtype (the prefill route). And SGLang's fused MoE kernels with each MoE tile
+passes that dequantize those FP8 and 4-bit weights into each dtype (the prefill routes). And SGLang's fused MoE kernels with each MoE tile
 config breccia's MoE kernels launch them with: W8A8 FP8 experts with 1x128 scales (sm_89+) and
 W4A16 INT4 experts with groups of 128 (sm_80+), at Qwen3-30B-A3B's expert shapes.
 
@@ -58,7 +58,7 @@ from triton.runtime.jit import create_function_from_signature
 from _common import OUT_DIR, error_summary, report_header  # noqa: E402
 from breccia_sglang.kernels import launch  # noqa: E402
 from breccia_sglang.kernels.attention import decode, extend, write_kv  # noqa: E402
-from breccia_sglang.kernels.gemm import dequantize, tiling, w4a16, w8a16  # noqa: E402
+from breccia_sglang.kernels.gemm import dequantize, dequantize_packed, tiling, w4a16, w8a16  # noqa: E402
 from breccia_sglang.kvcache import PagedKV, PagedScaledTensor  # noqa: E402
 
 # Largest shared memory one block may use (opt-in), bytes: CUDA programming guide, table 21.
@@ -214,14 +214,20 @@ def weight_only_tables() -> list[tuple[str, tuple[int, ...], dict]]:
     return found
 
 
+def four_bit_weight(codes: str, group: int) -> tuple:
+    """(packed codes, scales, zero points or None) of GEMM_SHAPE's weight in 4-bit ``codes``:
+    E4M3 scale bytes for E2M1, zero points for UINT4."""
+    n, k = GEMM_SHAPE
+    scales = torch.zeros(n, k // group, dtype=torch.uint8) if codes == "e2m1" else torch.ones(n, k // group)
+    return torch.zeros(n, k // 2, dtype=torch.uint8), scales, torch.zeros(n, k // group) if codes == "uint4" else None
+
+
 def weight_only_calls() -> list[tuple]:
     """(module, kernel, label, tuned table, codes or None, call(x)) for each kind the launchers serve."""
     n, k = GEMM_SHAPE
     calls = []
     for codes, group in W4A16_GROUPS.items():
-        packed = torch.zeros(n, k // 2, dtype=torch.uint8)
-        scales = torch.zeros(n, k // group, dtype=torch.uint8) if codes == "e2m1" else torch.ones(n, k // group)
-        zero_points = torch.zeros(n, k // group) if codes == "uint4" else None
+        packed, scales, zero_points = four_bit_weight(codes, group)
         table = "w4a16-nvfp4" if codes == "e2m1" else "w4a16-int4"
         calls.append((w4a16, "_w4a16_kernel", f"w4a16 gemm {codes}", table, codes,
                       lambda x, p=packed, s=scales, z=zero_points, g=group, c=codes: w4a16.w4a16_matmul(
@@ -270,6 +276,11 @@ def weight_only_launches(dtype: torch.dtype) -> list[Launch]:
                                                                                else k // group)
         with gpu_tiles(), recording(dequantize, "_dequantize_fp8_kernel", f"breccia dequantize fp8 {kind}", sink):
             dequantize.dequantize_fp8(codes, scales, group=group, dtype=dtype)
+    for codes, group in W4A16_GROUPS.items():  # the same pass over 4-bit weights
+        packed, scales, zero_points = four_bit_weight(codes, group)
+        with gpu_tiles(), recording(dequantize_packed, "_dequantize_4bit_kernel", f"breccia dequantize 4bit {codes}",
+                                    sink):
+            dequantize_packed.dequantize_4bit(packed, scales, zero_points, group=group, codes=codes, dtype=dtype)
     first_sum = next(i for i, launch_ in enumerate(sink) if launch_.name == SPLIT_SUM)
     return [launch_ for i, launch_ in enumerate(sink) if launch_.name != SPLIT_SUM or i == first_sum]
 

@@ -145,6 +145,22 @@ def test_the_prefill_routes_dequantize_pass_compiles_for_every_gpu_and_dtype(rep
             assert r["spill_bytes"] == 0, r
 
 
+def test_the_4bit_prefill_routes_dequantize_pass_compiles_for_every_gpu_and_dtype(report):
+    # The same pass over packed 4-bit weights: every code kind (compile_kernels.W4A16_GROUPS:
+    # INT4, UINT4 with zero points, E2M1 with E4M3 scale bytes, whose decode is integer before
+    # sm_89) into every dtype, without spills into the 16-bit dtypes the route serves.
+    from breccia_sglang.kernels.gemm import four_bit
+
+    rows = [r for r in report[0]["rows"] if r["kernel"].startswith("breccia dequantize 4bit")]
+    assert {(r["arch"], r["dtype"], r["kernel"].rsplit(" ", 1)[1]) for r in rows} == \
+        {(a, d, codes) for a in ARCHS for d in DTYPES for codes in four_bit.CODES}
+    for r in rows:
+        assert "error" not in r, r
+        assert r["shared_bytes"] <= r["shared_limit"], r
+        if r["dtype"] != "float32":
+            assert r["spill_bytes"] == 0, r
+
+
 def test_decode_tiles_scaled_after_the_dot_issue_fewer_instructions_per_weight_byte(report):
     # W8A16's 16-row tiles with one scale per row over the K tile (per row, groups of 128) put
     # the codes into an fp16 dot and scale its result; groups of 32 scale each weight first. At

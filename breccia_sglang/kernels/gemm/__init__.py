@@ -5,14 +5,17 @@ stay in their dtype).
   zero points, NVFP4's E2M1 with E4M3 scales), with its tile configs per range of M.
 - ``w8a16.py``: the W8A16 dequant-GEMM over FP8 E4M3 codes (per-tensor, 1 x B block, MXFP8).
 - ``dequantize.py``: those FP8 weights written in the activation dtype in one pass, for the
-  platform's dense GEMM at prefill sizes.
+  platform's dense GEMM at prefill sizes; ``dequantize_packed.py``: the same for 4-bit weights.
+- ``four_bit.py``: a tile of packed 4-bit codes as its scaled values (W4A16 and its dequantize).
 - ``tiling.py``: what both launches share: tile configs, bands over M, K splits and their sum.
 - ``tuned_configs.py``: their decode tile configs tuned per GPU model (``tuned/``).
 - ``reference.py``: the fp32 torch references they are tested against.
 """
 
 from .dequantize import dequantize_fp8, dequantized_linear
+from .dequantize_packed import dequantize_4bit, dequantized_4bit_linear
 from .w4a16 import w4a16_matmul
 from .w8a16 import w8a16_matmul
 
-__all__ = ["dequantize_fp8", "dequantized_linear", "w4a16_matmul", "w8a16_matmul"]
+__all__ = ["dequantize_4bit", "dequantize_fp8", "dequantized_4bit_linear", "dequantized_linear", "w4a16_matmul",
+           "w8a16_matmul"]
