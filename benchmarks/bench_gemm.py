@@ -35,6 +35,9 @@ tokens in flight, from 1 (decode) to 2048 (prefill). Variants, per (shape, M):
                     the same FP8 weights dequantized to BF16 in one pass (kernels/gemm/dequantize.py),
                     then torch.matmul: the prefill route of the FP8 kernels (from M = 128 on a GPU;
                     below it one pass over the weight is what BF16 itself costs)
+  dequant-int4-g128, dequant-nvfp4
+                    the 4-bit weights likewise (kernels/gemm/dequantize_packed.py): the prefill route
+                    of the triton-w4a16 kernel
 The W8A8 variants include their activation quantization (torch on a bare GPU machine, where
 SGLang's CUDA quantization kernel is not installed: that time is in the numbers, so they are an
 upper bound). Every variant is checked against the fp32 reference first (W8A8 for the FP8
@@ -49,8 +52,8 @@ M >= 1024; no recipe slower than BF16 at any M; 1x128 within 10% of sglang-128x1
 (int4-g128 with and without zero points, nvfp4) >= 2.5x BF16 at M <= 16 and >= 1.0x up to M = 128.
 The run also says which 1x128 kernel was fastest, and, per FP8 recipe and M, which of its
 kernels (W8A8, W8A16 or the dequantized weight) was fastest: what a choice of kernel by M would
-take, and the bounds of the FP8 kernels' batch routes it suggests (w8a16_up_to_m,
-dequantize_from_m per scale group: keys of the block FP8 tuned file).
+take, and the bounds of the batch routes it suggests (w8a16_up_to_m; dequantize_from_m per FP8
+scale group and for the 4-bit layers on triton-w4a16: keys of the block FP8 tuned file).
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ from _gpu_timing import copies_for, time_us
 from breccia_sglang import names
 from breccia_sglang.format import make_recipe
 from breccia_sglang.format.recipes import layout_of
-from breccia_sglang.kernels.gemm import dequantized_linear, w4a16_matmul, w8a16_matmul
+from breccia_sglang.kernels.gemm import dequantized_4bit_linear, dequantized_linear, w4a16_matmul, w8a16_matmul
 from breccia_sglang.kernels.gemm.reference import w4a16_weight, w8a16_weight
 from breccia_sglang.weights import dequantize_as, quantize_activations_fp8
 from breccia_sglang.weights.codes import decode_e8m0
@@ -95,10 +98,18 @@ RECIPE_VARIANTS = {"per-tensor": (*PER_TENSOR, "dequant-per-tensor"), "1x128": (
 # (integration/gemm/batch_routes.py), and the W8A16 variant they would route to
 ROUTED_W8A8 = {"per-tensor": ("per-tensor-fp8",), "1x128": ("block-1x128", "sm90-torch", "sm90-flashinfer"),
                "1x64": ("block-1x64",), "mxfp8": ("mxfp8",)}
-# FP8 recipe -> its scale groups' key in a tuned file's "dequantize_from_m" (block_fp8_tiles.group_key)
+# FP8 recipe -> its scale groups' key in a tuned file's "dequantize_from_m" (block_fp8_tiles.route_key)
 GROUP_KEYS = {"per-tensor": "per-tensor", "1x128": "128", "1x64": "64", "mxfp8": "32"}
 DEQUANTIZE_MIN_M = 128  # on a GPU the dequantize rows start here (smaller M: see the variants above)
 FOUR_BIT = ("int4-g128", "int4-g128-asym", "nvfp4", "int4-g128-marlin")  # the 4-bit issue's targets
+DEQUANTIZED_4BIT = {"int4-g128": "dequant-int4-g128", "nvfp4": "dequant-nvfp4"}  # the 4-bit prefill route's rows
+# "dequantize_from_m" key -> (the route's variant, the variants of the kernels whose layers it
+# would take, and those to compare with where none of them ran: W8A16 on GPUs without FP8 dots)
+DEQUANTIZE_ROUTES = {
+    **{key: (f"dequant-{recipe}", ROUTED_W8A8[recipe], (f"w8a16-{recipe}",)) for recipe, key in GROUP_KEYS.items()},
+    "int4": (DEQUANTIZED_4BIT["int4-g128"], ("int4-g128",), ()),  # triton-w4a16 layers only: Marlin keeps its own
+    "nvfp4": (DEQUANTIZED_4BIT["nvfp4"], ("nvfp4",), ()),
+}
 EMULATED = names.GEMM_EMULATED  # the kernel CPUs and unsupported recipes get
 
 
@@ -203,10 +214,15 @@ def w8a16_variant(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, grou
 def dequant_variant(x: torch.Tensor, name: str, data: torch.Tensor, scale: torch.Tensor, group: int | None) -> dict:
     """{name: (run, reference)} of the FP8 kernels' prefill route on this weight (none at a
     GPU's decode sizes): the reference is W8A16's, the dequantized weight times x itself."""
-    if x.is_cuda and x.shape[0] < DEQUANTIZE_MIN_M:
+    if not dequantize_rows(x):
         return {}
     return {name: ((lambda: dequantized_linear(x, data, scale, group=group)),
                    x.float() @ w8a16_weight(data, scale, group=group).T)}
+
+
+def dequantize_rows(x: torch.Tensor) -> bool:
+    """Whether the prefill routes' rows run at this M (on a GPU from DEQUANTIZE_MIN_M; every M on CPU)."""
+    return not x.is_cuda or x.shape[0] >= DEQUANTIZE_MIN_M
 
 
 # (variant, recipe, codes the W4A16 kernel reads, group, zero points)
@@ -224,6 +240,9 @@ def four_bit_variants(x: torch.Tensor, shape) -> dict:
         ref = x.float() @ w4a16_weight(packed, scales, zero_points, group=group, codes=codes).T
         found[name] = (lambda p=packed, s=scales, z=zero_points, g=group, c=codes:
                        w4a16_matmul(x, p, s, z, group=g, codes=c), ref)
+        if name in DEQUANTIZED_4BIT and dequantize_rows(x):
+            found[DEQUANTIZED_4BIT[name]] = (lambda p=packed, s=scales, z=zero_points, g=group, c=codes:
+                                             dequantized_4bit_linear(x, p, s, z, group=g, codes=c), ref)
         if name == "int4-g128":
             weight = dequantize_as(packed, scales, recipe, layout_of(recipe), dtype=x.dtype)
             found["int4-emulated"] = (lambda p=packed, s=scales, r=recipe: F.linear(
@@ -342,7 +361,8 @@ def per_tile_fp8(w: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def moved_bytes(name: str, m: int, n: int, k: int) -> int:
-    weight = n * k * (0.5 if name in (*FOUR_BIT, "int4-emulated") else 2 if name == BASELINE else 1)
+    weight = n * k * (0.5 if name in (*FOUR_BIT, *DEQUANTIZED_4BIT.values(), "int4-emulated") else
+                      2 if name == BASELINE else 1)
     return int(weight) + m * k * 2 + m * n * 2  # + activations in, output out (16-bit)
 
 
@@ -425,8 +445,9 @@ def target_checks(rows: list[dict]) -> list[str]:
                      f"says \"w8a16_up_to_m\": {bound}")
     from_m = suggested_dequantize_bounds(timed)
     if from_m:
-        lines.append(f"INFO dequantize_from_m suggested: {json.dumps(from_m)}: the FP8 layers of each scale group run "
-                     f"batches from that M on the dequantized weight once this GPU's block FP8 table says so (0: never)")
+        lines.append(f"INFO dequantize_from_m suggested: {json.dumps(from_m)}: the FP8 layers of each scale group, "
+                     f"and the 4-bit layers on triton-w4a16, run batches from that M on the dequantized weight once "
+                     f"this GPU's block FP8 table says so (0: never)")
     theirs = {(r["shape"], r["m"]): r["time_us"] for r in timed if r["variant"] == "sglang-128x128"}
     totals = {}
     for name in ONE_BY_128:
@@ -470,17 +491,15 @@ def suggested_w8a16_bound(timed: list[dict]) -> tuple[int, dict[str, int]]:
 
 
 def suggested_dequantize_bounds(timed: list[dict]) -> dict[str, int]:
-    """Scale group key -> from which M the recipe's layers should run on the dequantized weight
-    (0: never): the smallest M measured such that at it and at every larger M measured, the
-    dequantize route's time summed over the shapes is below that of the kernel the layer has
-    otherwise, the recipe's W8A8 kernel of least summed time (its W8A16 kernel where no W8A8
-    one ran: GPUs without FP8 tensor cores)."""
+    """Route key -> from which M its layers should run on the dequantized weight (0: never): the
+    smallest M measured such that at it and at every larger M measured, the dequantize route's
+    time summed over the shapes is below that of the kernel the layer has otherwise (for FP8,
+    the recipe's W8A8 kernel of least summed time, its W8A16 kernel where no W8A8 one ran: GPUs
+    without FP8 tensor cores; for 4-bit, triton-w4a16)."""
     bounds = {}
-    for recipe, key in GROUP_KEYS.items():
-        ours_name = next(v for v in RECIPE_VARIANTS[recipe] if v.startswith("dequant-"))
-        others = ROUTED_W8A8[recipe]
+    for key, (ours_name, others, fallback) in DEQUANTIZE_ROUTES.items():
         if not any(r["variant"] in others for r in timed):
-            others = [v for v in RECIPE_VARIANTS[recipe] if v.startswith("w8a16-")]
+            others = fallback
         wins = []
         for m in sorted({r["m"] for r in timed if r["variant"] == ours_name}):
             ours = {r["shape"]: r["time_us"] for r in timed if (r["variant"], r["m"]) == (ours_name, m)}

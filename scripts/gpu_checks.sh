@@ -25,8 +25,9 @@
 #    recipe from M = 128 on its weight dequantized in one pass then torch.matmul, with the
 #    dequantize_from_m per scale group it suggests (the prefill route, the same table's key); and
 #    the 4-bit recipes (int4-g128 with and without zero points, nvfp4) on our Triton W4A16 kernel,
-#    with the 4-bit issue's targets. (SGLang's Marlin rows need its CUDA kernels, which a bare
-#    machine lacks: they say so.)
+#    with the 4-bit issue's targets, and int4-g128 / nvfp4 from M = 128 on their weight
+#    dequantized in one pass (the "int4" / "nvfp4" keys of that suggestion). (SGLang's Marlin
+#    rows need its CUDA kernels, which a bare machine lacks: they say so.)
 # 4. tests/kernels on the GPU, compiled (BRECCIA_KERNEL_DEVICE=cuda): the write, decode and
 #    extend kernels and the W4A16 / W8A16 GEMMs against their fp32 references on the interpreter
 #    tests' awkward shapes, plus CUDA-graph capture and replay of a write + decode step (views

@@ -16,7 +16,8 @@ def test_smoke_run_checks_every_variant(tmp_path):
     assert variants == {"bf16", "emulated", "block-1x128", "block-1x64", "mxfp8",  # the rest need a GPU
                         "int4-g128", "int4-g128-asym", "nvfp4", "int4-emulated", "int4-g128-marlin",
                         "block-1x128-marlin", "w8a16-per-tensor", "w8a16-1x128", "w8a16-1x64", "w8a16-mxfp8",
-                        "dequant-per-tensor", "dequant-1x128", "dequant-1x64", "dequant-mxfp8"}
+                        "dequant-per-tensor", "dequant-1x128", "dequant-1x64", "dequant-mxfp8",
+                        "dequant-int4-g128", "dequant-nvfp4"}
     assert {(r["shape"], r["m"]) for r in report["rows"]} == {(s, m) for s in ("qkv", "down") for m in (1, 7, 33)}
     for r in report["rows"]:
         if r["variant"].endswith("-marlin"):  # SGLang's Marlin is JIT CUDA: a row that says why not
@@ -109,8 +110,9 @@ def test_the_suggested_w8a16_bound_is_where_w8a16_stops_beating_the_w8a8_kernel_
 def test_the_dequantize_bounds_start_where_the_route_wins_at_every_larger_m():
     # mxfp8: the route loses at 128, wins from 512 on. 1x64: it wins at 512, loses at 2048 (no
     # bound: it must win at every larger M). per-tensor: never measured against a W8A8 row, so
-    # against W8A16 (a GPU without FP8 tensor cores), which it beats from 128. The route is an
-    # alternative: it never fails the default-kernel line, and it counts in the by-M one.
+    # against W8A16 (a GPU without FP8 tensor cores), which it beats from 128. nvfp4: the 4-bit
+    # route against triton-w4a16, winning from 512. The route is an alternative: it never fails
+    # the default-kernel line, and it counts in the by-M one.
     rows = [timed("bf16", m, 10.0, 10.0) for m in (128, 512, 2048)]
     rows += [timed("mxfp8", m, 30.0, 10.0) for m in (128, 512, 2048)]
     rows += [timed("dequant-mxfp8", 128, 31.0, 10.0), timed("dequant-mxfp8", 512, 12.0, 10.0),
@@ -118,8 +120,10 @@ def test_the_dequantize_bounds_start_where_the_route_wins_at_every_larger_m():
     rows += [timed("block-1x64", m, 12.0, 10.0) for m in (128, 512, 2048)]
     rows += [timed("dequant-1x64", 512, 11.0, 10.0), timed("dequant-1x64", 2048, 13.0, 10.0)]
     rows += [timed("w8a16-per-tensor", 128, 20.0, 10.0), timed("dequant-per-tensor", 128, 14.0, 10.0)]
-    assert bench_gemm.suggested_dequantize_bounds(rows) == {"per-tensor": 128, "64": 0, "32": 512}
+    rows += [timed("nvfp4", m, 25.0, 10.0) for m in (128, 512)]
+    rows += [timed("dequant-nvfp4", 128, 26.0, 10.0), timed("dequant-nvfp4", 512, 12.0, 10.0)]
+    assert bench_gemm.suggested_dequantize_bounds(rows) == {"per-tensor": 128, "64": 0, "32": 512, "nvfp4": 512}
     lines = bench_gemm.target_checks(rows)
-    assert 'INFO dequantize_from_m suggested: {"per-tensor": 128, "64": 0, "32": 512}' in " ".join(lines)
+    assert 'INFO dequantize_from_m suggested: {"per-tensor": 128, "64": 0, "32": 512, "nvfp4": 512}' in " ".join(lines)
     assert not any("dequant-" in line for line in lines if "on its default kernel" in line)
     assert any(line.startswith("INFO mxfp8: fastest kernel by M") and "M=2048 dequant-mxfp8" in line for line in lines)

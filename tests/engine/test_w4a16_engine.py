@@ -6,7 +6,9 @@ E4M3 scales) in gate/up and symmetric unsigned INT4 in down_proj, all with group
 Under TRITON_INTERPRET=1 with ``BRECCIA_SGLANG_GEMM=triton-w4a16`` every layer runs the kernel
 on the packed codes; the same checkpoint on the emulated kernel (the weight dequantized in
 torch, then a matmul) must give the same greedy tokens, and the log must name each layer's
-kernel.
+kernel. With ``BRECCIA_SGLANG_DEQUANTIZE_FROM_M=8`` (the emulated kernel has no routes) the
+44-token prefill batch takes the prefill route, the weight dequantized in one pass, and the
+2-token decode batches the kernel: both are in those tokens.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def runs(tiny_llama, tmp_path_factory):
         ("*.mlp.down_proj.*", breccia.INT4Scaling(group_size=32, symmetric=True, signed=False)),
     ), progress=False)
     return runs_per_gemm_kernel(checkpoint, KERNELS, names.GEMM_TRITON_W4A16,
-                                [{"input_ids": PROMPTS, "sampling_params": GREEDY}], tmp_path_factory)
+                                [{"input_ids": PROMPTS, "sampling_params": GREEDY}], tmp_path_factory,
+                                env={names.ENV_DEQUANTIZE_FROM_M: "8"})
 
 
 def test_the_triton_w4a16_gemm_serves_the_emulated_kernels_tokens(runs):
@@ -53,6 +56,14 @@ def test_the_triton_w4a16_gemm_serves_the_emulated_kernels_tokens(runs):
 
 def test_the_log_names_each_4_bit_layers_kernel_and_recipe(runs):
     assert_log_names_each_layers_kernel(runs, RECIPES)
+
+
+def test_the_log_says_prefill_batches_take_the_dequantized_weight(runs):
+    stderr = runs[names.GEMM_TRITON_W4A16]["stderr"]
+    for key in ("int4", "nvfp4"):
+        assert (f"triton-w4a16 runs batches of 8 tokens or more on its weight dequantized in one pass and a dense "
+                f"GEMM ({key} weights)") in stderr
+    assert "dequantized in one pass" not in runs[names.GEMM_EMULATED]["stderr"]
 
 
 def test_the_quantized_layers_stay_packed_two_codes_per_byte(runs):

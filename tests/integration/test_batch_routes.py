@@ -1,8 +1,9 @@
-"""The batch routes of the FP8 kernels: decode-sized batches on our W8A16 kernel up to the M a
-GPU model's tuned file (or BRECCIA_SGLANG_W8A16_UP_TO_M) gives, prefill-sized ones on the weight
-dequantized in one pass from the M it gives per scale group (or BRECCIA_SGLANG_DEQUANTIZE_FROM_M),
-and only those; reading the weight and scales as each kernel holds them (the Hopper kernel's
-MN-major scales, SGLang's per-tensor layout). Under TRITON_INTERPRET=1, every path real."""
+"""The batch routes of the FP8 and 4-bit kernels: decode-sized batches on our W8A16 kernel up to
+the M a GPU model's tuned file (or BRECCIA_SGLANG_W8A16_UP_TO_M) gives, prefill-sized ones on the
+weight dequantized in one pass from the M it gives per scale group or 4-bit recipe (or
+BRECCIA_SGLANG_DEQUANTIZE_FROM_M), and only those; reading the weight and scales as each kernel
+holds them (the Hopper kernel's MN-major scales, SGLang's per-tensor layout, packed 4-bit codes).
+Under TRITON_INTERPRET=1, every path real."""
 
 from __future__ import annotations
 
@@ -236,16 +237,18 @@ def test_the_bounds_per_group_come_from_the_tuned_file_and_the_variable_override
     monkeypatch.delenv(names.ENV_DEQUANTIZE_FROM_M, raising=False)
     monkeypatch.delenv(names.ENV_BLOCK_FP8_CONFIGS, raising=False)
     path = tmp_path / "tuned.json"
-    path.write_text(json.dumps({"dequantize_from_m": {"32": 512, "64": 1024, "per-tensor": 0}, "blocks": {}}))
+    path.write_text(json.dumps({"dequantize_from_m": {"32": 512, "64": 1024, "per-tensor": 0, "nvfp4": 64},
+                                "blocks": {}}))
     monkeypatch.setenv(names.ENV_BLOCK_FP8_CONFIGS, str(path))
-    assert [tiles.dequantize_from_m(None, g) for g in (32, 64, 128, None)] == [512, 1024, 0, 0]
+    assert [tiles.dequantize_from_m(None, g) for g in (32, 64, 128, None, "nvfp4", "int4")] == [512, 1024, 0, 0, 64, 0]
     monkeypatch.setenv(names.ENV_DEQUANTIZE_FROM_M, "2048")
-    assert [tiles.dequantize_from_m(None, g) for g in (32, 128, None)] == [2048, 2048, 2048]
+    assert [tiles.dequantize_from_m(None, g) for g in (32, 128, None, "int4")] == [2048, 2048, 2048, 2048]
 
 
 @pytest.mark.parametrize("value,message", [
-    ('[512]', "dequantize_from_m must map scale group widths"),
-    ('{"1x32": 512}', "dequantize_from_m: '1x32' is no scale group width"),
+    ('[512]', "dequantize_from_m must map layer keys"),
+    ('{"1x32": 512}', "dequantize_from_m: '1x32' is no scale group width or 4-bit recipe"),
+    ('{"int8": 512}', "dequantize_from_m: 'int8' is no scale group width or 4-bit recipe"),
     ('{"32": -1}', "dequantize_from_m\\['32'\\] must be a number of rows"),
     ('{"32": "512"}', "dequantize_from_m\\['32'\\] must be a number of rows"),
 ])
@@ -264,15 +267,60 @@ def test_a_bad_dequantize_bound_is_refused_naming_the_file(tmp_path, monkeypatch
 def test_the_shipped_h200_table_routes_fine_groups_only_and_a_retuned_table_keeps_that(tmp_path, monkeypatch):
     # The H200's file sends MXFP8 / 1x32 and 1x64 layers' batches of 512 tokens or more to the
     # dequantized weight (its basis is in the file), not 1x128 or per-tensor ones, whose
-    # kernels are faster there. tune_block_fp8.py writes a new table with those routes kept.
+    # kernels are faster there; and the 4-bit layers on triton-w4a16 from 128 tokens.
+    # tune_block_fp8.py writes a new table with those routes kept.
     monkeypatch.delenv(names.ENV_DEQUANTIZE_FROM_M, raising=False)
     monkeypatch.delenv(names.ENV_BLOCK_FP8_CONFIGS, raising=False)
     assert [tiles.dequantize_from_m("NVIDIA H200", g) for g in (32, 64, 128, None)] == [512, 512, 0, 0]
+    assert [tiles.dequantize_from_m("NVIDIA H200", key) for key in tiles.FOUR_BIT_KEYS] == [128, 128]
     assert tiles.dequantize_from_m("Some GPU", 32) == 0  # no file for it: never
     shipped = tiles.tuned_file("NVIDIA H200")
     retuned = tmp_path / shipped.name
     tiles.write_tables(retuned, tiles.load_tables(shipped), device="NVIDIA H200", **tiles.routes_of(shipped))
     monkeypatch.setenv(names.ENV_BLOCK_FP8_CONFIGS, str(retuned))
-    assert [tiles.dequantize_from_m(None, g) for g in (32, 64, 128)] == [512, 512, 0]
+    assert [tiles.dequantize_from_m(None, g) for g in (32, 64, 128, "nvfp4")] == [512, 512, 0, 128]
     assert "1.4 TB/s" in json.loads(retuned.read_text())["dequantize_from_m_basis"]
     assert tiles.routes_of(tmp_path / "absent.json") == {}
+
+
+@pytest.mark.parametrize("recipe", ["nvfp4", "int4-g32", "int4-g32-asym"])
+def test_the_w4a16_kernel_routes_prefill_batches_to_the_emulated_kernels_weight(recipe, monkeypatch, caplog):
+    # A merged qkv of packed 4-bit codes on triton-w4a16: batches from the bound take the weight
+    # dequantized in one pass, bit for bit the emulated kernel's output on its own copy of the
+    # layer; smaller ones the W4A16 kernel. (Small 4-bit values can make both outputs equal, so
+    # which path ran is recorded too.) No decode route: the kernel is weight-only already.
+    from breccia_sglang.integration.gemm import batch_routes, triton_w4a16
+    from breccia_sglang.integration.gemm.emulated import EmulatedDequantKernel
+    from breccia_sglang.integration.gemm.triton_w4a16 import TritonW4A16Kernel
+    from breccia_sglang.kernels.gemm import w4a16_matmul
+
+    from .test_gemm_emulated import RECIPES, SHARDS, merged_layer
+
+    monkeypatch.setenv(names.ENV_DEQUANTIZE_FROM_M, "9")
+    monkeypatch.setenv(names.ENV_W8A16_UP_TO_M, "100")
+    st = breccia.cast(torch.zeros(1, 192), RECIPES[recipe])
+    spec = LinearSpec("qkv_proj", RECIPES[recipe], st.layout, 192, SHARDS, torch.float16, "cpu", None,
+                      forced=names.GEMM_TRITON_W4A16, interpreted=True, has_zero_point=st.zero_point is not None)
+    kernels = TritonW4A16Kernel().configure(spec), EmulatedDequantKernel().configure(spec)
+    layers = [merged_layer(RECIPES[recipe], torch.Generator().manual_seed(8))[0] for _ in kernels]
+    routed_rows = []
+    batch_routes._announce.cache_clear()  # said once per process; each case says it again
+    dequantized = triton_w4a16.dequantized_4bit_linear
+    monkeypatch.setattr(triton_w4a16, "dequantized_4bit_linear",
+                        lambda rows, *args, **kwargs: routed_rows.append(len(rows)) or dequantized(rows, *args, **kwargs))
+    with caplog.at_level(logging.INFO):
+        for kernel, layer in zip(kernels, layers):
+            kernel.process_weights_after_loading(layer)
+    key = "nvfp4" if recipe == "nvfp4" else "int4"
+    assert (kernels[0].w8a16_up_to_m, kernels[0].dequantize_from_m) == (0, 9)
+    assert (f"triton-w4a16 runs batches of 9 tokens or more on its weight dequantized in one pass and a dense "
+            f"GEMM ({key} weights)") in caplog.text
+    x = torch.randn(9, 192, generator=torch.Generator().manual_seed(9)).half()
+    routed, reference = (kernel.apply(layer, x, None) for kernel, layer in zip(kernels, layers))
+    assert torch.equal(routed, reference)
+    few, w = x[:8], layers[0]
+    zero_point = getattr(w, "weight_zero_point", None)
+    on_w4a16 = w4a16_matmul(few, w.weight, w.weight_scale, zero_point, group=kernels[0].group,
+                            codes=kernels[0].codes)
+    assert torch.equal(kernels[0].apply(w, few, None), on_w4a16)
+    assert routed_rows == [9]

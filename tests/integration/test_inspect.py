@@ -89,13 +89,14 @@ def kernel_columns(report: str) -> set[str]:
     ("fp8-block-64", 90, "triton-block-fp8 (M >= 512: dequantized + dense GEMM)"),
     ("fp8-block-128", 90, "blockscale-sm90"),  # faster there than the route would be
     ("fp8", 90, "sglang-fp8-linear"),
-    ("int4", 90, "marlin-int4"),
+    ("int4", 90, "marlin-int4"),  # SGLang's kernel: no route
+    ("nvfp4", 90, "triton-w4a16 (M >= 128: dequantized + dense GEMM)"),  # bf16: FP4 Marlin takes fp16 only
     ("fp8-block-64", 80, "triton-w8a16 (M >= 512: dequantized + dense GEMM)"),
 ])
 def test_inspect_on_a_named_gpu_model_shows_its_batch_routes(recipe, capability, column, tmp_path, monkeypatch):
     # The H200's shipped tuned file routes prefill-sized batches of fine scale groups (1x32,
-    # MXFP8, 1x64) to the dequantized weight; a capability asked for with that model's name
-    # reads the same file.
+    # MXFP8, 1x64) and of 4-bit layers on our W4A16 kernel to the dequantized weight; a
+    # capability asked for with that model's name reads the same file.
     for variable in (names.ENV_W8A16_UP_TO_M, names.ENV_DEQUANTIZE_FROM_M, names.ENV_BLOCK_FP8_CONFIGS):
         monkeypatch.delenv(variable, raising=False)
     checkpoint = write_checkpoint(tmp_path / "ckpt", recipe, sharded=False)

@@ -17,7 +17,9 @@ activation quantization pass there); ``BRECCIA_SGLANG_W8A16_UP_TO_M`` overrides 
 which M the FP8 layers of each scale group run on the dequantized weight and the platform's
 dense GEMM (``"dequantize_from_m"``: {"32": M, "64": M, "128": M, "per-tensor": M}; prefill-sized
 batches, where fine scales cost a W8A8 kernel more than one pass that writes the weight in
-bf16); ``BRECCIA_SGLANG_DEQUANTIZE_FROM_M`` overrides it for every group.
+bf16), and the 4-bit layers on our W4A16 kernel likewise ({"int4": M, "nvfp4": M}: its tiles
+decode every weight once per tile of rows); ``BRECCIA_SGLANG_DEQUANTIZE_FROM_M`` overrides it
+for every layer.
 """
 
 from __future__ import annotations
@@ -161,34 +163,40 @@ def load_w8a16_bound(path: Path) -> int:
     return bound
 
 
-# The keys of a tuned file's "dequantize_from_m": a layer's scale group width, or one per row.
+# The keys of a tuned file's "dequantize_from_m": an FP8 layer's scale group width, or one scale
+# per row; or a 4-bit recipe on our W4A16 kernel (its groups cost the pass alike: it reads half a
+# byte and writes two per weight whatever they are).
 PER_TENSOR_KEY = "per-tensor"
+FOUR_BIT_KEYS = ("int4", "nvfp4")
+KEYS_SAID = f"\"32\", \"64\", \"128\", \"{PER_TENSOR_KEY}\", " + ", ".join(f'"{key}"' for key in FOUR_BIT_KEYS)
 
 
-def group_key(group: int | None) -> str:
-    return PER_TENSOR_KEY if group is None else str(group)
+def route_key(layer: int | str | None) -> str:
+    """The key of a layer in ``dequantize_from_m``: an FP8 layer's scale group width (None: one
+    scale per row), or a 4-bit recipe's key (``FOUR_BIT_KEYS``) as it is."""
+    return PER_TENSOR_KEY if layer is None else str(layer)
 
 
-def dequantize_from_m(device_name: str | None, group: int | None) -> int:
-    """From which M the FP8 layers with scale groups of ``group`` (None: one scale per row) run on
-    the dequantized weight on ``device_name`` (0: never): ``BRECCIA_SGLANG_DEQUANTIZE_FROM_M``,
-    else the tuned file's ``dequantize_from_m`` for that group, else 0."""
+def dequantize_from_m(device_name: str | None, layer: int | str | None) -> int:
+    """From which M the layers of ``route_key(layer)`` run on the dequantized weight on
+    ``device_name`` (0: never): ``BRECCIA_SGLANG_DEQUANTIZE_FROM_M``, else the tuned file's
+    ``dequantize_from_m`` for that key, else 0."""
     chosen = rows_variable(names.ENV_DEQUANTIZE_FROM_M)
     if chosen is not None:
         return chosen
     path = _tuned_path(os.environ.get(names.ENV_BLOCK_FP8_CONFIGS) or None, device_name)
-    return load_dequantize_bounds(path).get(group_key(group), 0) if path else 0
+    return load_dequantize_bounds(path).get(route_key(layer), 0) if path else 0
 
 
 def load_dequantize_bounds(path: Path) -> dict[str, int]:
     bounds = _tuned_json(path).get("dequantize_from_m", {})
     if not isinstance(bounds, dict):
-        raise BrecciaConfigError(f"block FP8 tile configs {path}: dequantize_from_m must map scale group widths "
-                                 f"(\"32\", \"64\", \"128\", \"{PER_TENSOR_KEY}\") to numbers of rows, not {bounds!r}")
+        raise BrecciaConfigError(f"block FP8 tile configs {path}: dequantize_from_m must map layer keys ({KEYS_SAID}) "
+                                 f"to numbers of rows, not {bounds!r}")
     for key, bound in bounds.items():
-        if not (key == PER_TENSOR_KEY or key.isdigit()):
+        if not (key == PER_TENSOR_KEY or key in FOUR_BIT_KEYS or key.isdigit()):
             raise BrecciaConfigError(f"block FP8 tile configs {path}: dequantize_from_m: {key!r} is no scale "
-                                     f"group width (\"32\", \"64\", \"128\" or \"{PER_TENSOR_KEY}\")")
+                                     f"group width or 4-bit recipe ({KEYS_SAID})")
         if not is_rows(bound):
             raise BrecciaConfigError(f"block FP8 tile configs {path}: dequantize_from_m[{key!r}] must be a number "
                                      f"of rows (0: never), not {bound!r}")

@@ -14,18 +14,24 @@ Which code kind each recipe is (``weights.codes`` decodes the same ones in torch
 
 It serves any sm_80+ GPU (below sm_89 the E4M3 scales are decoded with integer bit moves) and
 every group size SGLang's Marlin kernels refuse, and any N and K: it is the 4-bit fallback
-behind SGLang's Marlin kernels (``marlin_w4a16.py``).
+behind SGLang's Marlin kernels (``marlin_w4a16.py``), and NVFP4's kernel for bf16 models before
+sm_100 (FP4 Marlin takes fp16 only).
+
+Prefill-sized batches can take the weight dequantized in one pass and a dense GEMM instead,
+where a GPU model's tuned file says so (``batch_routes``; keys "int4" and "nvfp4"): the kernel
+decodes every weight once per tile of rows, which costs it most at large M.
 """
 
 from __future__ import annotations
 
 from ... import names
 from ...format.recipes import packs_two_per_byte
-from ...kernels.gemm import w4a16_matmul
+from ...kernels.gemm import dequantized_4bit_linear, w4a16_matmul
 from ..sglang_params import code_params, stored_weight
 from .base import GemmKernel, layer_output, needs_gpu, token_rows
+from .batch_routes import BatchRoutes
 
-GROUPS = (16, 32, 64, 128)  # K elements per scale the kernel takes (kernels.gemm.w4a16.GROUPS)
+GROUPS = (16, 32, 64, 128)  # K elements per scale the kernel takes (kernels.gemm.four_bit.GROUPS)
 
 
 def code_kind(recipe, has_zero_point: bool) -> str:
@@ -35,11 +41,16 @@ def code_kind(recipe, has_zero_point: bool) -> str:
     return "int4" if recipe.signed and not has_zero_point else "uint4"
 
 
-class TritonW4A16Kernel(GemmKernel):
+class TritonW4A16Kernel(BatchRoutes, GemmKernel):
     """W4A16 on our Triton kernel: NVFP4 and INT4 (signed, unsigned, zero-point), groups 16-128."""
 
     name = names.GEMM_TRITON_W4A16
     priority = 60
+    SMALL_ROUTE = False  # weight-only already: no activation quantization to skip
+
+    @classmethod
+    def route_key(cls, spec) -> str:
+        return "nvfp4" if spec.recipe.name == "nvfp4" else "int4"
 
     @classmethod
     def why_not(cls, spec):
@@ -54,15 +65,25 @@ class TritonW4A16Kernel(GemmKernel):
         return needs_gpu(spec, cls.name, 80, triton=True)
 
     def configure(self, spec) -> "TritonW4A16Kernel":
-        """What apply() needs to know of the layer's spec."""
-        self.codes, self.group = code_kind(spec.recipe, spec.has_zero_point), spec.block
+        """What process_weights_after_loading() and apply() need to know of the layer's spec."""
+        self.codes, self.group, self.key = code_kind(spec.recipe, spec.has_zero_point), spec.block, self.route_key(spec)
         return self
 
     def create_weights(self, layer, spec, weight_loader):
         self.configure(spec)
         code_params(layer, spec, weight_loader)
 
-    def apply(self, layer, x, bias):
+    def process_weights_after_loading(self, layer):
+        self.route_batches(layer, self.key)
+
+    def dequantized(self, layer, rows):
         w = stored_weight(layer)
-        out = w4a16_matmul(token_rows(x), w.data, w.scale, w.zero_point, group=self.group, codes=self.codes)
+        return dequantized_4bit_linear(rows, w.data, w.scale, w.zero_point, group=self.group, codes=self.codes)
+
+    def apply(self, layer, x, bias):
+        rows = token_rows(x)
+        out = self.routed(layer, rows)
+        if out is None:
+            w = stored_weight(layer)
+            out = w4a16_matmul(rows, w.data, w.scale, w.zero_point, group=self.group, codes=self.codes)
         return layer_output(out, x, bias)
