@@ -52,6 +52,25 @@ def captured(call):
     return graph, out
 
 
+def replays(graph, x: torch.Tensor, gen: torch.Generator, times: int = 2):
+    """Replay ``graph`` ``times`` times, each over new random values written into its input ``x``
+    in place; yields after each replay has finished, for the caller to check the output."""
+    for _ in range(times):
+        x.copy_(torch.randn(x.shape, generator=gen))
+        graph.replay()
+        torch.cuda.synchronize()
+        yield
+
+
+def assert_is_dense_matmul(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
+    """``out`` is x @ weight^T from the platform's dense GEMM, for 16-bit ``x`` and ``weight``."""
+    w = weight.float()
+    # 16-bit weights and x exactly as the reference sees them; cuBLAS sums in fp32 and rounds the
+    # output once (bf16: 2^-8 of the magnitude, which bounds every partial sum).
+    magnitude = x.float().abs() @ w.abs().T
+    assert ((out.float() - x.float() @ w.T).abs() <= 2.0**-8 * magnitude + 1e-6).all()
+
+
 def on_device(t: torch.Tensor) -> torch.Tensor:
     """Inputs are drawn on the CPU (seeded generators) and moved to the device under test."""
     return t.to(DEVICE)

@@ -16,7 +16,7 @@ from breccia_sglang.kernels.gemm.dequantize import dequantized_linear
 from breccia_sglang.kernels.gemm.reference import w8a16_weight
 from breccia_sglang.weights.codes import decode_e8m0
 
-from .pool import DEVICE, captured, on_device
+from .pool import DEVICE, assert_is_dense_matmul, captured, on_device, replays
 from .test_w8a16 import make_weight
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -132,12 +132,5 @@ def test_the_prefill_route_replays_from_a_cuda_graph():
     weight, scales = make_weight(32, "e8m0", 72, 1024, gen)
     x = on_device(torch.zeros(40, 1024, dtype=torch.bfloat16))
     graph, out = captured(lambda: dequantized_linear(x, weight, scales, group=32))
-    for _ in range(2):
-        x.copy_(torch.randn(x.shape, generator=gen))
-        graph.replay()
-        torch.cuda.synchronize()
-        w = expected(weight, scales, 32, torch.bfloat16).float()
-        # bf16 weights and x exactly as the reference sees them; cuBLAS sums in fp32 and rounds
-        # the output to bf16 once (2^-8 of the magnitude, which bounds every partial sum).
-        magnitude = x.float().abs() @ w.abs().T
-        assert ((out.float() - x.float() @ w.T).abs() <= 2.0**-8 * magnitude + 1e-6).all()
+    for _ in replays(graph, x, gen):
+        assert_is_dense_matmul(out, x, expected(weight, scales, 32, torch.bfloat16))

@@ -17,7 +17,7 @@ from breccia_sglang.kernels.gemm import dequantize_4bit, dequantized_4bit_linear
 from breccia_sglang.kernels.gemm.reference import w4a16_weight
 from breccia_sglang.weights.packing import served_codes
 
-from .pool import DEVICE, captured, on_device
+from .pool import DEVICE, assert_is_dense_matmul, captured, on_device, replays
 from .test_dequantize import assert_same_bits
 from .test_w4a16 import make_weight
 
@@ -141,12 +141,5 @@ def test_the_4bit_prefill_route_replays_from_a_cuda_graph():
     packed, scales, _ = make_weight("e2m1", 16, None, torch.uint8, 72, 1024, gen)
     x = on_device(torch.zeros(40, 1024, dtype=torch.bfloat16))
     graph, out = captured(lambda: dequantized_4bit_linear(x, packed, scales, group=16, codes="e2m1"))
-    for _ in range(2):
-        x.copy_(torch.randn(x.shape, generator=gen))
-        graph.replay()
-        torch.cuda.synchronize()
-        w = expected(packed, scales, None, 16, "e2m1", torch.bfloat16).float()
-        # bf16 weights and x exactly as the reference sees them; cuBLAS sums in fp32 and rounds
-        # the output to bf16 once (2^-8 of the magnitude, which bounds every partial sum).
-        magnitude = x.float().abs() @ w.abs().T
-        assert ((out.float() - x.float() @ w.T).abs() <= 2.0**-8 * magnitude + 1e-6).all()
+    for _ in replays(graph, x, gen):
+        assert_is_dense_matmul(out, x, expected(packed, scales, None, 16, "e2m1", torch.bfloat16))

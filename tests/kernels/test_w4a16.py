@@ -12,7 +12,7 @@ from breccia_sglang.kernels.gemm import w4a16_matmul
 from breccia_sglang.kernels.gemm.reference import w4a16_reference, w4a16_weight
 from breccia_sglang.weights.packing import pack_low_first
 
-from .pool import DEVICE, captured, on_device
+from .pool import DEVICE, captured, on_device, replays
 
 # bf16 tl.dot is wrong under the interpreter; compiled on a GPU it is checked too.
 X_DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE != "cpu" else [])
@@ -172,8 +172,5 @@ def test_w4a16_replays_from_a_cuda_graph():
     packed, scales, _ = make_weight("e2m1", 16, None, torch.uint8, 72, 160, gen)
     x = on_device(torch.zeros(4, 160, dtype=torch.float16))
     graph, out = captured(lambda: w4a16_matmul(x, packed, scales, group=16, codes="e2m1"))
-    for _ in range(2):
-        x.copy_(torch.randn(x.shape, generator=gen))
-        graph.replay()
-        torch.cuda.synchronize()
+    for _ in replays(graph, x, gen):
         assert_matches_reference(out, x, packed, scales, None, 16, "e2m1")

@@ -15,7 +15,7 @@ from breccia_sglang.kernels.gemm.reference import w8a16_reference, w8a16_weight
 from breccia_sglang.kernels.gemm.tiling import TileConfig
 from breccia_sglang.weights.codes import decode_e8m0
 
-from .pool import DEVICE, captured, on_device
+from .pool import DEVICE, captured, on_device, replays
 
 # bf16 tl.dot is wrong under the interpreter; compiled on a GPU it is checked too.
 X_DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE != "cpu" else [])
@@ -229,8 +229,5 @@ def test_w8a16_replays_from_a_cuda_graph():
     x = on_device(torch.zeros(4, 1024, dtype=torch.bfloat16))
     assert tiling.split_k_for(4, 72, 1024, w8a16.choose_config(4, x), x.device).splits > 1
     graph, out = captured(lambda: w8a16_matmul(x, weight, scales, group=128))
-    for _ in range(2):
-        x.copy_(torch.randn(x.shape, generator=gen))
-        graph.replay()
-        torch.cuda.synchronize()
+    for _ in replays(graph, x, gen):
         assert_matches_reference(out, x, weight, scales, 128)
