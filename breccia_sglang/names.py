@@ -54,8 +54,9 @@ ENV_BLOCK_FP8_CONFIGS = "BRECCIA_SGLANG_BLOCK_FP8_CONFIGS"
 # Up to how many rows (tokens) the W8A8 FP8 layers run on the W8A16 kernel instead of W8A8
 # (0: never), instead of what the tuned file of this GPU model says.
 ENV_W8A16_UP_TO_M = "BRECCIA_SGLANG_W8A16_UP_TO_M"
-# From how many rows (tokens) the FP8 layers run on their weight dequantized in one pass and the
-# platform's dense GEMM (0: never), instead of what the tuned file of this GPU model says.
+# From how many rows (tokens) the FP8 layers, and the 4-bit layers on triton-w4a16, run on their
+# weight dequantized in one pass and the platform's dense GEMM (0: never), instead of what the
+# tuned file of this GPU model says.
 ENV_DEQUANTIZE_FROM_M = "BRECCIA_SGLANG_DEQUANTIZE_FROM_M"
 # A tuned tile-config file for the weight-only GEMMs (W8A16, W4A16) at decode sizes, instead of
 # the one shipped for this GPU model.
