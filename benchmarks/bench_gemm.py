@@ -98,7 +98,7 @@ RECIPE_VARIANTS = {"per-tensor": (*PER_TENSOR, "dequant-per-tensor"), "1x128": (
 # (integration/gemm/batch_routes.py), and the W8A16 variant they would route to
 ROUTED_W8A8 = {"per-tensor": ("per-tensor-fp8",), "1x128": ("block-1x128", "sm90-torch", "sm90-flashinfer"),
                "1x64": ("block-1x64",), "mxfp8": ("mxfp8",)}
-# FP8 recipe -> its scale groups' key in a tuned file's "dequantize_from_m" (block_fp8_tiles.route_key)
+# FP8 recipe -> its scale groups' key in a tuned file's "dequantize_from_m" (block_fp8_tiles.file_key)
 GROUP_KEYS = {"per-tensor": "per-tensor", "1x128": "128", "1x64": "64", "mxfp8": "32"}
 DEQUANTIZE_MIN_M = 128  # on a GPU the dequantize rows start here (smaller M: see the variants above)
 FOUR_BIT = ("int4-g128", "int4-g128-asym", "nvfp4", "int4-g128-marlin")  # the 4-bit issue's targets

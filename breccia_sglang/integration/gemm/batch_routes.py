@@ -26,7 +26,7 @@ import torch
 
 from ... import names
 from ...kernels.gemm import dequantized_linear, w8a16_matmul
-from .block_fp8_tiles import FOUR_BIT_KEYS, dequantize_from_m, route_key, w8a16_up_to_m
+from .block_fp8_tiles import FOUR_BIT_KEYS, dequantize_from_m, file_key, w8a16_up_to_m
 
 logger = logging.getLogger(__name__)
 NEVER = 1 << 62  # a dequantize_from_m that no batch reaches
@@ -60,7 +60,7 @@ class BatchRoutes:
     @classmethod
     def route_key(cls, spec) -> int | str | None:
         """What the tuned file's ``dequantize_from_m`` knows ``spec``'s layer by
-        (``block_fp8_tiles.route_key``): an FP8 weight's scale group width (None: one per row)."""
+        (``block_fp8_tiles.file_key``): an FP8 weight's scale group width (None: one per row)."""
         return spec.block
 
     @classmethod
@@ -81,7 +81,7 @@ class BatchRoutes:
             _announce(f"{self.name} runs batches of up to {self.w8a16_up_to_m} tokens on {names.GEMM_TRITON_W8A16}",
                       device)
         if self.dequantize_from_m < NEVER:
-            which = f"{key} weights" if key in FOUR_BIT_KEYS else f"scale groups: {route_key(key)}"
+            which = f"{key} weights" if key in FOUR_BIT_KEYS else f"scale groups: {file_key(key)}"
             _announce(f"{self.name} runs batches of {self.dequantize_from_m} tokens or more on its weight "
                       f"dequantized in one pass and a dense GEMM ({which})", device)
 

@@ -171,21 +171,21 @@ FOUR_BIT_KEYS = ("int4", "nvfp4")
 KEYS_SAID = f"\"32\", \"64\", \"128\", \"{PER_TENSOR_KEY}\", " + ", ".join(f'"{key}"' for key in FOUR_BIT_KEYS)
 
 
-def route_key(layer: int | str | None) -> str:
+def file_key(layer: int | str | None) -> str:
     """The key of a layer in ``dequantize_from_m``: an FP8 layer's scale group width (None: one
     scale per row), or a 4-bit recipe's key (``FOUR_BIT_KEYS``) as it is."""
     return PER_TENSOR_KEY if layer is None else str(layer)
 
 
 def dequantize_from_m(device_name: str | None, layer: int | str | None) -> int:
-    """From which M the layers of ``route_key(layer)`` run on the dequantized weight on
+    """From which M the layers of ``file_key(layer)`` run on the dequantized weight on
     ``device_name`` (0: never): ``BRECCIA_SGLANG_DEQUANTIZE_FROM_M``, else the tuned file's
     ``dequantize_from_m`` for that key, else 0."""
     chosen = rows_variable(names.ENV_DEQUANTIZE_FROM_M)
     if chosen is not None:
         return chosen
     path = _tuned_path(os.environ.get(names.ENV_BLOCK_FP8_CONFIGS) or None, device_name)
-    return load_dequantize_bounds(path).get(route_key(layer), 0) if path else 0
+    return load_dequantize_bounds(path).get(file_key(layer), 0) if path else 0
 
 
 def load_dequantize_bounds(path: Path) -> dict[str, int]:
