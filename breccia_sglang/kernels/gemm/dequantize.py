@@ -102,8 +102,6 @@ def dequantize_fp8(weight: torch.Tensor, scales: torch.Tensor, *, group: int | N
     if group is not None and (not isinstance(group, int) or group < 1):
         raise ValueError(f"group: expected a positive number of K elements per scale, or None (one per row), "
                          f"got {group!r}")
-    if dtype not in OUT_DTYPES:
-        raise TypeError(f"dtype: expected one of {[str(d) for d in OUT_DTYPES]}, got {dtype}")
     check_tensor("weight", weight, shape=(None, None), dtypes=WEIGHT_DTYPES, last_dim_contiguous=True)
     n, k = weight.shape
     if group is not None and k % group:
@@ -113,12 +111,9 @@ def dequantize_fp8(weight: torch.Tensor, scales: torch.Tensor, *, group: int | N
         check_tensor("scales", scales, shape=(n, 1), dtypes=(torch.float32,))
     else:
         check_tensor("scales", scales, shape=(n, k // group), dtypes=(torch.float32,))
-    if out is None:
-        out = weight.new_empty((n, k), dtype=dtype)
-    check_tensor("out", out, shape=(n, k), dtypes=(dtype,), last_dim_contiguous=True)
-    for name, t in (("scales", scales), ("out", out)):
-        if t.device != weight.device:
-            raise ValueError(f"{name}: on {t.device}, weight on {weight.device}")
+    if scales.device != weight.device:
+        raise ValueError(f"scales: on {scales.device}, weight on {weight.device}")
+    out = output_of_pass(out, (n, k), dtype, weight, "weight")
     if n == 0 or k == 0:
         return out
     block_n, block_k, warps = GPU_TILE if gpu_tiles(weight) else INTERPRETER_TILE
@@ -130,6 +125,20 @@ def dequantize_fp8(weight: torch.Tensor, scales: torch.Tensor, *, group: int | N
         GROUP=group_size, NATIVE_FP8=native_fp8_decode(weight), BF16_BITS=INTERPRETED,
         BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
     )
+    return out
+
+
+def output_of_pass(out: torch.Tensor | None, shape: tuple[int, int], dtype: torch.dtype, source: torch.Tensor,
+                   source_name: str) -> torch.Tensor:
+    """Where a dequantize pass over ``source`` (the codes, named ``source_name`` in errors) writes
+    its ``shape`` weight in ``dtype``: ``out``, checked, or a new tensor on source's device."""
+    if dtype not in OUT_DTYPES:
+        raise TypeError(f"dtype: expected one of {[str(d) for d in OUT_DTYPES]}, got {dtype}")
+    if out is None:
+        return source.new_empty(shape, dtype=dtype)
+    check_tensor("out", out, shape=shape, dtypes=(dtype,), last_dim_contiguous=True)
+    if out.device != source.device:
+        raise ValueError(f"out: on {out.device}, {source_name} on {source.device}")
     return out
 
 

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from ..launch import check_tensor, gpu_tiles, native_fp8_decode
-from .dequantize import INTERPRETED, OUT_DTYPES, rounded
+from .dequantize import INTERPRETED, output_of_pass, rounded
 from .four_bit import CODES, check_four_bit_weight, launch_operands, scaled_values, unpacked_values
 
 # (rows, K) per program: 4 KiB of packed codes over 4 warps (32 bytes a thread), 16 KiB written
@@ -64,16 +64,10 @@ def dequantize_4bit(packed: torch.Tensor, scales: torch.Tensor, zero_points: tor
     dtype : float16, bfloat16 or float32.
     out : where to write, (N, K) of ``dtype`` with a contiguous last dimension; else a new tensor.
     """
-    if dtype not in OUT_DTYPES:
-        raise TypeError(f"dtype: expected one of {[str(d) for d in OUT_DTYPES]}, got {dtype}")
     check_tensor("packed", packed, shape=(None, None), dtypes=(torch.uint8,), last_dim_contiguous=True)
     n, k = packed.shape[0], packed.shape[1] * 2
     check_four_bit_weight(packed, scales, zero_points, k=k, k_from="packed", group=group, codes=codes)
-    if out is None:
-        out = packed.new_empty((n, k), dtype=dtype)
-    check_tensor("out", out, shape=(n, k), dtypes=(dtype,), last_dim_contiguous=True)
-    if out.device != packed.device:
-        raise ValueError(f"out: on {out.device}, packed on {packed.device}")
+    out = output_of_pass(out, (n, k), dtype, packed, "packed")
     if n == 0 or k == 0:
         return out
     block_n, block_k, warps = GPU_TILE if gpu_tiles(packed) else INTERPRETER_TILE
