@@ -5,6 +5,7 @@ choices a launch makes from its device (tile sizes, how FP8 bytes become values)
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -60,6 +61,13 @@ def native_fp8_decode(t: torch.Tensor) -> bool:
     every AMD GPU converts natively. Both take the integer decode, exact everywhere.
     """
     return not FORCE_INTEGER_FP8_DECODE and native_fp8_on(t.device)
+
+
+def nvidia_ptx(t: torch.Tensor) -> bool:
+    """Whether kernels over ``t`` may run inline PTX: compiled for an NVIDIA GPU (neither the
+    interpreter, which runs no assembly, nor ROCm)."""
+    return (t.is_cuda and torch.version.hip is None
+            and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))
 
 
 def native_fp8_on(device: torch.device) -> bool:

@@ -5,7 +5,10 @@ and the operand contract both check.
 ``packed`` (N, K / 2) uint8 holds element 2j of a row in the LOW nibble of byte j and 2j + 1 in
 the high one (``weights.packing.pack_low_first``). A tile's values are computed as breccia's
 dequantize computes them: each code's exact value, minus its zero point, times its scale, in
-fp32 (one scale and zero point loaded per group, ``tiling.scaled_groups``).
+fp32 (one scale and zero point loaded per group, ``tiling.scaled_groups``). The W4A16 GEMM's
+faster tile dots take the codes as exact 16-bit values instead: INT4 / UINT4 integers
+(``integer_nibbles``) and NVFP4 values times their scales (``scaled_e2m1``), by inline PTX on
+NVIDIA GPUs.
 """
 
 from __future__ import annotations
@@ -24,6 +27,94 @@ SCALE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8)  # ui
 ZERO_POINT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def nibbles_ptx(*, signed: bool, bf16: bool) -> str:
+    """Inline PTX (sm_80+) that turns 4 bytes of INT4 (``signed``) or UINT4 codes into their 8
+    integer values in bf16 or fp16, two per instruction, as Marlin does: each nibble is OR-ed
+    into the mantissa of a "magic" number M (128 in bf16, 1024 in fp16, whose unit in the last
+    place is 1), so the pair reads M + u, and one fused multiply-add takes M back off. INT4's
+    two's complement nibble c is first made u = c + 8 (XOR with 8), and 8 more comes off.
+
+    For ``tl.inline_asm_elementwise(..., pack=4)``: $4 holds four code bytes, element i in byte
+    i; $0 / $1 get the low nibbles of elements 0, 1 / 2, 3 (element i in the low half first),
+    $2 / $3 their high nibbles. Each output depends only on its own byte, as elementwise asm
+    must. ``tests/kernels/test_w4a16_ptx.py`` runs this text over all 256 bytes."""
+    magic, one = (0x4300, 0x3F80) if bf16 else (0x6400, 0x3C00)
+    # -(M + 8) or -M as a 16-bit float: M's bits with the sign set, and 8 added in the mantissa
+    # (exact: M's unit in the last place is 1)
+    bias = 0x8000 | magic | (8 if signed else 0)
+    kind = "bf16x2" if bf16 else "f16x2"
+    pair = lambda h: f"0x{h:04x}{h:04x}"  # noqa: E731
+    return "\n".join([
+        "{",
+        ".reg .b32 w, lo, hi, one, bias;",
+        f"mov.b32 one, {pair(one)};",
+        f"mov.b32 bias, {pair(bias)};",
+        f"xor.b32 w, $4, {'0x88888888' if signed else '0x0'};",
+        "prmt.b32 lo, w, 0, 0x4140;",  # bytes 0, 1 to the low bytes of the two halves
+        "prmt.b32 hi, w, 0, 0x4342;",  # bytes 2, 3 likewise
+        f"lop3.b32 $0, lo, 0x000f000f, {pair(magic)}, 0xea;",  # (a & b) | c
+        f"lop3.b32 $1, hi, 0x000f000f, {pair(magic)}, 0xea;",
+        "shr.u32 lo, lo, 4;",
+        "shr.u32 hi, hi, 4;",
+        f"lop3.b32 $2, lo, 0x000f000f, {pair(magic)}, 0xea;",
+        f"lop3.b32 $3, hi, 0x000f000f, {pair(magic)}, 0xea;",
+        *(f"fma.rn.{kind} ${r}, ${r}, one, bias;" for r in range(4)),
+        "}",
+    ])
+
+
+def e2m1_ptx(*, bf16: bool) -> str:
+    """Inline PTX (sm_80+) that turns 4 bytes of FP4 E2M1 codes into their 8 values times a scale
+    per byte, in bf16 or fp16. The magnitude's 3 bits index a byte table of twice the values
+    (0, 1, 2, 3, 4, 6, 8, 12) with ``prmt``; OR-ed into the mantissa of M (64 in bf16, 512 in
+    fp16, whose unit in the last place is 0.5), the pair reads M + v, and M comes off in a fused
+    multiply-add. The sign bit is copied in, and one more multiply-add (plus -0) applies the
+    scale: exact, as E2M1 times E4M3 needs 6 significant bits, and 2^-10 .. 2688 lies in both
+    formats' normal range.
+
+    For ``tl.inline_asm_elementwise(..., pack=4)``: $4 holds four code bytes (element i in byte
+    i), $5 / $6 the scales of elements 0, 1 / 2, 3 (16-bit, element 0 in the low half); $0 / $1
+    get the low nibbles' scaled values of elements 0, 1 / 2, 3, $2 / $3 the high nibbles'."""
+    magic, one = (0x4280, 0x3F80) if bf16 else (0x6000, 0x3C00)
+    kind = "bf16x2" if bf16 else "f16x2"
+    pair = lambda h: f"0x{h:04x}{h:04x}"  # noqa: E731
+    lines = [
+        "{",
+        ".reg .b32 table_lo, table_hi, one, unbias, minus_zero, low_signs, index, value, signs;",
+        "mov.b32 table_lo, 0x03020100;",  # twice the magnitudes of codes 0 .. 3
+        "mov.b32 table_hi, 0x0c080604;",  # and of codes 4 .. 7
+        f"mov.b32 one, {pair(one)};",
+        f"mov.b32 unbias, {pair(0x8000 | magic)};",
+        "mov.b32 minus_zero, 0x80008000;",
+        "shl.b32 low_signs, $4, 4;",  # each low nibble's sign bit to the top of its byte
+    ]
+    # (output, the shift that brings its two nibbles to bits 0-3 and 8-11, where their sign bits
+    # are the tops of bytes, the prmt selector that replicates those (bytes 0, 1 or 2, 3), scales)
+    for out, shift, sign_source, sign_selector, scale in (
+            ("$0", 0, "low_signs", "0x9484", "$5"), ("$1", 16, "low_signs", "0xb4a4", "$6"),
+            ("$2", 4, "$4", "0x9484", "$5"), ("$3", 20, "$4", "0xb4a4", "$6")):
+        lines += [
+            f"shr.b32 index, $4, {shift};" if shift else "mov.b32 index, $4;",
+            "and.b32 index, index, 0x0707;",  # magnitudes to the low selector nibble of bytes 0, 2
+            "prmt.b32 value, table_lo, table_hi, index;",  # bytes: 2v, 0, 2v', 0
+            f"or.b32 value, value, {pair(magic)};",  # M + v
+            f"fma.rn.{kind} value, value, one, unbias;",  # v
+            # bytes 1 and 3 all ones where that element is negative (prmt's sign replication)
+            f"prmt.b32 signs, {sign_source}, 0, {sign_selector};",
+            "lop3.b32 value, value, signs, 0x80008000, 0xf8;",  # a | (b & c): the sign bits in
+            f"fma.rn.{kind} {out}, value, {scale}, minus_zero;",  # times the scale
+        ]
+    return "\n".join(lines + ["}"])
+
+
+E2M1_BF16_PTX = tl.constexpr(e2m1_ptx(bf16=True))
+E2M1_FP16_PTX = tl.constexpr(e2m1_ptx(bf16=False))
+INT4_BF16_PTX = tl.constexpr(nibbles_ptx(signed=True, bf16=True))
+UINT4_BF16_PTX = tl.constexpr(nibbles_ptx(signed=False, bf16=True))
+INT4_FP16_PTX = tl.constexpr(nibbles_ptx(signed=True, bf16=False))
+UINT4_FP16_PTX = tl.constexpr(nibbles_ptx(signed=False, bf16=False))
+
+
 @triton.jit
 def nibble_values(c, CODE: tl.constexpr):
     """int32 codes 0..15 -> their fp32 values before scaling (CODE: the index in ``CODES``)."""
@@ -38,6 +129,47 @@ def nibble_values(c, CODE: tl.constexpr):
         # fp32 conversion reads exactly; one multiply by 2^14 restores every value.
         bits = ((c & 8) << 12) | ((c & 7) << 9)
         return bits.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32) * 16384.0
+
+
+@triton.jit
+def _run_ptx(args, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr, BF16: tl.constexpr):
+    """(low nibbles, high nibbles) from 4-bit PTX over ``args``, four bytes a call."""
+    if BF16:  # (the dtypes written out: a constexpr dtype inside a tuple does not lower)
+        return tl.inline_asm_elementwise(ASM, CONSTRAINTS, args, dtype=(tl.bfloat16, tl.bfloat16), is_pure=True,
+                                         pack=4)
+    else:
+        return tl.inline_asm_elementwise(ASM, CONSTRAINTS, args, dtype=(tl.float16, tl.float16), is_pure=True,
+                                         pack=4)
+
+
+@triton.jit
+def integer_nibbles(c, CODE: tl.constexpr, DTYPE: tl.constexpr, PTX: tl.constexpr):
+    """(low nibbles, high nibbles) of uint8 codes ``c``, INT4 (CODE 0) or UINT4 (1), as their
+    integer values in DTYPE (fp16 or bf16, where -8..15 are exact): by inline PTX, two values an
+    instruction, where the kernel is compiled for an NVIDIA GPU (``PTX``), else elementwise."""
+    if PTX:
+        if DTYPE == tl.bfloat16:
+            return _run_ptx([c], INT4_BF16_PTX if CODE == 0 else UINT4_BF16_PTX, "=r,=r,=r,=r,r", True)
+        else:
+            return _run_ptx([c], INT4_FP16_PTX if CODE == 0 else UINT4_FP16_PTX, "=r,=r,=r,=r,r", False)
+    else:
+        wide = c.to(tl.int32)
+        return nibble_values(wide & 15, CODE).to(DTYPE), nibble_values(wide >> 4, CODE).to(DTYPE)
+
+
+@triton.jit
+def scaled_e2m1(c, s, DTYPE: tl.constexpr, PTX: tl.constexpr):
+    """(low nibbles, high nibbles) of uint8 E2M1 codes ``c`` times ``s``, their bytes' scales in
+    DTYPE (fp16 or bf16; E4M3 values, so that every product is exact there): by inline PTX where
+    the kernel is compiled for an NVIDIA GPU (``PTX``), else elementwise in fp32."""
+    if PTX:
+        if DTYPE == tl.bfloat16:
+            return _run_ptx([c, s], E2M1_BF16_PTX, "=r,=r,=r,=r,r,r,r", True)
+        else:
+            return _run_ptx([c, s], E2M1_FP16_PTX, "=r,=r,=r,=r,r,r,r", False)
+    else:
+        wide, scale = c.to(tl.int32), s.to(tl.float32)
+        return (nibble_values(wide & 15, 2) * scale).to(DTYPE), (nibble_values(wide >> 4, 2) * scale).to(DTYPE)
 
 
 @triton.jit
