@@ -357,6 +357,8 @@ def compile_for(launch_: Launch, arch: int) -> dict:
     kwargs = dict(launch_.kwargs)
     if "NATIVE_FP8" in kwargs:  # the launcher chose for the CPU; choose as it would on this GPU
         kwargs["NATIVE_FP8"] = launch.has_native_fp8(divmod(arch, 10))
+    if "PTX" in kwargs:  # the launcher ran on CPU tensors: on an NVIDIA GPU it takes the inline PTX
+        kwargs["PTX"] = True
     kernel = launch_.kernel
     row = {"kernel": launch_.name, "arch": arch, "native_fp8": kwargs.get("NATIVE_FP8")}
     try:

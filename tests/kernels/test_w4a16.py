@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from breccia_sglang.kernels import launch
-from breccia_sglang.kernels.gemm import w4a16_matmul
+from breccia_sglang.kernels.gemm import w4a16, w4a16_matmul
 from breccia_sglang.kernels.gemm.reference import w4a16_reference, w4a16_weight
 from breccia_sglang.weights.packing import pack_low_first
 
@@ -84,8 +84,8 @@ def test_w4a16_matches_fp32_reference(codes, group, zero_dtype, scale_dtype, m, 
 
 
 @pytest.mark.parametrize("codes,group,zero_dtype,scale_dtype,m,n,k,x_dtype", [
-    ("e2m1", 16, None, torch.uint8, 1, 40, 160, torch.float16),  # 16 x 32 x 128: 8 groups per K tile
-    ("uint4", 128, torch.float32, torch.float32, 33, 72, 384, torch.float16),  # 32 x 64 x 128: 1 group
+    ("e2m1", 16, None, torch.uint8, 1, 40, 160, torch.float16),  # 16 x 64 x 128: 8 groups per K tile
+    ("uint4", 128, torch.float32, torch.float32, 33, 72, 384, torch.float16),  # 32 x 128 x 128: 1 group
     ("int4", 128, None, torch.float32, 300, 40, 256, torch.float16),  # 128 x 128 x 64: 2 tiles a group
     ("e2m1", 16, None, torch.uint8, 33, 72, 160, torch.float32),  # fp32's 32 x 64 x 32: 2 groups
 ])
@@ -99,6 +99,49 @@ def test_gpu_tile_sizes_match_the_reference_too(codes, group, zero_dtype, scale_
     x = on_device(torch.randn(m, k, generator=gen).to(x_dtype))
     out = w4a16_matmul(x, packed, scales, zeros, group=group, codes=codes)
     assert_matches_reference(out, x, packed, scales, zeros, group, codes)
+
+
+@pytest.mark.parametrize("codes,group,zero_dtype,m,n,k,gpu_tiles", [
+    ("int4", 64, None, 7, 40, 192, False),  # the interpreter's 64-wide K tile: one group each
+    ("int4", 128, None, 33, 72, 384, False),  # two tiles a group
+    ("uint4", 128, torch.float32, 1, 40, 384, False),  # zero points: (x.u - z * sum(x)) * s
+    ("uint4", 128, torch.float16, 7, 72, 256, True),  # the GPU's 16 x 32 x 128 tile
+])
+def test_int4_groups_covering_a_k_tile_round_no_weight(codes, group, zero_dtype, m, n, k, gpu_tiles, monkeypatch):
+    # Where one scale covers a row's K tile, the codes' integer values (exact in fp16 / bf16) go
+    # into the dot and the scale meets its fp32 result: no dequantized weight is rounded. The
+    # error is then the output's one rounding (2^-11 of |out| in fp16) and fp32 sums (< 1e-5 of
+    # the magnitude, as above), far under the 2^-11 of the magnitude that rounding each weight
+    # may cost (the bound of assert_matches_reference), which these cases would exceed.
+    monkeypatch.setattr(launch, "FORCE_GPU_TILES", gpu_tiles)
+    gen = torch.Generator().manual_seed(m + n + k + group)
+    packed, scales, zeros = make_weight(codes, group, zero_dtype, torch.float32, n, k, gen)
+    x = on_device(torch.randn(m, k, generator=gen).to(torch.float16))
+    out = w4a16_matmul(x, packed, scales, zeros, group=group, codes=codes)
+    ref = w4a16_reference(x, packed, scales, zeros, group=group, codes=codes)
+    magnitude = x.float().abs() @ w4a16_weight(packed, scales, zeros, group=group, codes=codes).abs().T
+    excess = (out.float() - ref).abs() - (2.0**-11 * ref.abs() + 1e-5 * magnitude)
+    assert excess.max().item() <= 0, (out.float() - ref).abs().max().item()
+
+
+@pytest.mark.parametrize("codes,group,scale_dtype,x_dtype,block_m,block_k,expected", [
+    ("int4", 128, torch.float32, torch.bfloat16, 16, 128, "integer"),
+    ("uint4", 128, torch.float16, torch.float16, 64, 64, "integer"),  # zero points or none
+    ("int4", 64, torch.float32, torch.bfloat16, 16, 128, "scaled"),  # two scales in a K tile
+    ("int4", 128, torch.float32, torch.bfloat16, 128, 64, "scaled"),  # a second 128 x 128 fp32 tile spills
+    ("int4", 128, torch.float32, torch.float32, 32, 32, "scaled"),  # fp32 x: the exact FMA dot
+    ("e2m1", 16, torch.uint8, torch.bfloat16, 16, 128, "fp4"),  # E4M3 scales: products exact in bf16
+    ("e2m1", 16, torch.uint8, torch.float16, 128, 64, "fp4"),
+    ("e2m1", 16, torch.float32, torch.float16, 16, 128, "scaled"),  # fp32 scales: not exact in fp16
+    ("e2m1", 16, torch.uint8, torch.float32, 32, 32, "scaled"),
+])
+def test_each_launch_takes_the_tile_dot_its_operands_allow(codes, group, scale_dtype, x_dtype, block_m, block_k,
+                                                           expected):
+    # The fast tile dots give the same products as the scaled one (the tests above), so only
+    # this shows which one a launch takes: the one whose products are exact in x's dtype.
+    config = w4a16.TileConfig(block_m, 64, block_k, 1, 4, 3)
+    scales = torch.zeros(4, 1, dtype=scale_dtype)
+    assert w4a16.tile_dot(codes, group, scales, config, torch.zeros(1, 8, dtype=x_dtype)) == expected
 
 
 def test_strided_x_and_scales_are_read_through_their_strides():

@@ -6,7 +6,8 @@ stay in their dtype).
 - ``w8a16.py``: the W8A16 dequant-GEMM over FP8 E4M3 codes (per-tensor, 1 x B block, MXFP8).
 - ``dequantize.py``: those FP8 weights written in the activation dtype in one pass, for the
   platform's dense GEMM at prefill sizes; ``dequantize_packed.py``: the same for 4-bit weights.
-- ``four_bit.py``: a tile of packed 4-bit codes as its scaled values (W4A16 and its dequantize).
+- ``four_bit.py``: a tile of packed 4-bit codes as its scaled values (W4A16 and its dequantize),
+  and the inline PTX that decodes them two values an instruction on NVIDIA GPUs.
 - ``tiling.py``: what both launches share: tile configs, bands over M, K splits and their sum.
 - ``tuned_configs.py``: their decode tile configs tuned per GPU model (``tuned/``).
 - ``reference.py``: the fp32 torch references they are tested against.

@@ -2,10 +2,18 @@
 
 ``packed`` (N, K / 2) uint8 holds element 2j of a row in the LOW nibble of byte j and 2j + 1
 in the high one (``weights.packing.pack_low_first``). Each program loads a (BLOCK_N, BLOCK_K / 2)
-tile of bytes with vector loads, decodes both nibbles, interleaves the halves back into K order,
-scales them in fp32 as breccia's dequantize does (``(value - z) * s``, one scale and zero point
-loaded per group: ``four_bit.py``, which the one-pass dequantize shares), rounds the tile to the
-activation dtype and multiplies on tensor cores with fp32 accumulation.
+tile of bytes with vector loads and meets the activations on tensor cores, fp32 accumulation, in
+one of three ways (``TILE_DOTS``):
+- INT4 / UINT4 with one scale per row over the K tile (groups of 128 with K tiles of 64 or 128,
+  up to 64 rows a tile): the codes' integer values go into the dot as they are, exact in fp16 /
+  bf16, and the scale (and zero point) meets the dot's fp32 result;
+- NVFP4 (E2M1 codes, E4M3 scales): each value times its scale in the activation dtype, where the
+  product is exact;
+- otherwise each value is scaled in fp32 as breccia's dequantize does (``(value - z) * s``) and
+  rounded to the activation dtype.
+Compiled for an NVIDIA GPU, the first two decode two values an instruction in inline PTX
+(``four_bit.py``, tested by an emulator of its instructions), and take K in an order of their
+own (``_low_then_high``): neither rounds a weight.
 
 K is split across programs when there are too few output tiles (``tiling.py``). No host
 synchronisation and no branch on tensor values: a launch can be captured in a CUDA graph.
@@ -17,12 +25,67 @@ import torch
 import triton
 import triton.language as tl
 
-from ..launch import check_tensor, native_fp8_decode
-from .four_bit import CODES, check_four_bit_weight, launch_operands, scaled_values, unpacked_values
+from ..attention.fp8_codec import e4m3_decode
+from ..launch import check_tensor, native_fp8_decode, nvidia_ptx
+from .four_bit import (CODES, check_four_bit_weight, integer_nibbles, launch_operands, scaled_e2m1, scaled_values,
+                       unpacked_values)
 from .tiling import TileConfig, output_tile, pick_config, split_k_for, split_k_range, split_output, sum_splits
 from .tuned_configs import tuned_rows
 
 X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _low_then_high(low, high, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """A weight tile from its bytes' low and high nibbles (ROWS, BLOCK_K / 2 each), with K in
+    ``_even_then_odd`` order: a dot sums over K in any order, and this is the order the nibbles
+    come out of their bytes in, so the weight's registers need no shuffle into K order (x, the
+    smaller operand at decode sizes, takes it instead)."""
+    return tl.reshape(tl.permute(tl.join(low, high), (0, 2, 1)), (ROWS, BLOCK_K))
+
+
+@triton.jit
+def _even_then_odd(x, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """A (ROWS, BLOCK_K) tile with its even columns first, then its odd ones."""
+    even, odd = tl.split(tl.reshape(x, (ROWS, BLOCK_K // 2, 2)))
+    return _low_then_high(even, odd, ROWS, BLOCK_K)
+
+
+@triton.jit
+def _scaled_fp4_tile_dot(acc, x, byte_rows, j, j_ok, scale_rows, k0, k_end, n_ok, stride_sk, NATIVE_FP8: tl.constexpr,
+                         PTX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + x @ W^T over a K tile of NVFP4: E2M1 codes times their E4M3 scales (one per 16),
+    computed in x's dtype (fp16 / bf16), where each product is exact, as fp32 gives it and as
+    breccia rounds it; two values an instruction by inline PTX on a GPU. Both operands hold K in
+    ``_even_then_odd`` order."""
+    c = tl.load(byte_rows[:, None] + j[None, :], mask=j_ok, other=0)
+    g = k0 // 16 + tl.arange(0, BLOCK_K // 16)
+    s = tl.load(scale_rows[:, None] + g[None, :] * stride_sk, mask=n_ok[:, None] & (g * 16 < k_end)[None, :],
+                other=0)
+    s = e4m3_decode(s, tl.float32, NATIVE_FP8).to(x.dtype)
+    byte_scales = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, BLOCK_K // 16, 8)), (BLOCK_N, BLOCK_K // 2))
+    low, high = scaled_e2m1(c, byte_scales, x.dtype, PTX)
+    return tl.dot(_even_then_odd(x, BLOCK_M, BLOCK_K), tl.trans(_low_then_high(low, high, BLOCK_N, BLOCK_K)), acc)
+
+
+@triton.jit
+def _integer_tile_dot(acc, x, byte_rows, j, j_ok, scale_rows, zero_rows, g, n_ok, stride_sk, stride_zk,
+                      CODE: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_E4M3: tl.constexpr, NATIVE_FP8: tl.constexpr,
+                      PTX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + x @ W^T over a K tile of INT4 / UINT4 codes under one scale (and zero point) per row,
+    group ``g``: the codes' integer values u, exact in x's dtype, go into the dot unscaled, and
+    the scale meets its fp32 result, (x.u - z * sum(x)) * s. No weight is rounded, and the
+    per-element work is the nibbles' decode alone.
+
+    Both operands hold K in ``_even_then_odd`` order."""
+    low, high = integer_nibbles(tl.load(byte_rows[:, None] + j[None, :], mask=j_ok, other=0), CODE, x.dtype, PTX)
+    part = tl.dot(_even_then_odd(x, BLOCK_M, BLOCK_K), tl.trans(_low_then_high(low, high, BLOCK_N, BLOCK_K)))
+    s = tl.load(scale_rows + g * stride_sk, mask=n_ok, other=0)
+    s = e4m3_decode(s, tl.float32, NATIVE_FP8) if SCALE_E4M3 else s.to(tl.float32)
+    if HAS_ZERO:
+        z = tl.load(zero_rows + g * stride_zk, mask=n_ok, other=0).to(tl.float32)
+        part -= tl.sum(x.to(tl.float32), axis=1)[:, None] * z[None, :]
+    return acc + part * s[None, :]
 
 
 @triton.jit
@@ -31,7 +94,7 @@ def _w4a16_kernel(
     M, N, K, steps_per_split, stride_xm, stride_pn, stride_os, stride_om,
     stride_sn, stride_sk, stride_zn, stride_zk,
     GROUP: tl.constexpr, CODE: tl.constexpr, NATIVE_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    HAS_ZERO: tl.constexpr, SCALE_E4M3: tl.constexpr,
+    HAS_ZERO: tl.constexpr, SCALE_E4M3: tl.constexpr, TILE_DOT: tl.constexpr, PTX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = output_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -51,22 +114,33 @@ def _w4a16_kernel(
         k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & (k < k_end)[None, :], other=0.0)
         j = k0 // 2 + tl.arange(0, HALF_K)  # byte index in the row; element 2j and 2j + 1
-        values = unpacked_values(byte_rows, j, n_ok[:, None] & (j < k_end // 2)[None, :], CODE, BLOCK_N, BLOCK_K)
-        w = scaled_values(values, scale_rows, zero_rows, k0, k_end, n_ok, stride_sk, stride_zk, GROUP, HAS_ZERO,
-                          SCALE_E4M3, NATIVE_FP8, BLOCK_N, BLOCK_K).to(x.dtype)
-        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+        j_ok = n_ok[:, None] & (j < k_end // 2)[None, :]
+        if TILE_DOT == 1:
+            acc = _integer_tile_dot(acc, x, byte_rows, j, j_ok, scale_rows, zero_rows, k0 // GROUP, n_ok, stride_sk,
+                                    stride_zk, CODE, HAS_ZERO, SCALE_E4M3, NATIVE_FP8, PTX, BLOCK_M, BLOCK_N, BLOCK_K)
+        elif TILE_DOT == 2:
+            acc = _scaled_fp4_tile_dot(acc, x, byte_rows, j, j_ok, scale_rows, k0, k_end, n_ok, stride_sk, NATIVE_FP8,
+                                       PTX, BLOCK_M, BLOCK_N, BLOCK_K)
+        else:
+            values = unpacked_values(byte_rows, j, j_ok, CODE, BLOCK_N, BLOCK_K)
+            w = scaled_values(values, scale_rows, zero_rows, k0, k_end, n_ok, stride_sk, stride_zk, GROUP, HAS_ZERO,
+                              SCALE_E4M3, NATIVE_FP8, BLOCK_N, BLOCK_K).to(x.dtype)
+            acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
 
     out_ptrs = out_ptr + split * stride_os + m.to(tl.int64)[:, None] * stride_om + n[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 # (largest M, config), smallest M first; a launch takes the first whose M bound it fits. Decode
-# (M <= 16) streams the weight once: narrow N tiles give many programs to keep memory busy.
+# (M <= 16) streams the weight once, and the K split (tiling.py) makes enough programs. Each warp
+# of a program reads the whole activation tile, so few warps over wide N tiles spend the fewest
+# instructions per weight byte (benchmarks/compile_kernels.py, sm_90, bf16: INT4 g128 6.8 at
+# 16 x 64 x 128 on 2 warps against 11.6 at 16 x 32 x 128 on 4; NVFP4 12.9 against 18.9).
 # Large M reuses each weight tile over many rows: big tiles. A GPU model with a tuned table
 # (tuned_configs.py) takes its rows first.
 TILE_CONFIGS: list[tuple[int, TileConfig]] = [
-    (16, TileConfig(16, 32, 128, 1, 4, 4)),
-    (64, TileConfig(32, 64, 128, 4, 4, 3)),
+    (16, TileConfig(16, 64, 128, 1, 2, 4)),
+    (64, TileConfig(32, 128, 128, 4, 4, 3)),
     (256, TileConfig(64, 128, 64, 8, 4, 3)),
     (1 << 62, TileConfig(128, 128, 64, 8, 8, 3)),
 ]
@@ -76,6 +150,29 @@ FP32_CONFIG = TileConfig(32, 64, 32, 4, 8, 2)
 # Under the interpreter every program runs in Python: small tiles (tl.dot takes 16 per dimension
 # at least). K = 64 puts groups 16 / 32 inside a K tile, 64 on one, 128 across two.
 INTERPRETER_CONFIG = TileConfig(16, 32, 64, 1, 1, 1)
+
+
+# How a K tile meets the dot (the kernel's TILE_DOT is the index). fp32 activations always take
+# "scaled": the exact FMA dot, on the weight scaled in fp32.
+TILE_DOTS = (
+    "scaled",  # every code kind: each value scaled in fp32, rounded to x's dtype
+    "integer",  # INT4 / UINT4, one scale per row per K tile (tiles of 64 rows at most): integer values,
+    #            the scale after the dot
+    "fp4",  # NVFP4 (E2M1, E4M3 scale bytes): value times scale in x's dtype, exact there
+)
+
+
+def tile_dot(codes: str, group: int, scales: torch.Tensor, config: TileConfig, x: torch.Tensor) -> str:
+    """Which of ``TILE_DOTS`` a launch takes. Both of the fast ones give each product exactly
+    (none rounds a weight) and decode two values an instruction with PTX on a GPU."""
+    if x.dtype == torch.float32:
+        return "scaled"
+    if codes == "e2m1":
+        return "fp4" if scales.dtype == torch.uint8 else "scaled"
+    # Its dot's result is a second fp32 tile beside the accumulator: past 64 rows (the 128 x 128
+    # tiles of large M) that spilled 400 B a thread on sm_90 for UINT4, and cost more
+    # instructions a byte than the scaled tile there (compile_kernels.py).
+    return "integer" if group % config.block_k == 0 and config.block_m <= 64 else "scaled"
 
 
 def choose_config(m: int, x: torch.Tensor, codes: str) -> TileConfig:
@@ -118,6 +215,7 @@ def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
         m, n, k, split.steps, x.stride(0), packed.stride(0), m * n, n,
         GROUP=group, CODE=CODES.index(codes), NATIVE_FP8=native_fp8_decode(x),
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
+        TILE_DOT=TILE_DOTS.index(tile_dot(codes, group, scales, config, x)), PTX=nvidia_ptx(x),
         **launch_operands(scales, zero_points), **config.launch_args(),
     )
     return sum_splits(partials, out)
