@@ -30,7 +30,8 @@
 #    rows need its CUDA kernels, which a bare machine lacks: they say so.)
 # 4. tests/kernels on the GPU, compiled (BRECCIA_KERNEL_DEVICE=cuda): the write, decode and
 #    extend kernels and the W4A16 / W8A16 GEMMs against their fp32 references on the interpreter
-#    tests' awkward shapes, plus CUDA-graph capture and replay of a write + decode step (views
+#    tests' awkward shapes (W4A16's inline-PTX decode of INT4 and NVFP4 included: the interpreter
+#    runs no assembly, so this is its first run on real operands), plus CUDA-graph capture and replay of a write + decode step (views
 #    included) and of each GEMM (K split included); and on sm_90 the blockscale-sm90 kernel's torch backend against the W8A8
 #    reference at row counts 1-33 (tests/integration/test_gemm_blockscale.py).
 # 5. benchmarks/bench_moe.py: FP8 1x128 and INT4 g128 experts on SGLang's fused MoE Triton
