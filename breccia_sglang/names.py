@@ -61,3 +61,6 @@ ENV_DEQUANTIZE_FROM_M = "BRECCIA_SGLANG_DEQUANTIZE_FROM_M"
 # A tuned tile-config file for the weight-only GEMMs (W8A16, W4A16) at decode sizes, instead of
 # the one shipped for this GPU model.
 ENV_WEIGHT_ONLY_CONFIGS = "BRECCIA_SGLANG_WEIGHT_ONLY_CONFIGS"
+# "0" makes the W4A16 GEMM decode its codes with Triton's elementwise operations on NVIDIA GPUs
+# too, instead of its inline PTX (to compare, or as a way out on a GPU where the PTX misbehaves).
+ENV_W4A16_PTX = "BRECCIA_SGLANG_W4A16_PTX"

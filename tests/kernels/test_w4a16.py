@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from breccia_sglang import names
 from breccia_sglang.kernels import launch
 from breccia_sglang.kernels.gemm import w4a16, w4a16_matmul
 from breccia_sglang.kernels.gemm.reference import w4a16_reference, w4a16_weight
@@ -142,6 +143,16 @@ def test_each_launch_takes_the_tile_dot_its_operands_allow(codes, group, scale_d
     config = w4a16.TileConfig(block_m, 64, block_k, 1, 4, 3)
     scales = torch.zeros(4, 1, dtype=scale_dtype)
     assert w4a16.tile_dot(codes, group, scales, config, torch.zeros(1, 8, dtype=x_dtype)) == expected
+
+
+def test_the_ptx_decode_runs_on_nvidia_gpus_unless_switched_off(monkeypatch):
+    x = torch.zeros(1, 8, dtype=torch.bfloat16)
+    assert not w4a16.ptx_decode(x)  # on CPU, or under the interpreter: no assembly runs
+    monkeypatch.setattr(w4a16, "nvidia_ptx", lambda t: t is x)  # as compiled for an NVIDIA GPU
+    monkeypatch.delenv(names.ENV_W4A16_PTX, raising=False)
+    assert w4a16.ptx_decode(x)
+    monkeypatch.setenv(names.ENV_W4A16_PTX, "0")
+    assert not w4a16.ptx_decode(x)
 
 
 def test_strided_x_and_scales_are_read_through_their_strides():

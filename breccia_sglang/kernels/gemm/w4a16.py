@@ -21,10 +21,13 @@ synchronisation and no branch on tensor values: a launch can be captured in a CU
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
+from ... import names
 from ..attention.fp8_codec import e4m3_decode
 from ..launch import check_tensor, native_fp8_decode, nvidia_ptx
 from .four_bit import (CODES, check_four_bit_weight, integer_nibbles, launch_operands, scaled_e2m1, scaled_values,
@@ -175,6 +178,12 @@ def tile_dot(codes: str, group: int, scales: torch.Tensor, config: TileConfig, x
     return "integer" if group % config.block_k == 0 and config.block_m <= 64 else "scaled"
 
 
+def ptx_decode(x: torch.Tensor) -> bool:
+    """Whether a launch over ``x`` decodes its codes with the inline PTX of ``four_bit.py``: on
+    NVIDIA GPUs, unless ``BRECCIA_SGLANG_W4A16_PTX=0``."""
+    return nvidia_ptx(x) and os.environ.get(names.ENV_W4A16_PTX, "1") != "0"
+
+
 def choose_config(m: int, x: torch.Tensor, codes: str) -> TileConfig:
     """The tile config of a launch over M rows of activations ``x`` and 4-bit ``codes``."""
     table = "w4a16-nvfp4" if codes == "e2m1" else "w4a16-int4"  # NVFP4 also decodes a scale per 16
@@ -215,7 +224,7 @@ def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
         m, n, k, split.steps, x.stride(0), packed.stride(0), m * n, n,
         GROUP=group, CODE=CODES.index(codes), NATIVE_FP8=native_fp8_decode(x),
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
-        TILE_DOT=TILE_DOTS.index(tile_dot(codes, group, scales, config, x)), PTX=nvidia_ptx(x),
+        TILE_DOT=TILE_DOTS.index(tile_dot(codes, group, scales, config, x)), PTX=ptx_decode(x),
         **launch_operands(scales, zero_points), **config.launch_args(),
     )
     return sum_splits(partials, out)
