@@ -24,6 +24,9 @@ tokens in flight, from 1 (decode) to 2048 (prefill). Variants, per (shape, M):
   int4-g128         symmetric INT4, groups of 128, on our Triton W4A16 kernel (codes read in place)
   int4-g128-asym    the same with zero points
   nvfp4             NVFP4 (E2M1 codes, E4M3 scales per 16) on the same kernel
+  int4-g128-elementwise, nvfp4-elementwise
+                    the same two at M <= 32 with BRECCIA_SGLANG_W4A16_PTX=0: Triton's elementwise
+                    decode instead of the kernel's inline PTX, to measure what the PTX gives
   int4-emulated     the emulated kernel on the INT4 weight: unpacked and dequantized each call
   int4-g128-marlin  the marlin-int4 kernel as the server runs it (SGLang's AWQ-Marlin), where SGLang's
                     CUDA kernels are installed; a row that says why not elsewhere
@@ -59,6 +62,7 @@ scale group and for the 4-bit layers on triton-w4a16: keys of the block FP8 tune
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -103,6 +107,9 @@ GROUP_KEYS = {"per-tensor": "per-tensor", "1x128": "128", "1x64": "64", "mxfp8":
 DEQUANTIZE_MIN_M = 128  # on a GPU the dequantize rows start here (smaller M: see the variants above)
 FOUR_BIT = ("int4-g128", "int4-g128-asym", "nvfp4", "int4-g128-marlin")  # the 4-bit issue's targets
 DEQUANTIZED_4BIT = {"int4-g128": "dequant-int4-g128", "nvfp4": "dequant-nvfp4"}  # the 4-bit prefill route's rows
+# The W4A16 kernel with its PTX decode switched off, at decode sizes only (the call's time budget)
+ELEMENTWISE_4BIT = {"int4-g128": "int4-g128-elementwise", "nvfp4": "nvfp4-elementwise"}
+ELEMENTWISE_MAX_M = 32
 # "dequantize_from_m" key -> (the route's variant, the variants of the kernels whose layers it
 # would take, and those to compare with where none of them ran: W8A16 on GPUs without FP8 dots)
 DEQUANTIZE_ROUTES = {
@@ -240,6 +247,9 @@ def four_bit_variants(x: torch.Tensor, shape) -> dict:
         ref = x.float() @ w4a16_weight(packed, scales, zero_points, group=group, codes=codes).T
         found[name] = (lambda p=packed, s=scales, z=zero_points, g=group, c=codes:
                        w4a16_matmul(x, p, s, z, group=g, codes=c), ref)
+        if name in ELEMENTWISE_4BIT and x.shape[0] <= ELEMENTWISE_MAX_M:
+            found[ELEMENTWISE_4BIT[name]] = (lambda p=packed, s=scales, z=zero_points, g=group, c=codes:
+                                             elementwise_w4a16(x, p, s, z, g, c), ref)
         if name in DEQUANTIZED_4BIT and dequantize_rows(x):
             found[DEQUANTIZED_4BIT[name]] = (lambda p=packed, s=scales, z=zero_points, g=group, c=codes:
                                              dequantized_4bit_linear(x, p, s, z, group=g, codes=c), ref)
@@ -249,6 +259,17 @@ def four_bit_variants(x: torch.Tensor, shape) -> dict:
                 x, dequantize_as(p, s, r, layout_of(r), dtype=x.dtype)), x.float() @ weight.float().T)
             found["int4-g128-marlin"] = (marlin_int4(x, packed, scales, recipe), ref)
     return found
+
+
+def elementwise_w4a16(x, packed, scales, zero_points, group: int, codes: str) -> torch.Tensor:
+    """w4a16_matmul with its PTX decode switched off, as BRECCIA_SGLANG_W4A16_PTX=0 does in a
+    server (a CUDA graph keeps the launch it captured)."""
+    with contextlib.ExitStack() as restore:
+        before = os.environ.get(names.ENV_W4A16_PTX)
+        restore.callback(lambda: os.environ.__setitem__(names.ENV_W4A16_PTX, before) if before is not None
+                         else os.environ.pop(names.ENV_W4A16_PTX, None))
+        os.environ[names.ENV_W4A16_PTX] = "0"
+        return w4a16_matmul(x, packed, scales, zero_points, group=group, codes=codes)
 
 
 def random_4bit(shape, group: int, codes: str, zeros: bool, device):
@@ -361,7 +382,8 @@ def per_tile_fp8(w: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def moved_bytes(name: str, m: int, n: int, k: int) -> int:
-    weight = n * k * (0.5 if name in (*FOUR_BIT, *DEQUANTIZED_4BIT.values(), "int4-emulated") else
+    weight = n * k * (0.5 if name in (*FOUR_BIT, *DEQUANTIZED_4BIT.values(), *ELEMENTWISE_4BIT.values(),
+                                      "int4-emulated") else
                       2 if name == BASELINE else 1)
     return int(weight) + m * k * 2 + m * n * 2  # + activations in, output out (16-bit)
 
@@ -419,9 +441,19 @@ def target_checks(rows: list[dict]) -> list[str]:
             lines.append(f"{'PASS' if min(small) >= 2.5 else 'FAIL'} {name} >= 2.5x BF16 at M <= 16: min {min(small):.2f}x")
         if upto:
             lines.append(f"{'PASS' if min(upto) >= 1.0 else 'FAIL'} {name} >= 1.0x BF16 up to M = 128: min {min(upto):.2f}x")
+    for name, elementwise in ELEMENTWISE_4BIT.items():  # what the PTX decode gives, where both ran
+        ptx = {(r["shape"], r["m"]): r["time_us"] for r in timed if r["variant"] == name}
+        plain = {(r["shape"], r["m"]): r["time_us"] for r in timed if r["variant"] == elementwise}
+        both = ptx.keys() & plain.keys()
+        gains = {m: sum(plain[key] for key in both if key[1] == m) / sum(ptx[key] for key in both if key[1] == m)
+                 for m in sorted({m for _, m in both})}
+        if gains:
+            lines.append(f"INFO {name}: the PTX decode against Triton's elementwise one, summed over shapes: "
+                         + ", ".join(f"M={m} {gain:.2f}x faster" for m, gain in gains.items()))
     # The kernels a server takes for FP8 recipes by default: not the baselines (BF16, SGLang's
     # 128x128), the emulated kernels, nor W8A16, which ranks below W8A8 where FP8 tensor cores are.
-    slower = [r for r in timed if r["variant"] not in (BASELINE, "sglang-128x128", EMULATED, "int4-emulated", *FOUR_BIT)
+    slower = [r for r in timed if r["variant"] not in (BASELINE, "sglang-128x128", EMULATED, "int4-emulated", *FOUR_BIT,
+                                                       *ELEMENTWISE_4BIT.values())
               and not r["variant"].startswith(("w8a16-", "dequant-")) and r["speedup_vs_bf16"] < 1.0]
     lines.append(f"{'PASS' if not slower else 'FAIL'} no FP8 recipe slower than BF16 on its default kernel: "
                  + (", ".join(f"{r['variant']} {r['shape']} M={r['m']} {r['speedup_vs_bf16']:.2f}x" for r in slower)

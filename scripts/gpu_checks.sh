@@ -25,7 +25,8 @@
 #    recipe from M = 128 on its weight dequantized in one pass then torch.matmul, with the
 #    dequantize_from_m per scale group it suggests (the prefill route, the same table's key); and
 #    the 4-bit recipes (int4-g128 with and without zero points, nvfp4) on our Triton W4A16 kernel,
-#    with the 4-bit issue's targets, and int4-g128 / nvfp4 from M = 128 on their weight
+#    with the 4-bit issue's targets, beside the same kernel with its PTX decode off at M <= 32
+#    (int4-g128-elementwise, nvfp4-elementwise: what the PTX gives), and int4-g128 / nvfp4 from M = 128 on their weight
 #    dequantized in one pass (the "int4" / "nvfp4" keys of that suggestion). (SGLang's Marlin
 #    rows need its CUDA kernels, which a bare machine lacks: they say so.)
 # 4. tests/kernels on the GPU, compiled (BRECCIA_KERNEL_DEVICE=cuda): the write, decode and

@@ -17,8 +17,10 @@ def test_smoke_run_checks_every_variant(tmp_path):
                         "int4-g128", "int4-g128-asym", "nvfp4", "int4-emulated", "int4-g128-marlin",
                         "block-1x128-marlin", "w8a16-per-tensor", "w8a16-1x128", "w8a16-1x64", "w8a16-mxfp8",
                         "dequant-per-tensor", "dequant-1x128", "dequant-1x64", "dequant-mxfp8",
-                        "dequant-int4-g128", "dequant-nvfp4"}
+                        "dequant-int4-g128", "dequant-nvfp4", "int4-g128-elementwise", "nvfp4-elementwise"}
     assert {(r["shape"], r["m"]) for r in report["rows"]} == {(s, m) for s in ("qkv", "down") for m in (1, 7, 33)}
+    elementwise = {(r["variant"], r["m"]) for r in report["rows"] if r["variant"].endswith("-elementwise")}
+    assert {m for _, m in elementwise} == {1, 7}  # decode sizes only: M <= 32
     for r in report["rows"]:
         if r["variant"].endswith("-marlin"):  # SGLang's Marlin is JIT CUDA: a row that says why not
             assert r["error"] == "needs a CUDA GPU and SGLang's CUDA kernels", r
@@ -66,6 +68,20 @@ def test_the_4_bit_targets_read_each_4_bit_kernel():
     assert "PASS int4-g128 >= 1.0x BF16 up to M = 128: min 1.11x" in lines  # M = 2048 is not held to it
     assert "FAIL nvfp4 >= 2.5x BF16 at M <= 16: min 2.00x" in lines
     assert "FAIL nvfp4 >= 1.0x BF16 up to M = 128: min 0.80x" in lines
+    assert "PASS no FP8 recipe slower than BF16 on its default kernel: none" in lines
+
+
+def test_the_ptx_decode_is_compared_with_the_elementwise_one_where_both_ran():
+    rows = [timed("bf16", m, 10.0, 10.0) for m in (1, 8)]
+    rows += [timed("int4-g128", 1, 4.0, 10.0), timed("int4-g128-elementwise", 1, 10.0, 10.0)]
+    rows += [timed("int4-g128", 8, 5.0, 10.0), timed("int4-g128-elementwise", 8, 7.5, 10.0)]
+    rows += [timed("nvfp4", 1, 20.0, 10.0)]  # no elementwise row: no line
+    rows += [timed("nvfp4-elementwise", 8, 30.0, 10.0)]
+    lines = bench_gemm.target_checks(rows)
+    assert ("INFO int4-g128: the PTX decode against Triton's elementwise one, summed over shapes: "
+            "M=1 2.50x faster, M=8 1.50x faster") in lines
+    assert not any(line.startswith("INFO nvfp4:") for line in lines)
+    # neither is a default FP8 kernel: not in the "slower than BF16" line
     assert "PASS no FP8 recipe slower than BF16 on its default kernel: none" in lines
 
 
