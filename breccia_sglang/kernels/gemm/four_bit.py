@@ -27,6 +27,11 @@ SCALE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8)  # ui
 ZERO_POINT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def _both_halves(bits: int) -> str:
+    """A 32-bit PTX immediate holding the 16-bit ``bits`` in both halves."""
+    return f"0x{bits:04x}{bits:04x}"
+
+
 def nibbles_ptx(*, signed: bool, bf16: bool) -> str:
     """Inline PTX (sm_80+) that turns 4 bytes of INT4 (``signed``) or UINT4 codes into their 8
     integer values in bf16 or fp16, two per instruction, as Marlin does: each nibble is OR-ed
@@ -43,21 +48,20 @@ def nibbles_ptx(*, signed: bool, bf16: bool) -> str:
     # (exact: M's unit in the last place is 1)
     bias = 0x8000 | magic | (8 if signed else 0)
     kind = "bf16x2" if bf16 else "f16x2"
-    pair = lambda h: f"0x{h:04x}{h:04x}"  # noqa: E731
     return "\n".join([
         "{",
         ".reg .b32 w, lo, hi, one, bias;",
-        f"mov.b32 one, {pair(one)};",
-        f"mov.b32 bias, {pair(bias)};",
+        f"mov.b32 one, {_both_halves(one)};",
+        f"mov.b32 bias, {_both_halves(bias)};",
         f"xor.b32 w, $4, {'0x88888888' if signed else '0x0'};",
         "prmt.b32 lo, w, 0, 0x4140;",  # bytes 0, 1 to the low bytes of the two halves
         "prmt.b32 hi, w, 0, 0x4342;",  # bytes 2, 3 likewise
-        f"lop3.b32 $0, lo, 0x000f000f, {pair(magic)}, 0xea;",  # (a & b) | c
-        f"lop3.b32 $1, hi, 0x000f000f, {pair(magic)}, 0xea;",
+        f"lop3.b32 $0, lo, 0x000f000f, {_both_halves(magic)}, 0xea;",  # (a & b) | c
+        f"lop3.b32 $1, hi, 0x000f000f, {_both_halves(magic)}, 0xea;",
         "shr.u32 lo, lo, 4;",
         "shr.u32 hi, hi, 4;",
-        f"lop3.b32 $2, lo, 0x000f000f, {pair(magic)}, 0xea;",
-        f"lop3.b32 $3, hi, 0x000f000f, {pair(magic)}, 0xea;",
+        f"lop3.b32 $2, lo, 0x000f000f, {_both_halves(magic)}, 0xea;",
+        f"lop3.b32 $3, hi, 0x000f000f, {_both_halves(magic)}, 0xea;",
         *(f"fma.rn.{kind} ${r}, ${r}, one, bias;" for r in range(4)),
         "}",
     ])
@@ -77,14 +81,13 @@ def e2m1_ptx(*, bf16: bool) -> str:
     get the low nibbles' scaled values of elements 0, 1 / 2, 3, $2 / $3 the high nibbles'."""
     magic, one = (0x4280, 0x3F80) if bf16 else (0x6000, 0x3C00)
     kind = "bf16x2" if bf16 else "f16x2"
-    pair = lambda h: f"0x{h:04x}{h:04x}"  # noqa: E731
     lines = [
         "{",
         ".reg .b32 table_lo, table_hi, one, unbias, minus_zero, low_signs, index, value, signs;",
         "mov.b32 table_lo, 0x03020100;",  # twice the magnitudes of codes 0 .. 3
         "mov.b32 table_hi, 0x0c080604;",  # and of codes 4 .. 7
-        f"mov.b32 one, {pair(one)};",
-        f"mov.b32 unbias, {pair(0x8000 | magic)};",
+        f"mov.b32 one, {_both_halves(one)};",
+        f"mov.b32 unbias, {_both_halves(0x8000 | magic)};",
         "mov.b32 minus_zero, 0x80008000;",
         "shl.b32 low_signs, $4, 4;",  # each low nibble's sign bit to the top of its byte
     ]
@@ -97,7 +100,7 @@ def e2m1_ptx(*, bf16: bool) -> str:
             f"shr.b32 index, $4, {shift};" if shift else "mov.b32 index, $4;",
             "and.b32 index, index, 0x0707;",  # magnitudes to the low selector nibble of bytes 0, 2
             "prmt.b32 value, table_lo, table_hi, index;",  # bytes: 2v, 0, 2v', 0
-            f"or.b32 value, value, {pair(magic)};",  # M + v
+            f"or.b32 value, value, {_both_halves(magic)};",  # M + v
             f"fma.rn.{kind} value, value, one, unbias;",  # v
             # bytes 1 and 3 all ones where that element is negative (prmt's sign replication)
             f"prmt.b32 signs, {sign_source}, 0, {sign_selector};",
@@ -173,6 +176,13 @@ def scaled_e2m1(c, s, DTYPE: tl.constexpr, PTX: tl.constexpr):
 
 
 @triton.jit
+def load_scales(ptrs, mask, SCALE_E4M3: tl.constexpr, NATIVE_FP8: tl.constexpr):
+    """The fp32 scales at ``ptrs``: E4M3 bytes (``SCALE_E4M3``) decoded, floats widened."""
+    s = tl.load(ptrs, mask=mask, other=0)
+    return e4m3_decode(s, tl.float32, NATIVE_FP8) if SCALE_E4M3 else s.to(tl.float32)
+
+
+@triton.jit
 def unpacked_values(byte_rows, j, j_ok, CODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """The (BLOCK_N, BLOCK_K) fp32 values of the codes in bytes ``j`` (BLOCK_K / 2 of them) of
     each row (``byte_rows``: the rows' first bytes), in K order; masked bytes read as code 0."""
@@ -197,11 +207,7 @@ def scaled_values(values, scale_rows, zero_rows, k0, k_end, n_ok, stride_sk, str
         s_ptrs = scale_rows[:, None] + g[None, :] * stride_sk
         z_ptrs = zero_rows[:, None] + g[None, :] * stride_zk
         s_ok = n_ok[:, None] & (g * GROUP < k_end)[None, :]
-    s = tl.load(s_ptrs, mask=s_ok, other=0)
-    if SCALE_E4M3:
-        s = e4m3_decode(s, tl.float32, NATIVE_FP8)
-    else:
-        s = s.to(tl.float32)
+    s = load_scales(s_ptrs, s_ok, SCALE_E4M3, NATIVE_FP8)
     z = tl.load(z_ptrs, mask=s_ok, other=0).to(tl.float32) if HAS_ZERO else s
     if GROUP % BLOCK_K == 0:  # (an else, not an early return: Triton compiles what follows a return)
         return (values - z) * s if HAS_ZERO else values * s

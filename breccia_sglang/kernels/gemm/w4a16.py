@@ -28,10 +28,9 @@ import triton
 import triton.language as tl
 
 from ... import names
-from ..attention.fp8_codec import e4m3_decode
 from ..launch import check_tensor, native_fp8_decode, nvidia_ptx
-from .four_bit import (CODES, check_four_bit_weight, integer_nibbles, launch_operands, scaled_e2m1, scaled_values,
-                       unpacked_values)
+from .four_bit import (CODES, check_four_bit_weight, integer_nibbles, launch_operands, load_scales, scaled_e2m1,
+                       scaled_values, unpacked_values)
 from .tiling import TileConfig, output_tile, pick_config, split_k_for, split_k_range, split_output, sum_splits
 from .tuned_configs import tuned_rows
 
@@ -63,9 +62,8 @@ def _scaled_fp4_tile_dot(acc, x, byte_rows, j, j_ok, scale_rows, k0, k_end, n_ok
     ``_even_then_odd`` order."""
     c = tl.load(byte_rows[:, None] + j[None, :], mask=j_ok, other=0)
     g = k0 // 16 + tl.arange(0, BLOCK_K // 16)
-    s = tl.load(scale_rows[:, None] + g[None, :] * stride_sk, mask=n_ok[:, None] & (g * 16 < k_end)[None, :],
-                other=0)
-    s = e4m3_decode(s, tl.float32, NATIVE_FP8).to(x.dtype)
+    s = load_scales(scale_rows[:, None] + g[None, :] * stride_sk, n_ok[:, None] & (g * 16 < k_end)[None, :], True,
+                    NATIVE_FP8).to(x.dtype)
     byte_scales = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, BLOCK_K // 16, 8)), (BLOCK_N, BLOCK_K // 2))
     low, high = scaled_e2m1(c, byte_scales, x.dtype, PTX)
     return tl.dot(_even_then_odd(x, BLOCK_M, BLOCK_K), tl.trans(_low_then_high(low, high, BLOCK_N, BLOCK_K)), acc)
@@ -83,8 +81,7 @@ def _integer_tile_dot(acc, x, byte_rows, j, j_ok, scale_rows, zero_rows, g, n_ok
     Both operands hold K in ``_even_then_odd`` order."""
     low, high = integer_nibbles(tl.load(byte_rows[:, None] + j[None, :], mask=j_ok, other=0), CODE, x.dtype, PTX)
     part = tl.dot(_even_then_odd(x, BLOCK_M, BLOCK_K), tl.trans(_low_then_high(low, high, BLOCK_N, BLOCK_K)))
-    s = tl.load(scale_rows + g * stride_sk, mask=n_ok, other=0)
-    s = e4m3_decode(s, tl.float32, NATIVE_FP8) if SCALE_E4M3 else s.to(tl.float32)
+    s = load_scales(scale_rows + g * stride_sk, n_ok, SCALE_E4M3, NATIVE_FP8)
     if HAS_ZERO:
         z = tl.load(zero_rows + g * stride_zk, mask=n_ok, other=0).to(tl.float32)
         part -= tl.sum(x.to(tl.float32), axis=1)[:, None] * z[None, :]
