@@ -15,7 +15,7 @@ import re
 import pytest
 import torch
 
-from breccia_sglang.kernels.gemm.four_bit import e2m1_ptx, nibbles_ptx
+from breccia_sglang.kernels.gemm.four_bit import E2M1_PRODUCT_SHIFT, e2m1_operand_factor, e2m1_ptx, nibbles_ptx
 from breccia_sglang.weights.codes import decode_e2m1
 
 MASK = 0xFFFFFFFF
@@ -59,8 +59,10 @@ def fma_x2(a: int, b: int, c: int, bf16: bool) -> int:
     out = 0
     for shift in (0, 16):
         x, y, z = (half_to_float((v >> shift) & 0xFFFF, bf16) for v in (a, b, c))
-        # The inputs have 8 / 11 significant bits: their product is exact in float64, and so
-        # is the sum here (|values| < 2^12), leaving the one rounding fma.rn makes.
+        # The inputs have 8 / 11 significant bits (subnormals fewer): their product is exact in
+        # float64, and so is the sum with the addends the decode uses (-0, or -M within 2^12
+        # of the product), leaving the one rounding fma.rn makes. Subnormal inputs and results
+        # are kept, as PTX's bf16x2 / f16x2 fma (without .ftz) keeps them.
         out |= float_to_half(x * y + z, bf16) << shift
     return out
 
@@ -95,6 +97,8 @@ def run_ptx(text: str, inputs: dict[str, int]) -> dict[str, int]:
             regs[dst] = value(args[1]) | value(args[2])
         elif op in ("shr.u32", "shr.b32"):  # logical: zeros come in
             regs[dst] = value(args[1]) >> value(args[2])
+        elif op == "mul.lo.u32":  # the low 32 bits of the product
+            regs[dst] = (value(args[1]) * value(args[2])) & MASK
         elif op == "shl.b32":
             regs[dst] = (value(args[1]) << value(args[2])) & MASK
         elif op == "prmt.b32":
@@ -139,22 +143,26 @@ E4M3_SCALE_CODES = [0x01, 0x07, 0x08, 0x38, 0x3B, 0x55, 0x6F, 0x7E]
 def test_e2m1_ptx_decodes_and_scales_every_byte_in_every_position(bf16):
     text = e2m1_ptx(bf16=bf16)
     dtype = torch.bfloat16 if bf16 else torch.float16
-    scales = torch.tensor(E4M3_SCALE_CODES, dtype=torch.uint8).view(torch.float8_e4m3fn).to(dtype)
-    scale_bits = [b & 0xFFFF for b in scales.view(torch.int16).tolist()]
+    scales = torch.tensor(E4M3_SCALE_CODES, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    # the operands e2m1_scale_operand makes: the scale times 2^(126 - 8) or 2^(14 - 8), exact
+    operands = (scales * e2m1_operand_factor(bf16=bf16)).to(dtype)
+    assert torch.equal(operands.float(), scales * e2m1_operand_factor(bf16=bf16))
+    operand_bits = [b & 0xFFFF for b in operands.view(torch.int16).tolist()]
     values = decode_e2m1(torch.arange(16, dtype=torch.uint8)).tolist()
     for first in range(256):
         codes = [(first + i) % 256 for i in range(4)]
         # a different scale for each element, so one read from the wrong element shows
-        s = [scale_bits[(first + 3 * i) % len(scale_bits)] for i in range(4)]
+        which = [(first + 3 * i) % len(operand_bits) for i in range(4)]
+        s = [operand_bits[w] for w in which]
         regs = run_ptx(text, {"$4": int.from_bytes(bytes(codes), "little"),
                               "$5": s[0] | s[1] << 16, "$6": s[2] | s[3] << 16})
         for element, code in enumerate(codes):
             reg_low, reg_high = ("$0", "$2") if element < 2 else ("$1", "$3")
             shift = 16 * (element % 2)
-            scale = half_to_float(s[element], bf16)
+            scale = scales[which[element]].item()
             got = [half_to_float((regs[reg] >> shift) & 0xFFFF, bf16) for reg in (reg_low, reg_high)]
-            # exact: 6 significant bits at most, within both formats' normal range
-            want = [values[code & 15] * scale, values[code >> 4] * scale]
+            # exact: 6 significant bits at most, 2^-18 .. 10.5 after the 2^-8, in both formats
+            want = [values[code & 15] * scale / 2**E2M1_PRODUCT_SHIFT, values[code >> 4] * scale / 2**E2M1_PRODUCT_SHIFT]
             assert got == want, (codes, element, got, want)
 
 
@@ -164,6 +172,10 @@ def test_emulator_refuses_what_it_does_not_know():
 
 
 def test_emulator_primitives_follow_the_ptx_manual():
+    # mul.lo keeps the low 32 bits; (a | b) & c is LUT 0xa8
+    assert run_ptx("{ mul.lo.u32 $0, $1, 0x1040; }", {"$1": 0x000F000F})["$0"] == 0x03C003C0 | 0xF000F000
+    assert run_ptx("{ mul.lo.u32 $0, $1, 0x10; }", {"$1": 0xF0000001})["$0"] == 0x10
+    assert lop3(0x0F0, 0xF00, 0x1F8, 0xA8) == 0x1F0
     # Marlin's LUT 0xea is (a & b) | c
     assert lop3(0x12345678, 0x000F000F, 0x64006400, 0xEA) == (0x12345678 & 0x000F000F) | 0x64006400
     # prmt 0x4140 spreads bytes 0 and 1 of a into the low bytes of the halves; b's bytes are 4-7

@@ -67,46 +67,74 @@ def nibbles_ptx(*, signed: bool, bf16: bool) -> str:
     ])
 
 
+# scaled_e2m1 gives each product over 2^E2M1_PRODUCT_SHIFT: E2M1's bits placed in a bf16 / fp16
+# read as the value times 2^-126 / 2^-14, so the scale operand must carry 2^126 / 2^14, and
+# 448 (E4M3's largest) times that overflows both formats; 2^-8 of it fits both (448 * 2^118 <
+# 2^128, 448 * 2^6 < 65504), and every product, 2^-18 .. 10.5, stays exact there.
+E2M1_PRODUCT_SHIFT = 8
+E2M1_PRODUCT_SCALE = tl.constexpr(2.0**E2M1_PRODUCT_SHIFT)  # what a dot over those products is multiplied by
+
+
+def e2m1_operand_factor(*, bf16: bool) -> float:
+    """What ``e2m1_scale_operand`` multiplies a scale by for ``e2m1_ptx``: 2^(126 - 8) in bf16,
+    2^(14 - 8) in fp16."""
+    return 2.0 ** ((126 if bf16 else 14) - E2M1_PRODUCT_SHIFT)
+
+
+_BF16_OPERAND = tl.constexpr(e2m1_operand_factor(bf16=True))
+_FP16_OPERAND = tl.constexpr(e2m1_operand_factor(bf16=False))
+# and what takes an operand back to the scale over 2^8 (elementwise, off the GPU)
+_BF16_UNDO = tl.constexpr(2.0**-E2M1_PRODUCT_SHIFT / e2m1_operand_factor(bf16=True))
+_FP16_UNDO = tl.constexpr(2.0**-E2M1_PRODUCT_SHIFT / e2m1_operand_factor(bf16=False))
+
+
 def e2m1_ptx(*, bf16: bool) -> str:
     """Inline PTX (sm_80+) that turns 4 bytes of FP4 E2M1 codes into their 8 values times a scale
-    per byte, in bf16 or fp16. The magnitude's 3 bits index a byte table of twice the values
-    (0, 1, 2, 3, 4, 6, 8, 12) with ``prmt``; OR-ed into the mantissa of M (64 in bf16, 512 in
-    fp16, whose unit in the last place is 0.5), the pair reads M + v, and M comes off in a fused
-    multiply-add. The sign bit is copied in, and one more multiply-add (plus -0) applies the
-    scale: exact, as E2M1 times E4M3 needs 6 significant bits, and 2^-10 .. 2688 lies in both
-    formats' normal range.
+    per byte, over 2^E2M1_PRODUCT_SHIFT, in bf16 or fp16: 4 instructions per two values in bf16, 5
+    in fp16, and two masks per four bytes (33 per four bytes before, with a byte table).
+
+    A code's sign goes to the 16-bit float's sign bit, and its 2 exponent and 1 mantissa bits to
+    the float's 2 lowest exponent bits and top mantissa bit. The float then reads as the code's
+    value times 2^-126 (bf16) or 2^-14 (fp16), E2M1's subnormal 0.5 included (on a bf16 / fp16
+    subnormal, which fma keeps: PTX gives bf16 no flush to zero, and f16 flushes only with
+    .ftz). One multiply-add by the scale operand (``e2m1_scale_operand``: the scale times
+    2^(126 - 8) or 2^(14 - 8)), plus -0, gives the product over 2^8, exact, as E2M1 times E4M3
+    needs 6 significant bits.
+
+    Each pair comes from a word holding just its two nibbles, one in each half at the same place
+    (a mask, then ``prmt``), so one shift moves both halves. Where the sign's and the magnitude's
+    shifted copies do not overlap (bf16), one multiply by the sum of the two powers of two makes
+    both copies; fp16's overlap, and take two shifts and a ``lop3``.
 
     For ``tl.inline_asm_elementwise(..., pack=4)``: $4 holds four code bytes (element i in byte
-    i), $5 / $6 the scales of elements 0, 1 / 2, 3 (16-bit, element 0 in the low half); $0 / $1
-    get the low nibbles' scaled values of elements 0, 1 / 2, 3, $2 / $3 the high nibbles'."""
-    magic, one = (0x4280, 0x3F80) if bf16 else (0x6000, 0x3C00)
+    i), $5 / $6 the scale operands of elements 0, 1 / 2, 3 (16-bit, element 0 in the low half);
+    $0 / $1 get the low nibbles' products of elements 0, 1 / 2, 3, $2 / $3 the high nibbles'."""
+    magnitude_at = 6 if bf16 else 9  # the bit the magnitude's 3 bits start at: the float's top mantissa bit
+    keep = _both_halves(0x8000 | 7 << magnitude_at)  # sign and magnitude, in both halves
     kind = "bf16x2" if bf16 else "f16x2"
     lines = [
         "{",
-        ".reg .b32 table_lo, table_hi, one, unbias, minus_zero, low_signs, index, value, signs;",
-        "mov.b32 table_lo, 0x03020100;",  # twice the magnitudes of codes 0 .. 3
-        "mov.b32 table_hi, 0x0c080604;",  # and of codes 4 .. 7
-        f"mov.b32 one, {_both_halves(one)};",
-        f"mov.b32 unbias, {_both_halves(0x8000 | magic)};",
-        "mov.b32 minus_zero, 0x80008000;",
-        "shl.b32 low_signs, $4, 4;",  # each low nibble's sign bit to the top of its byte
+        ".reg .b32 low_nibbles, high_nibbles, pair, shifted, minus_zero;",
+        "and.b32 low_nibbles, $4, 0x0f0f0f0f;",
+        "and.b32 high_nibbles, $4, 0xf0f0f0f0;",
+        "mov.b32 minus_zero, 0x80008000;",  # (+0 would turn a -0 product into +0)
     ]
-    # (output, the shift that brings its two nibbles to bits 0-3 and 8-11, where their sign bits
-    # are the tops of bytes, the prmt selector that replicates those (bytes 0, 1 or 2, 3), scales)
-    for out, shift, sign_source, sign_selector, scale in (
-            ("$0", 0, "low_signs", "0x9484", "$5"), ("$1", 16, "low_signs", "0xb4a4", "$6"),
-            ("$2", 4, "$4", "0x9484", "$5"), ("$3", 20, "$4", "0xb4a4", "$6")):
-        lines += [
-            f"shr.b32 index, $4, {shift};" if shift else "mov.b32 index, $4;",
-            "and.b32 index, index, 0x0707;",  # magnitudes to the low selector nibble of bytes 0, 2
-            "prmt.b32 value, table_lo, table_hi, index;",  # bytes: 2v, 0, 2v', 0
-            f"or.b32 value, value, {_both_halves(magic)};",  # M + v
-            f"fma.rn.{kind} value, value, one, unbias;",  # v
-            # bytes 1 and 3 all ones where that element is negative (prmt's sign replication)
-            f"prmt.b32 signs, {sign_source}, 0, {sign_selector};",
-            "lop3.b32 value, value, signs, 0x80008000, 0xf8;",  # a | (b & c): the sign bits in
-            f"fma.rn.{kind} {out}, value, {scale}, minus_zero;",  # times the scale
-        ]
+    # (output, its nibbles, the prmt selector that takes bytes 0, 1 or 2, 3 to the low bytes of
+    # the two halves, the nibble's first bit in its byte, the scale operands)
+    for out, nibbles, selector, nibble_at, scale in (
+            ("$0", "low_nibbles", "0x4140", 0, "$5"), ("$1", "low_nibbles", "0x4342", 0, "$6"),
+            ("$2", "high_nibbles", "0x4140", 4, "$5"), ("$3", "high_nibbles", "0x4342", 4, "$6")):
+        magnitude_shift, sign_shift = magnitude_at - nibble_at, 15 - (nibble_at + 3)
+        lines.append(f"prmt.b32 pair, {nibbles}, 0, {selector};")
+        if magnitude_at + 4 <= 12:  # the copies, at magnitude_at .. +3 and 12 .. 15, are disjoint: a sum is an OR
+            lines += [f"mul.lo.u32 pair, pair, {(1 << magnitude_shift) + (1 << sign_shift)};",
+                      f"and.b32 pair, pair, {keep};"]
+        else:
+            lines += [f"shl.b32 shifted, pair, {magnitude_shift};",
+                      f"shl.b32 pair, pair, {sign_shift};",
+                      # (a | b) & c: where c keeps a bit, the other copy holds a zero there
+                      f"lop3.b32 pair, shifted, pair, {keep}, 0xa8;"]
+        lines.append(f"fma.rn.{kind} {out}, pair, {scale}, minus_zero;")
     return "\n".join(lines + ["}"])
 
 
@@ -161,17 +189,27 @@ def integer_nibbles(c, CODE: tl.constexpr, DTYPE: tl.constexpr, PTX: tl.constexp
 
 
 @triton.jit
+def e2m1_scale_operand(s, DTYPE: tl.constexpr):
+    """fp32 E4M3 scale values -> the scale operands ``scaled_e2m1`` takes in DTYPE (fp16 or
+    bf16): s * 2^(126 - 8) or s * 2^(14 - 8), exact (see ``E2M1_PRODUCT_SHIFT``)."""
+    return (s * (_BF16_OPERAND if DTYPE == tl.bfloat16 else _FP16_OPERAND)).to(DTYPE)
+
+
+@triton.jit
 def scaled_e2m1(c, s, DTYPE: tl.constexpr, PTX: tl.constexpr):
-    """(low nibbles, high nibbles) of uint8 E2M1 codes ``c`` times ``s``, their bytes' scales in
-    DTYPE (fp16 or bf16; E4M3 values, so that every product is exact there): by inline PTX where
-    the kernel is compiled for an NVIDIA GPU (``PTX``), else elementwise in fp32."""
+    """(low nibbles, high nibbles) of uint8 E2M1 codes ``c`` times their bytes' scales, over
+    2^E2M1_PRODUCT_SHIFT, in DTYPE (fp16 or bf16, where every such product of an E4M3 scale is
+    exact). ``s``: the bytes' scale operands (``e2m1_scale_operand``). By inline PTX where the
+    kernel is compiled for an NVIDIA GPU (``PTX``), else elementwise in fp32."""
     if PTX:
         if DTYPE == tl.bfloat16:
             return _run_ptx([c, s], E2M1_BF16_PTX, "=r,=r,=r,=r,r,r,r", True)
         else:
             return _run_ptx([c, s], E2M1_FP16_PTX, "=r,=r,=r,=r,r,r,r", False)
     else:
-        wide, scale = c.to(tl.int32), s.to(tl.float32)
+        # the operand back to the scale over 2^8: exact, and a normal fp32 number (2^-17 .. 1.75)
+        scale = s.to(tl.float32) * (_BF16_UNDO if DTYPE == tl.bfloat16 else _FP16_UNDO)
+        wide = c.to(tl.int32)
         return (nibble_values(wide & 15, 2) * scale).to(DTYPE), (nibble_values(wide >> 4, 2) * scale).to(DTYPE)
 
 

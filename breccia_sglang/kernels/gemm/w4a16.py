@@ -7,12 +7,12 @@ one of three ways (``TILE_DOTS``):
 - INT4 / UINT4 with one scale per row over the K tile (groups of 128 with K tiles of 64 or 128,
   up to 64 rows a tile): the codes' integer values go into the dot as they are, exact in fp16 /
   bf16, and the scale (and zero point) meets the dot's fp32 result;
-- NVFP4 (E2M1 codes, E4M3 scales): each value times its scale in the activation dtype, where the
-  product is exact;
+- NVFP4 (E2M1 codes, E4M3 scales): each value times its scale (over 2^8, made up after the K loop)
+  in the activation dtype, where the product is exact;
 - otherwise each value is scaled in fp32 as breccia's dequantize does (``(value - z) * s``) and
   rounded to the activation dtype.
-Compiled for an NVIDIA GPU, the first two decode two values an instruction in inline PTX
-(``four_bit.py``, tested by an emulator of its instructions), and take K in an order of their
+Compiled for an NVIDIA GPU, the first two decode their codes in inline PTX, a few instructions
+per two values (``four_bit.py``, tested by an emulator of its instructions), and take K in an order of their
 own (``_low_then_high``): neither rounds a weight.
 
 K is split across programs when there are too few output tiles (``tiling.py``). No host
@@ -29,8 +29,8 @@ import triton.language as tl
 
 from ... import names
 from ..launch import check_tensor, native_fp8_decode, nvidia_ptx
-from .four_bit import (CODES, check_four_bit_weight, integer_nibbles, launch_operands, load_scales, scaled_e2m1,
-                       scaled_values, unpacked_values)
+from .four_bit import (CODES, E2M1_PRODUCT_SCALE, check_four_bit_weight, e2m1_scale_operand, integer_nibbles,
+                       launch_operands, load_scales, scaled_e2m1, scaled_values, unpacked_values)
 from .tiling import TileConfig, output_tile, pick_config, split_k_for, split_k_range, split_output, sum_splits
 from .tuned_configs import tuned_rows
 
@@ -56,14 +56,16 @@ def _even_then_odd(x, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
 @triton.jit
 def _scaled_fp4_tile_dot(acc, x, byte_rows, j, j_ok, scale_rows, k0, k_end, n_ok, stride_sk, NATIVE_FP8: tl.constexpr,
                          PTX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc + x @ W^T over a K tile of NVFP4: E2M1 codes times their E4M3 scales (one per 16),
-    computed in x's dtype (fp16 / bf16), where each product is exact, as fp32 gives it and as
-    breccia rounds it; two values an instruction by inline PTX on a GPU. Both operands hold K in
-    ``_even_then_odd`` order."""
+    """acc + x @ W^T / 2^E2M1_PRODUCT_SHIFT over a K tile of NVFP4: E2M1 codes times their E4M3
+    scales (one per 16) over 2^8, computed in x's dtype (fp16 / bf16), where each product is
+    exact, as fp32 gives it and as breccia rounds it; two values in 4-5 instructions by inline PTX
+    on a GPU. The kernel multiplies the sum by 2^8 once, after its K loop. Both operands
+    hold K in ``_even_then_odd`` order."""
     c = tl.load(byte_rows[:, None] + j[None, :], mask=j_ok, other=0)
     g = k0 // 16 + tl.arange(0, BLOCK_K // 16)
     s = load_scales(scale_rows[:, None] + g[None, :] * stride_sk, n_ok[:, None] & (g * 16 < k_end)[None, :], True,
-                    NATIVE_FP8).to(x.dtype)
+                    NATIVE_FP8)
+    s = e2m1_scale_operand(s, x.dtype)
     byte_scales = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, BLOCK_K // 16, 8)), (BLOCK_N, BLOCK_K // 2))
     low, high = scaled_e2m1(c, byte_scales, x.dtype, PTX)
     return tl.dot(_even_then_odd(x, BLOCK_M, BLOCK_K), tl.trans(_low_then_high(low, high, BLOCK_N, BLOCK_K)), acc)
@@ -127,6 +129,8 @@ def _w4a16_kernel(
                               SCALE_E4M3, NATIVE_FP8, BLOCK_N, BLOCK_K).to(x.dtype)
             acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
 
+    if TILE_DOT == 2:  # the fp4 tile dot sums products over 2^E2M1_PRODUCT_SHIFT (four_bit.py)
+        acc *= E2M1_PRODUCT_SCALE
     out_ptrs = out_ptr + split * stride_os + m.to(tl.int64)[:, None] * stride_om + n[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
