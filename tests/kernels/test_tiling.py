@@ -48,3 +48,42 @@ def test_sum_splits_adds_in_split_order_and_rounds_once():
     for s in range(1, 5):
         expected += partials[s]
     assert torch.equal(tiling.sum_splits(partials, out), expected.to(torch.float16))
+
+
+class _LaunchSpy:
+    """Stands in for a Triton kernel object and notes the EVEN_K each launch passes."""
+
+    def __init__(self, kernel, seen: list):
+        self.kernel, self.seen = kernel, seen
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            self.seen.append(kwargs["EVEN_K"])
+            return launch(*args, **kwargs)
+        return run
+
+
+@pytest.mark.parametrize("kernel", ["w4a16", "w8a16", "dequantize_4bit"])
+def test_launches_leave_k_out_of_the_masks_only_when_k_is_whole_tiles(monkeypatch, kernel):
+    # EVEN_K drops K from every load mask: a K that ends inside a tile must never take it (its
+    # last loads would read past the row), and K = 256, whole tiles for every K step here and on
+    # GPUs (64 - 256), takes it. The results match the references in each kernel's own tests.
+    from breccia_sglang.kernels.gemm import dequantize_packed, w4a16, w8a16
+    module, name = {"w4a16": (w4a16, "_w4a16_kernel"), "w8a16": (w8a16, "_w8a16_kernel"),
+                    "dequantize_4bit": (dequantize_packed, "_dequantize_4bit_kernel")}[kernel]
+    seen: list = []
+    monkeypatch.setattr(module, name, _LaunchSpy(getattr(module, name), seen))
+    for k in (256, 160):
+        x = on_device(torch.randn(1, k, dtype=torch.float16))
+        packed = on_device(torch.randint(0, 256, (40, k // 2), dtype=torch.uint8))
+        scales = on_device(torch.full((40, k // 32), 0.01))
+        if kernel == "w4a16":
+            w4a16.w4a16_matmul(x, packed, scales, group=32, codes="int4")
+        elif kernel == "w8a16":
+            codes = on_device(torch.randint(0, 0x70, (40, k), dtype=torch.uint8))
+            w8a16.w8a16_matmul(x, codes, scales, group=32)
+        else:
+            dequantize_packed.dequantize_4bit(packed, scales, group=32, codes="int4", dtype=torch.float16)
+    assert seen == [True, False]

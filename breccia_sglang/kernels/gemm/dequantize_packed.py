@@ -25,6 +25,7 @@ import triton.language as tl
 from ..launch import check_tensor, gpu_tiles, native_fp8_decode
 from .dequantize import INTERPRETED, output_of_pass, rounded
 from .four_bit import CODES, check_four_bit_weight, launch_operands, scaled_values, unpacked_values
+from .tiling import even_k, k_tile_mask
 
 # (rows, K) per program: 4 KiB of packed codes over 4 warps (32 bytes a thread), 16 KiB written
 # in 16-bit; every group (16-128) sits whole inside a tile.
@@ -37,20 +38,21 @@ def _dequantize_4bit_kernel(
     packed_ptr, scale_ptr, zero_ptr, out_ptr, N, K, stride_pn, stride_on,
     stride_sn, stride_sk, stride_zn, stride_zk,
     GROUP: tl.constexpr, CODE: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_E4M3: tl.constexpr,
-    NATIVE_FP8: tl.constexpr, BF16_BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    NATIVE_FP8: tl.constexpr, BF16_BITS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k0 = tl.program_id(1) * BLOCK_K
     n_ok = n < N
     rows = n.to(tl.int64)
     j = k0 // 2 + tl.arange(0, BLOCK_K // 2)  # byte index in the row; element 2j and 2j + 1
-    values = unpacked_values(packed_ptr + rows * stride_pn, j, n_ok[:, None] & (j < K // 2)[None, :], CODE,
+    values = unpacked_values(packed_ptr + rows * stride_pn, j, k_tile_mask(n_ok, j, K // 2, EVEN_K), CODE,
                              BLOCK_N, BLOCK_K)
     values = scaled_values(values, scale_ptr + rows * stride_sn, zero_ptr + rows * stride_zn, k0, K, n_ok,
-                           stride_sk, stride_zk, GROUP, HAS_ZERO, SCALE_E4M3, NATIVE_FP8, BLOCK_N, BLOCK_K)
+                           stride_sk, stride_zk, GROUP, HAS_ZERO, SCALE_E4M3, NATIVE_FP8, EVEN_K, BLOCK_N, BLOCK_K)
     k = k0 + tl.arange(0, BLOCK_K)
     tl.store(out_ptr + rows[:, None] * stride_on + k[None, :], rounded(values, out_ptr.dtype.element_ty, BF16_BITS),
-             mask=n_ok[:, None] & (k < K)[None, :])
+             mask=k_tile_mask(n_ok, k, K, EVEN_K))
 
 
 def dequantize_4bit(packed: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None = None, *,
@@ -74,7 +76,7 @@ def dequantize_4bit(packed: torch.Tensor, scales: torch.Tensor, zero_points: tor
     _dequantize_4bit_kernel[(triton.cdiv(n, block_n), triton.cdiv(k, block_k))](
         packed, scales, zero_points if zero_points is not None else scales, out, n, k, packed.stride(0), out.stride(0),
         GROUP=group, CODE=CODES.index(codes), NATIVE_FP8=native_fp8_decode(packed), BF16_BITS=INTERPRETED,
-        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, **launch_operands(scales, zero_points),
+        EVEN_K=even_k(k, block_k), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, **launch_operands(scales, zero_points),
     )
     return out
 

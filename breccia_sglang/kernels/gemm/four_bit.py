@@ -19,7 +19,7 @@ import triton.language as tl
 
 from ..attention.fp8_codec import e4m3_decode
 from ..launch import check_tensor
-from .tiling import scaled_groups
+from .tiling import k_tile_mask, scaled_groups
 
 CODES = ("int4", "uint4", "e2m1")  # two's complement, unsigned 0..15 (zero points allowed), FP4 E2M1
 GROUPS = (16, 32, 64, 128)  # K elements per scale: 16 for NVFP4 (e2m1), 32 / 64 / 128 for INT4
@@ -232,7 +232,7 @@ def unpacked_values(byte_rows, j, j_ok, CODE: tl.constexpr, BLOCK_N: tl.constexp
 @triton.jit
 def scaled_values(values, scale_rows, zero_rows, k0, k_end, n_ok, stride_sk, stride_zk,
                   GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_E4M3: tl.constexpr, NATIVE_FP8: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                  EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """The K tile from ``k0`` of ``values`` (BLOCK_N rows, their scales and zero points at
     ``scale_rows`` / ``zero_rows``), (value - z) * s in fp32. Groups and tiles are powers of two:
     a tile holds whole groups, or one group covers it."""
@@ -244,7 +244,7 @@ def scaled_values(values, scale_rows, zero_rows, k0, k_end, n_ok, stride_sk, str
         g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
         s_ptrs = scale_rows[:, None] + g[None, :] * stride_sk
         z_ptrs = zero_rows[:, None] + g[None, :] * stride_zk
-        s_ok = n_ok[:, None] & (g * GROUP < k_end)[None, :]
+        s_ok = k_tile_mask(n_ok, g * GROUP, k_end, EVEN_K)
     s = load_scales(s_ptrs, s_ok, SCALE_E4M3, NATIVE_FP8)
     z = tl.load(z_ptrs, mask=s_ok, other=0).to(tl.float32) if HAS_ZERO else s
     if GROUP % BLOCK_K == 0:  # (an else, not an early return: Triton compiles what follows a return)

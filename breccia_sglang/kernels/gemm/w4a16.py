@@ -31,7 +31,8 @@ from ... import names
 from ..launch import check_tensor, native_fp8_decode, nvidia_ptx
 from .four_bit import (CODES, E2M1_PRODUCT_SCALE, check_four_bit_weight, e2m1_scale_operand, integer_nibbles,
                        launch_operands, load_scales, scaled_e2m1, scaled_values, unpacked_values)
-from .tiling import TileConfig, output_tile, pick_config, split_k_for, split_k_range, split_output, sum_splits
+from .tiling import (TileConfig, even_k, k_tile_mask, output_tile, pick_config, split_k_for, split_k_range,
+                     split_output, sum_splits)
 from .tuned_configs import tuned_rows
 
 X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -55,7 +56,8 @@ def _even_then_odd(x, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def _scaled_fp4_tile_dot(acc, x, byte_rows, j, j_ok, scale_rows, k0, k_end, n_ok, stride_sk, NATIVE_FP8: tl.constexpr,
-                         PTX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                         PTX: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr):
     """acc + x @ W^T / 2^E2M1_PRODUCT_SHIFT over a K tile of NVFP4: E2M1 codes times their E4M3
     scales (one per 16) over 2^8, computed in x's dtype (fp16 / bf16), where each product is
     exact, as fp32 gives it and as breccia rounds it; two values in 4-5 instructions by inline PTX
@@ -63,7 +65,7 @@ def _scaled_fp4_tile_dot(acc, x, byte_rows, j, j_ok, scale_rows, k0, k_end, n_ok
     hold K in ``_even_then_odd`` order."""
     c = tl.load(byte_rows[:, None] + j[None, :], mask=j_ok, other=0)
     g = k0 // 16 + tl.arange(0, BLOCK_K // 16)
-    s = load_scales(scale_rows[:, None] + g[None, :] * stride_sk, n_ok[:, None] & (g * 16 < k_end)[None, :], True,
+    s = load_scales(scale_rows[:, None] + g[None, :] * stride_sk, k_tile_mask(n_ok, g * 16, k_end, EVEN_K), True,
                     NATIVE_FP8)
     s = e2m1_scale_operand(s, x.dtype)
     byte_scales = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, BLOCK_K // 16, 8)), (BLOCK_N, BLOCK_K // 2))
@@ -96,7 +98,7 @@ def _w4a16_kernel(
     M, N, K, steps_per_split, stride_xm, stride_pn, stride_os, stride_om,
     stride_sn, stride_sk, stride_zn, stride_zk,
     GROUP: tl.constexpr, CODE: tl.constexpr, NATIVE_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    HAS_ZERO: tl.constexpr, SCALE_E4M3: tl.constexpr, TILE_DOT: tl.constexpr, PTX: tl.constexpr,
+    HAS_ZERO: tl.constexpr, SCALE_E4M3: tl.constexpr, TILE_DOT: tl.constexpr, PTX: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = output_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -114,19 +116,19 @@ def _w4a16_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(k_first, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & (k < k_end)[None, :], other=0.0)
+        x = tl.load(x_rows + k[None, :], mask=k_tile_mask(m_ok, k, k_end, EVEN_K), other=0.0)
         j = k0 // 2 + tl.arange(0, HALF_K)  # byte index in the row; element 2j and 2j + 1
-        j_ok = n_ok[:, None] & (j < k_end // 2)[None, :]
+        j_ok = k_tile_mask(n_ok, j, k_end // 2, EVEN_K)
         if TILE_DOT == 1:
             acc = _integer_tile_dot(acc, x, byte_rows, j, j_ok, scale_rows, zero_rows, k0 // GROUP, n_ok, stride_sk,
                                     stride_zk, CODE, HAS_ZERO, SCALE_E4M3, NATIVE_FP8, PTX, BLOCK_M, BLOCK_N, BLOCK_K)
         elif TILE_DOT == 2:
             acc = _scaled_fp4_tile_dot(acc, x, byte_rows, j, j_ok, scale_rows, k0, k_end, n_ok, stride_sk, NATIVE_FP8,
-                                       PTX, BLOCK_M, BLOCK_N, BLOCK_K)
+                                       PTX, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K)
         else:
             values = unpacked_values(byte_rows, j, j_ok, CODE, BLOCK_N, BLOCK_K)
             w = scaled_values(values, scale_rows, zero_rows, k0, k_end, n_ok, stride_sk, stride_zk, GROUP, HAS_ZERO,
-                              SCALE_E4M3, NATIVE_FP8, BLOCK_N, BLOCK_K).to(x.dtype)
+                              SCALE_E4M3, NATIVE_FP8, EVEN_K, BLOCK_N, BLOCK_K).to(x.dtype)
             acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
 
     if TILE_DOT == 2:  # the fp4 tile dot sums products over 2^E2M1_PRODUCT_SHIFT (four_bit.py)
@@ -226,6 +228,7 @@ def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
         GROUP=group, CODE=CODES.index(codes), NATIVE_FP8=native_fp8_decode(x),
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
         TILE_DOT=TILE_DOTS.index(tile_dot(codes, group, scales, config, x)), PTX=ptx_decode(x),
+        EVEN_K=even_k(k, config.block_k),
         **launch_operands(scales, zero_points), **config.launch_args(),
     )
     return sum_splits(partials, out)

@@ -31,8 +31,8 @@ import triton.language as tl
 from ..attention.fp8_codec import e4m3_as_fp16, e4m3_decode, e4m3_fp16_undo
 from ..fp16_operands import fp16_operand
 from ..launch import check_tensor, native_fp8_decode
-from .tiling import (TileConfig, output_tile, pick_config, scaled_groups, split_k_for, split_k_range, split_output,
-                     sum_splits)
+from .tiling import (TileConfig, even_k, k_tile_mask, output_tile, pick_config, scaled_groups, split_k_for,
+                     split_k_range, split_output, sum_splits)
 from .tuned_configs import tuned_rows
 
 X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -44,7 +44,7 @@ def _w8a16_kernel(
     x_ptr, weight_ptr, scale_ptr, out_ptr,
     M, N, K, steps_per_split,
     stride_xm, stride_wn, stride_sn, stride_sk, stride_os, stride_om,
-    GROUP: tl.constexpr, NATIVE_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    GROUP: tl.constexpr, NATIVE_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = output_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -60,9 +60,8 @@ def _w8a16_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(k_first, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = k < k_end
-        x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        w_ok = n_ok[:, None] & k_ok[None, :]
+        x = tl.load(x_rows + k[None, :], mask=k_tile_mask(m_ok, k, k_end, EVEN_K), other=0.0)
+        w_ok = k_tile_mask(n_ok, k, k_end, EVEN_K)
         codes = tl.load(weight_rows + k[None, :], mask=w_ok, other=0)
         if GROUP % BLOCK_K == 0 and x.dtype != tl.float32 and BLOCK_M == 16:
             # Decode-sized tiles where one scale per row covers the tile (one per row overall, or
@@ -87,7 +86,7 @@ def _w8a16_kernel(
                 # Whole groups per tile (MXFP8's 32, 1x32 / 1x64 blocks): one scale per group.
                 g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
                 s = tl.load(scale_rows[:, None] + g[None, :] * stride_sk,
-                            mask=n_ok[:, None] & (g * GROUP < k_end)[None, :], other=0.0)
+                            mask=k_tile_mask(n_ok, g * GROUP, k_end, EVEN_K), other=0.0)
                 w = scaled_groups(w, s, s, BLOCK_N, BLOCK_K, GROUP, False)
             else:  # any other width: a scale per element (repeated addresses, served from L1)
                 w = w * tl.load(scale_rows[:, None] + (k // GROUP)[None, :] * stride_sk, mask=w_ok, other=0.0)
@@ -164,7 +163,7 @@ def w8a16_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, *,
         m, n, k, split.steps,
         x.stride(0), weight.stride(0), scales.stride(0), scale_k_stride, m * n, n,
         GROUP=group_size, NATIVE_FP8=native_fp8_decode(x),
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else None, EVEN_K=even_k(k, config.block_k),
         **config.launch_args(),
     )
     return sum_splits(partials, out)
