@@ -140,8 +140,8 @@ def _w4a16_kernel(
 # (largest M, config), smallest M first; a launch takes the first whose M bound it fits. Decode
 # (M <= 16) streams the weight once, and the K split (tiling.py) makes enough programs. Each warp
 # of a program reads the whole activation tile, so few warps over wide N tiles spend the fewest
-# instructions per weight byte (benchmarks/compile_kernels.py, sm_90, bf16: INT4 g128 6.8 at
-# 16 x 64 x 128 on 2 warps against 11.6 at 16 x 32 x 128 on 4; NVFP4 12.9 against 18.9).
+# instructions per weight byte (benchmarks/compile_kernels.py, sm_90, bf16, when chosen: INT4 g128
+# 6.8 at 16 x 64 x 128 on 2 warps against 11.6 at 16 x 32 x 128 on 4; NVFP4 12.9 against 18.9).
 # Large M reuses each weight tile over many rows: big tiles. A GPU model with a tuned table
 # (tuned_configs.py) takes its rows first.
 TILE_CONFIGS: list[tuple[int, TileConfig]] = [
