@@ -15,13 +15,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${1:-3.12}
 DEST="$ROOT/.whl"
 rm -rf "$DEST" && mkdir -p "$DEST"
-# The versions our own venv resolved (sglang==0.5.23's pins), so the kernel is the one we test.
+# The versions our own venv resolved (sglang==0.5.23's pins; the light ones as of 2026-12-06), so
+# the kernel is the one we test.
 WHEELS=(
     breccia==0.1.3 sglang==0.5.23
     pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection==0.4.5 annotated-types==0.8.0
     starlette==1.10.0 python-multipart==0.0.34 msgspec==0.23.0 orjson==3.13.0 pybase64==1.5.1 pyzmq==27.3.0
     dill==0.4.1 apache-tvm-ffi==0.1.11
-    ipython==9.18.1 traitlets==5.16.1 jedi==0.20.1 parso==0.8.7 prompt_toolkit==3.0.53 wcwidth==0.9.4
+    ipython==9.19.1 traitlets==5.16.1 jedi==0.20.1 parso==0.8.7 prompt_toolkit==3.0.53 wcwidth==0.9.5
     pexpect==4.9.0 ptyprocess==0.7.0 matplotlib-inline==0.2.2 stack_data==0.6.3 asttokens==3.0.2
     executing==2.3.0 pure_eval==0.2.4 ipython_pygments_lexers==1.1.1
 )
