@@ -162,7 +162,7 @@ def test_e2m1_ptx_decodes_and_scales_every_byte_in_every_position(bf16):
             scale = scales[which[element]].item()
             got = [half_to_float((regs[reg] >> shift) & 0xFFFF, bf16) for reg in (reg_low, reg_high)]
             # exact: 6 significant bits at most, 2^-18 .. 10.5 after the 2^-8, in both formats
-            want = [values[code & 15] * scale / 2**E2M1_PRODUCT_SHIFT, values[code >> 4] * scale / 2**E2M1_PRODUCT_SHIFT]
+            want = [values[c] * scale / 2**E2M1_PRODUCT_SHIFT for c in (code & 15, code >> 4)]
             assert got == want, (codes, element, got, want)
 
 

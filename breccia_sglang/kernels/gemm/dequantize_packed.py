@@ -76,7 +76,8 @@ def dequantize_4bit(packed: torch.Tensor, scales: torch.Tensor, zero_points: tor
     _dequantize_4bit_kernel[(triton.cdiv(n, block_n), triton.cdiv(k, block_k))](
         packed, scales, zero_points if zero_points is not None else scales, out, n, k, packed.stride(0), out.stride(0),
         GROUP=group, CODE=CODES.index(codes), NATIVE_FP8=native_fp8_decode(packed), BF16_BITS=INTERPRETED,
-        EVEN_K=even_k(k, block_k), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, **launch_operands(scales, zero_points),
+        EVEN_K=even_k(k, block_k), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        **launch_operands(scales, zero_points),
     )
     return out
 
