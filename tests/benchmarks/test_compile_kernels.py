@@ -179,6 +179,21 @@ def test_decode_tiles_scaled_after_the_dot_issue_fewer_instructions_per_weight_b
             assert per_byte[f"breccia w8a16 gemm {kind} 16x64x128"] < bound, (arch, per_byte)
 
 
+def test_the_4bit_decode_tiles_issue_few_instructions_per_weight_byte(report):
+    # The decode-sized W4A16 launch decodes its codes in inline PTX and leaves K out of its load
+    # masks: INT4 g128 issues 6.0-6.1 instructions per weight byte on every target and dtype,
+    # under the ~7 at which an H200 SM streams its share of HBM; NVFP4 in bf16 (its use: fp16
+    # models take FP4 Marlin) 7.6-8.3, from 27 before the PTX decode. The elementwise decode
+    # (17.9 for INT4) fails both bounds, and K back in the load masks NVFP4's (8.8-9.5).
+    for arch in ARCHS:
+        for dtype in ("bfloat16", "float16"):
+            per_byte = {r["kernel"]: r["instructions_per_weight_byte"] for r in report[0]["rows"]
+                        if (r["arch"], r["dtype"]) == (arch, dtype) and r["kernel"].startswith("breccia w4a16")}
+            assert per_byte["breccia w4a16 gemm int4 16x64x128"] < 7, (arch, dtype, per_byte)
+            if dtype == "bfloat16":
+                assert per_byte["breccia w4a16 gemm e2m1 16x64x128"] < 8.5, (arch, per_byte)
+
+
 def test_sglangs_fused_moe_kernels_compile_with_every_moe_config_breccia_launches(report):
     # The FP8 kernel needs FP8 tensor cores (sm_89+); the INT4 one runs from sm_80. Shared memory
     # is what this catches: INT4's 64 x 128 tile with a 128-deep K needed 192 KiB, so its K tile
