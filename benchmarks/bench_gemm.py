@@ -588,6 +588,9 @@ def main() -> None:
     parser.add_argument("--m", type=int, nargs="+", default=[1, 8, 32, 128, 512, 2048])
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, correctness only (TRITON_INTERPRET=1)")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "gemm.json")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no new (shape, M) case after this many seconds, and still print the targets "
+                             "on what ran (a GPU call under a time limit)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if device.type == "cpu" and not args.smoke:
@@ -606,17 +609,30 @@ def main() -> None:
               "activation_quantization": quantizer, "block_fp8_tile_configs": tables,
               "weight_only_tile_configs": weight_only}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for shape, (n, k) in shapes.items():
-        for m in ms:
-            case = run_case(shape, n, k, m, device, gen, tools, interpreted=args.smoke)
-            print_table(case, header=not rows)
-            rows += case
-            write_report(args.out, report | {"seconds": time.time() - started, "rows": rows})  # partial
+    skipped = []
+    for shape, m in case_order(shapes, ms):
+        if args.budget_s is not None and time.time() - started > args.budget_s:
+            skipped.append(f"{shape} M={m}")
+            continue
+        n, k = shapes[shape]
+        case = run_case(shape, n, k, m, device, gen, tools, interpreted=args.smoke)
+        print_table(case, header=not rows)
+        rows += case
+        write_report(args.out, report | {"seconds": time.time() - started, "rows": rows})  # partial
     checks = target_checks(rows) if device.type == "cuda" else []
+    if skipped:  # the targets above read only the cases that ran
+        checks.append(f"INFO time budget of {args.budget_s:g} s spent: not run: {', '.join(skipped)}")
     for line in checks:
         print(line)
-    write_report(args.out, report | {"targets": checks, "seconds": time.time() - started, "rows": rows})
+    write_report(args.out, report | {"targets": checks, "skipped": skipped, "seconds": time.time() - started,
+                                     "rows": rows})
     print(f"wrote {args.out}")
+
+
+def case_order(shapes: dict, ms: list[int]) -> list[tuple[str, int]]:
+    """(shape, M) in the order they run: every shape at one M before any at the next, so that a
+    run its time budget cuts short has the smaller M (decode sizes) of every shape."""
+    return [(shape, m) for m in ms for shape in shapes]
 
 
 def tile_tables() -> str:

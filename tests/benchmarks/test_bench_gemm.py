@@ -29,7 +29,21 @@ def test_smoke_run_checks_every_variant(tmp_path):
         # fp16 outputs (2^-11 relative) against fp32 references of the same maths.
         assert r["rel_err"] < 1e-3, r
         assert "time_us" not in r
-    assert report["targets"] == [] and report["machine"]["torch"]
+    assert report["targets"] == [] and report["skipped"] == [] and report["machine"]["torch"]
+
+
+def test_every_shape_runs_at_one_m_before_any_runs_at_the_next():
+    order = bench_gemm.case_order({"qkv": (6144, 4096), "o": (4096, 4096)}, [1, 8, 2048])
+    assert order == [("qkv", 1), ("o", 1), ("qkv", 8), ("o", 8), ("qkv", 2048), ("o", 2048)]
+
+
+def test_a_spent_time_budget_starts_no_case_and_says_which_did_not_run(tmp_path):
+    out = tmp_path / "gemm.json"
+    report, printed = run_benchmark("bench_gemm.py", "--smoke", "--budget-s", "0", out=out)
+    assert report["rows"] == []
+    assert report["skipped"] == [f"{s} M={m}" for m in (1, 7, 33) for s in ("qkv", "down")]
+    assert report["targets"] == [f"INFO time budget of 0 s spent: not run: {', '.join(report['skipped'])}"]
+    assert report["targets"][0] in printed
 
 
 def timed(variant: str, m: int, us: float, bf16_us: float) -> dict:
