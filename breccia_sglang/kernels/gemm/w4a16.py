@@ -12,8 +12,8 @@ one of three ways (``TILE_DOTS``):
 - otherwise each value is scaled in fp32 as breccia's dequantize does (``(value - z) * s``) and
   rounded to the activation dtype.
 Compiled for an NVIDIA GPU, the first two decode their codes in inline PTX, a few instructions
-per two values (``four_bit.py``, tested by an emulator of its instructions), and take K in an order of their
-own (``_low_then_high``): neither rounds a weight.
+per two values (``four_bit.py``, tested by an emulator of its instructions), and take K in an
+order of their own (``_low_then_high``): neither rounds a weight.
 
 K is split across programs when there are too few output tiles (``tiling.py``). No host
 synchronisation and no branch on tensor values: a launch can be captured in a CUDA graph.
