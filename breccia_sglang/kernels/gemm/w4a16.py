@@ -93,26 +93,15 @@ def _integer_tile_dot(acc, x, byte_rows, j, j_ok, scale_rows, zero_rows, g, n_ok
 
 
 @triton.jit
-def _w4a16_kernel(
-    x_ptr, packed_ptr, scale_ptr, zero_ptr, out_ptr,
-    M, N, K, steps_per_split, stride_xm, stride_pn, stride_os, stride_om,
-    stride_sn, stride_sk, stride_zn, stride_zk,
-    GROUP: tl.constexpr, CODE: tl.constexpr, NATIVE_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    HAS_ZERO: tl.constexpr, SCALE_E4M3: tl.constexpr, TILE_DOT: tl.constexpr, PTX: tl.constexpr, EVEN_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):
-    pid_m, pid_n = output_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    split, k_first, k_end = split_k_range(K, steps_per_split, BLOCK_K)  # this program's share of K
-
+def w4a16_tile_sum(x_rows, m_ok, byte_rows, scale_rows, zero_rows, n_ok, k_first, k_end, stride_sk, stride_zk,
+                   GROUP: tl.constexpr, CODE: tl.constexpr, NATIVE_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                   HAS_ZERO: tl.constexpr, SCALE_E4M3: tl.constexpr, TILE_DOT: tl.constexpr, PTX: tl.constexpr,
+                   EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The fp32 (BLOCK_M, BLOCK_N) tile of x @ W^T over K in [k_first, k_end): ``x_rows`` points
+    at each activation row (masked by ``m_ok``), ``byte_rows`` / ``scale_rows`` / ``zero_rows`` at
+    each weight row's codes, scales and zero points (masked by ``n_ok``). Taking row pointers,
+    not a row range, lets the MoE kernel gather its routed rows and its expert's weight."""
     HALF_K: tl.constexpr = BLOCK_K // 2
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok, n_ok = m < M, n < N
-    x_rows = x_ptr + m.to(tl.int64)[:, None] * stride_xm
-    byte_rows = packed_ptr + n.to(tl.int64) * stride_pn
-    scale_rows = scale_ptr + n.to(tl.int64) * stride_sn
-    zero_rows = zero_ptr + n.to(tl.int64) * stride_zn
-
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(k_first, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
@@ -130,9 +119,30 @@ def _w4a16_kernel(
             w = scaled_values(values, scale_rows, zero_rows, k0, k_end, n_ok, stride_sk, stride_zk, GROUP, HAS_ZERO,
                               SCALE_E4M3, NATIVE_FP8, EVEN_K, BLOCK_N, BLOCK_K).to(x.dtype)
             acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
-
     if TILE_DOT == 2:  # the fp4 tile dot sums products over 2^E2M1_PRODUCT_SHIFT (four_bit.py)
         acc *= E2M1_PRODUCT_SCALE
+    return acc
+
+
+@triton.jit
+def _w4a16_kernel(
+    x_ptr, packed_ptr, scale_ptr, zero_ptr, out_ptr,
+    M, N, K, steps_per_split, stride_xm, stride_pn, stride_os, stride_om,
+    stride_sn, stride_sk, stride_zn, stride_zk,
+    GROUP: tl.constexpr, CODE: tl.constexpr, NATIVE_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_ZERO: tl.constexpr, SCALE_E4M3: tl.constexpr, TILE_DOT: tl.constexpr, PTX: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = output_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    split, k_first, k_end = split_k_range(K, steps_per_split, BLOCK_K)  # this program's share of K
+
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok, n_ok = m < M, n < N
+    acc = w4a16_tile_sum(x_ptr + m.to(tl.int64)[:, None] * stride_xm, m_ok, packed_ptr + n.to(tl.int64) * stride_pn,
+                         scale_ptr + n.to(tl.int64) * stride_sn, zero_ptr + n.to(tl.int64) * stride_zn, n_ok,
+                         k_first, k_end, stride_sk, stride_zk, GROUP, CODE, NATIVE_FP8, DOT_PRECISION, HAS_ZERO,
+                         SCALE_E4M3, TILE_DOT, PTX, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K)
     out_ptrs = out_ptr + split * stride_os + m.to(tl.int64)[:, None] * stride_om + n[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
