@@ -42,3 +42,20 @@ def w8a16_weight(weight: torch.Tensor, scales: torch.Tensor, *, group: int | Non
 def w8a16_reference(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, *, group: int | None) -> torch.Tensor:
     """What ``w8a16_matmul`` computes, (M, N) fp32: x in fp32 times the fp32 dequantized weight."""
     return x.to(torch.float32) @ w8a16_weight(weight, scales, group=group).T
+
+
+def moe_w4a16_reference(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
+                        zero_points: torch.Tensor | None, topk_ids: torch.Tensor, *, group: int, codes: str,
+                        pairs_per_x_row: int, routed_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """What ``moe_w4a16_matmul`` computes, (tokens * top_k, N) fp32: for each pair p (token t,
+    its k-th expert e = topk_ids[t, k]), x[p // pairs_per_x_row] in fp32 times expert e's fp32
+    dequantized weight, times routed_weights[p] when given. One expert at a time, plainly."""
+    experts = topk_ids.flatten().to(torch.int64)
+    rows = x.to(torch.float32)[torch.arange(experts.numel()) // pairs_per_x_row]
+    out = torch.empty((experts.numel(), packed.shape[1]), dtype=torch.float32)
+    for e in experts.unique().tolist():
+        mine = experts == e
+        weight = w4a16_weight(packed[e], scales[e], None if zero_points is None else zero_points[e], group=group,
+                              codes=codes)
+        out[mine] = rows[mine] @ weight.T
+    return out if routed_weights is None else out * routed_weights.to(torch.float32)[:, None]
