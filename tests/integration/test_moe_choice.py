@@ -17,16 +17,17 @@ RECIPES = {"fp8": make_recipe("fp8"), "fp8-block-128": make_recipe("fp8-block", 
            "fp8-block-64": make_recipe("fp8-block", block_k=64), "mxfp8": make_recipe("mxfp8"),
            "nvfp4": make_recipe("nvfp4"), "int4": make_recipe("int4", group_size=128),
            "int4-asym": make_recipe("int4", group_size=64, symmetric=False)}
-# recipe -> kernel on (CPU, sm_80, sm_89, sm_90): NVFP4 experts have no fused kernel yet (SGLang's
-# needs sm_100 and a calibrated activation scale), FP8 needs FP8 tensor cores.
+# recipe -> kernel on (CPU, sm_80, sm_89, sm_90): 4-bit experts take our MoE W4A16 kernel (SGLang's
+# W4A16 MoE kernel measured 0.05-0.1x BF16 on an H200; its NVFP4 one needs sm_100 and a calibrated
+# activation scale), FP8 needs FP8 tensor cores.
 EXPECTED = {
     "fp8": ("emulated", "emulated", "triton-fused-moe", "triton-fused-moe"),
     "fp8-block-128": ("emulated", "emulated", "triton-fused-moe", "triton-fused-moe"),
     "fp8-block-64": ("emulated", "emulated", "triton-fused-moe", "triton-fused-moe"),
     "mxfp8": ("emulated", "emulated", "triton-fused-moe", "triton-fused-moe"),
-    "nvfp4": ("emulated", "emulated", "emulated", "emulated"),
-    "int4": ("emulated", "triton-moe-wna16", "triton-moe-wna16", "triton-moe-wna16"),
-    "int4-asym": ("emulated", "triton-moe-wna16", "triton-moe-wna16", "triton-moe-wna16"),
+    "nvfp4": ("emulated", "triton-moe-w4a16", "triton-moe-w4a16", "triton-moe-w4a16"),
+    "int4": ("emulated", "triton-moe-w4a16", "triton-moe-w4a16", "triton-moe-w4a16"),
+    "int4-asym": ("emulated", "triton-moe-w4a16", "triton-moe-w4a16", "triton-moe-w4a16"),
 }
 TARGETS = (Target("cpu"), Target.gpu(80), Target.gpu(89), Target.gpu(90))
 
@@ -58,6 +59,20 @@ def test_every_moe_refusal_says_why():
     assert cpu[names.GEMM_TRITON_MOE_WNA16] == "needs a CUDA GPU (sm_80+)"  # SGLang's runner is CUDA only
     forced = MoESpec(**{**vars(moe_spec("int4", hopper)), "forced": names.GEMM_EMULATED})
     assert choose_moe_kernel(forced).name == names.GEMM_EMULATED
+    forced = MoESpec(**{**vars(moe_spec("int4", hopper)), "forced": names.GEMM_TRITON_MOE_WNA16})
+    assert choose_moe_kernel(forced).name == names.GEMM_TRITON_MOE_WNA16  # SGLang's, for comparison
+
+
+def test_our_moe_w4a16_refusals_name_what_it_needs():
+    hopper, ours = Target.gpu(90), names.GEMM_TRITON_MOE_W4A16
+    assert dict(moe_kernel_report(moe_spec("fp8", hopper)))[ours] == "needs 4-bit experts (NVFP4 or INT4)"
+    assert dict(moe_kernel_report(moe_spec("int4", hopper, inter=704)))[ours] == \
+        "w2: K=704 splits a 128-wide scale group"
+    assert dict(moe_kernel_report(moe_spec("nvfp4", Target.gpu(75))))[ours] == "needs a CUDA GPU of sm_80+, this is sm_75"
+    assert dict(moe_kernel_report(moe_spec("nvfp4", Target("cpu"))))[ours] == \
+        f"needs a CUDA GPU (sm_80+); on CPU only under TRITON_INTERPRET=1 with {names.ENV_GEMM}={ours}"
+    cpu_forced = MoESpec(**{**vars(moe_spec("nvfp4", Target("cpu"))), "forced": ours, "interpreted": True})
+    assert choose_moe_kernel(cpu_forced).name == ours  # how CI serves it through the engine
 
 
 def test_inspect_lists_each_moe_layer_once_with_its_kernel_here_and_on_a_gpu(tiny_moe, tmp_path):
@@ -65,7 +80,7 @@ def test_inspect_lists_each_moe_layer_once_with_its_kernel_here_and_on_a_gpu(tin
     quantize_checkpoint(tiny_moe, checkpoint, make_recipe("int4", group_size=32),
                         overrides=(("model.layers.1.mlp.experts.*", make_recipe("fp8-block", block_k=32)),),
                         progress=False)
-    for capability, kernels in ((None, ("emulated", "emulated")), (90, ("triton-moe-wna16", "triton-fused-moe"))):
+    for capability, kernels in ((None, ("emulated", "emulated")), (90, ("triton-moe-w4a16", "triton-fused-moe"))):
         report = inspect_checkpoint(checkpoint, capability)
         rows = {line.split()[0]: line.split() for line in report.splitlines() if "(MoE)" in line}
         assert set(rows) == {f"model.layers.{i}.mlp.experts" for i in range(3)}, report

@@ -153,12 +153,18 @@ def test_int4_zero_points_pack_two_rows_per_byte_and_signed_codes_flip_to_unsign
     assert torch.equal(layer.w2_weight[1], pack_low_first(codes) ^ 0x88)
 
 
-def test_the_routed_pairs_are_grouped_by_expert_in_whole_blocks():
+def test_the_routed_pairs_are_grouped_by_expert_in_whole_blocks_without_a_host_sync(monkeypatch):
     topk_ids = torch.tensor([[0, 2], [2, 0], [0, 1], [2, 0]], dtype=torch.int32)  # expert 3: none
-    sorted_ids, expert_ids, padded = align_routed_pairs(topk_ids, 4, E)
+    with monkeypatch.context() as banned:  # a CUDA graph captures it: no tensor value read on the host
+        for read in ("__bool__", "__int__", "__index__", "item", "tolist"):
+            banned.setattr(torch.Tensor, read, lambda *a: pytest.fail("a tensor value read on the host"))
+        sorted_ids, expert_ids, padded = align_routed_pairs(topk_ids, 4, E)
     pad = topk_ids.numel()
-    assert sorted_ids.tolist() == [0, 3, 4, 7, 5, pad, pad, pad, 1, 2, 6, pad]
-    assert expert_ids.tolist() == [0, 1, 2] and padded.tolist() == [12]
+    # The real blocks, then padding up to SGLang's worst case (8 pairs + 4 experts x 3 = 20 rows)
+    assert sorted_ids.tolist() == [0, 3, 4, 7, 5, pad, pad, pad, 1, 2, 6, pad] + [pad] * 8
+    assert expert_ids.tolist() == [0, 1, 2, -1, -1] and padded.tolist() == [12]
+    sorted_ids, expert_ids, padded = align_routed_pairs(torch.zeros((0, 2), dtype=torch.int32), 4, E)
+    assert padded.tolist() == [0] and set(expert_ids.tolist()) == {-1}
 
 
 def test_the_emulated_moe_without_host_syncs_equals_sglangs_native_loop(monkeypatch):

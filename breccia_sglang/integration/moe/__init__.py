@@ -6,9 +6,12 @@
   weight loader fills, one expert and shard at a time.
 - ``triton_fused.py``: SGLang's fused MoE Triton kernels through its Triton MoE runner, with
   tile configs of ours: FP8 experts W8A8, INT4 experts W4A16.
+- ``triton_w4a16.py``: our Triton MoE W4A16 kernel for INT4 and NVFP4 experts, codes read in
+  place.
 - ``emulated.py``: each routed expert dequantized in torch, then SGLang's native MoE loop.
-- ``align.py``: SGLang's routed-pair alignment in torch, for its kernels without its CUDA op
-  (tests and benchmarks only).
+- ``align.py``: the routed pairs grouped by expert in blocks: SGLang's CUDA op where it runs,
+  else the same in torch; neither syncs with the host.
+- ``combine.py``: the layer output as SGLang's combine step takes it.
 - ``registry.py``: every MoE kernel, best first, and ``choose_moe_kernel``.
 """
 

@@ -1,30 +1,66 @@
-"""SGLang's ``moe_align_block_size`` contract, in torch: for running SGLang's fused MoE Triton
-kernels where its CUDA op is not installed (the interpreter on CPU; the benchmark on a bare GPU
-machine). Serving never uses it: SGLang's Triton MoE runner calls its own op.
+"""SGLang's ``moe_align_block_size`` contract, and where it is computed.
 
-The fused kernels process the routed (token, k) pairs in blocks of ``BLOCK_SIZE_M`` rows that
-all belong to one expert. So the flat pair indices (token * top_k + k) are grouped by expert,
-each group padded to a multiple of the block with the out-of-range index ``top_k * tokens``
-(the kernels mask it), and each block is tagged with its expert.
+The fused MoE kernels (SGLang's and ours) process the routed (token, k) pairs in blocks of
+``block_m`` rows that all belong to one expert. So the flat pair indices (token * top_k + k)
+are grouped by expert, each group padded to a multiple of the block with the out-of-range
+index ``top_k * tokens`` (the kernels mask it), and each block is tagged with its expert. The
+buffers have the size of the worst case (every expert's last block one row full, SGLang's
+bound), blocks past the real ones are tagged -1, and the real count is a device tensor: no
+host sync, so a CUDA graph captures it.
+
+``align_routed_pairs`` does it in torch (CPU, the interpreter, a GPU without sgl-kernel);
+``routed_blocks`` takes SGLang's CUDA op where it runs.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ...kernels.gemm import RoutedBlocks
+
 
 def align_routed_pairs(topk_ids: torch.Tensor, block_m: int, num_experts: int):
-    """(tokens, top_k) expert ids -> (sorted_token_ids (P,) int32, expert_ids (P / block_m,) int32,
-    num_tokens_post_padded (1,) int32), P the padded pair count. An expert with no pair gets no
-    block. Syncs with the host once (P)."""
+    """(tokens, top_k) expert ids -> (sorted_token_ids (P,) int32, expert_ids (P / block_m,)
+    int32, num_tokens_post_padded (1,) int32), P the worst-case padded pair count. An expert with
+    no pair gets no block. No host sync."""
     flat = topk_ids.flatten().to(torch.int64)
-    counts = torch.bincount(flat, minlength=num_experts)
+    pairs, device = flat.numel(), flat.device
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=device).scatter_add_(0, flat, torch.ones_like(flat))
     padded = (counts + block_m - 1) // block_m * block_m
+    ends = torch.cumsum(padded, 0)
     order = torch.argsort(flat, stable=True)  # pairs grouped by expert, in pair order
     expert_of = flat[order]
-    rank_in_expert = torch.arange(flat.numel(), device=flat.device) - (torch.cumsum(counts, 0) - counts)[expert_of]
-    total = int(padded.sum())
-    sorted_ids = torch.full((total,), flat.numel(), dtype=torch.int32, device=flat.device)
-    sorted_ids[(torch.cumsum(padded, 0) - padded)[expert_of] + rank_in_expert] = order.to(torch.int32)
-    expert_ids = torch.repeat_interleave(torch.arange(num_experts, device=flat.device), padded // block_m)
-    return sorted_ids, expert_ids.to(torch.int32), torch.tensor([total], dtype=torch.int32, device=flat.device)
+    rank_in_expert = torch.arange(pairs, device=device) - (torch.cumsum(counts, 0) - counts)[expert_of]
+    capacity = -(-(pairs + num_experts * (block_m - 1)) // block_m) * block_m
+    sorted_ids = torch.full((capacity,), pairs, dtype=torch.int32, device=device)
+    sorted_ids[(ends - padded)[expert_of] + rank_in_expert] = order.to(torch.int32)
+    block_starts = torch.arange(0, capacity, block_m, device=device)
+    expert_ids = torch.searchsorted(ends, block_starts, right=True)  # num_experts past the real blocks
+    expert_ids = torch.where(expert_ids < num_experts, expert_ids, -1).to(torch.int32)
+    return sorted_ids, expert_ids, ends[-1:].to(torch.int32)
+
+
+def sglang_aligns(device: torch.device) -> bool:
+    """Whether SGLang's CUDA ``moe_align_block_size`` runs here (it needs sgl-kernel's op).
+    Tried once on a tiny routing, so call it while loading, never inside a CUDA graph capture."""
+    if device.type != "cuda":
+        return False
+    try:
+        from sglang.srt.layers.moe.moe_runner.triton_utils.moe_align_block_size import moe_align_block_size
+
+        moe_align_block_size(torch.zeros((1, 1), dtype=torch.int32, device=device), 16, 1)
+        return True
+    except Exception:  # ImportError, or the op missing from this install: the torch path serves
+        return False
+
+
+def routed_blocks(topk_ids: torch.Tensor, block_m: int, num_experts: int, use_sglang: bool) -> RoutedBlocks:
+    """The pairs of ``topk_ids`` grouped by expert in ``block_m``-row blocks, by SGLang's op
+    when ``use_sglang`` (``sglang_aligns``), else in torch."""
+    if use_sglang:
+        from sglang.srt.layers.moe.moe_runner.triton_utils.moe_align_block_size import moe_align_block_size
+
+        aligned = moe_align_block_size(topk_ids, block_m, num_experts)
+    else:
+        aligned = align_routed_pairs(topk_ids, block_m, num_experts)
+    return RoutedBlocks(*aligned, num_pairs=topk_ids.numel(), block_m=block_m)

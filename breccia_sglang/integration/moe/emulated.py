@@ -22,6 +22,7 @@ from ...format.recipes import packs_two_per_byte
 from ...weights import dequantize_as
 from ...weights.dequant import has_nan_codes, scales_fit_bit_moves
 from ..gemm.emulated import EmulatedDequantKernel
+from .combine import routed_output
 from .params import WEIGHTS, expert_params, stored_experts
 from .spec import MoESpec
 
@@ -82,19 +83,13 @@ class EmulatedMoEKernel:
 
     def apply(self, layer, dispatch_output):
         from sglang.srt.layers.moe.fused_moe_native import moe_forward_native
-        from sglang.srt.layers.moe.token_dispatcher import StandardCombineInput
 
         x, config = dispatch_output.hidden_states, self.moe_runner_config
         experts = _ExpertLayer(layer, self.spec, x.dtype, self.nan_free, self.small_scales)
         if not x.is_cuda:  # SGLang's own CPU MoE loop (it counts tokens per expert on the host)
-            return StandardCombineInput(hidden_states=moe_forward_native(experts, x, dispatch_output.topk_output,
-                                                                         config))
-        # On CUDA: no host sync (CUDA graphs capture this), and the router's scaling factor is
-        # the MoE kernel's to apply there (DeepSeek multiplies by it itself only off CUDA).
-        out = every_expert_moe(experts, x, dispatch_output.topk_output, config)
-        if config.routed_scaling_factor is not None:
-            out = out * config.routed_scaling_factor
-        return StandardCombineInput(hidden_states=out)
+            return routed_output(moe_forward_native(experts, x, dispatch_output.topk_output, config), x, config)
+        # On CUDA: no host sync (CUDA graphs capture this)
+        return routed_output(every_expert_moe(experts, x, dispatch_output.topk_output, config), x, config)
 
 
 def every_expert_moe(experts, x: torch.Tensor, topk_output, config) -> torch.Tensor:

@@ -8,8 +8,9 @@ from ..gemm.registry import choose_kernel, kernel_report
 from .emulated import EmulatedMoEKernel
 from .spec import MoESpec
 from .triton_fused import TritonFusedMoEKernel, TritonMoEWna16Kernel
+from .triton_w4a16 import TritonMoEW4A16Kernel
 
-MOE_KERNELS: list = [TritonFusedMoEKernel, TritonMoEWna16Kernel, EmulatedMoEKernel]
+MOE_KERNELS: list = [TritonFusedMoEKernel, TritonMoEW4A16Kernel, TritonMoEWna16Kernel, EmulatedMoEKernel]
 
 
 def moe_kernel_report(spec: MoESpec) -> list[tuple[str, str | None]]:
