@@ -1,5 +1,6 @@
-"""Fused MoE: breccia FP8 (1x128) and INT4 (group 128) experts on SGLang's fused MoE Triton kernels,
-against the same kernels on BF16 experts, side by side, at Qwen3-30B-A3B's MoE shapes.
+"""Fused MoE: breccia FP8 (1x128), INT4 (group 128) and NVFP4 experts on SGLang's fused MoE Triton
+kernels and on our MoE W4A16 kernel, against SGLang's kernel on BF16 experts, side by side, at
+Qwen3-30B-A3B's MoE shapes.
 
 GPU (the numbers the MoE issue asks for):
     python benchmarks/bench_moe.py                       # batch 1, 16, 64, 256
@@ -15,19 +16,22 @@ the same for every variant. Variants:
   bf16        SGLang's fused_moe_kernel on BF16 experts (SGLang's unquantized Triton MoE)
   fp8-1x128   breccia block FP8 experts, 1x128 scales, W8A8 on the same kernel (triton-fused-moe)
   int4-g128   breccia symmetric INT4 experts, group 128, W4A16 on fused_moe_kernel_gptq_awq
-              (triton-moe-wna16)
+              (triton-moe-wna16, SGLang's; served only when asked for by name)
+  int4-g128-w4a16  the same INT4 experts on our MoE W4A16 kernel (triton-moe-w4a16, what serves)
+  nvfp4-w4a16 NVFP4 experts (E2M1 codes, E4M3 scales per 16) on our MoE W4A16 kernel
 Each variant's weights are prepared exactly as the serving kernel prepares them; every variant,
 BF16 included, runs our tile configs (``moe_tile_config``; SGLang's own config lookup needs its
-runtime context, which a bare GPU machine lacks). The kernels are SGLang's, called through ``invoke_fused_moe_kernel``
-with the routed pairs aligned in torch (``align_routed_pairs``: SGLang's CUDA align op is not on a
+runtime context, which a bare GPU machine lacks); ours run ``experts_layer``, the serving kernel's
+layer. SGLang's kernels are called through ``invoke_fused_moe_kernel``; every variant takes the
+routed pairs aligned in torch (``align_routed_pairs``: SGLang's CUDA align op is not on a
 bare GPU machine), once per routing, outside the timing, the same for every variant. FP8 activations
 are quantized per token and 128-wide group in torch inside the timing (an upper bound: SGLang's CUDA
 quantization kernel is faster). Every variant is checked against an fp32 torch MoE on its own
 dequantized experts first. Timing: the layer replayed in a CUDA graph, as SGLang runs decode
 (``_gpu_timing``; eagerly where it cannot be captured, and the row says so). TB/s counts the bytes of the
-experts that are routed at least one token.
+experts that are routed at least one token, their scales included.
 
-Targets (H100 / H200): FP8 >= 1.4x BF16 and INT4 >= 2x BF16 at batch <= 16.
+Targets (H100 / H200): FP8 >= 1.4x BF16 and INT4 (as served) >= 2x BF16 at batch <= 16.
 """
 
 from __future__ import annotations
@@ -48,8 +52,12 @@ import torch.nn.functional as F
 
 from _common import OUT_DIR, error_summary, report_header, sglang_kernel_module
 from _gpu_timing import time_us
-from breccia_sglang.integration.moe.align import align_routed_pairs
+from breccia_sglang.integration.moe.align import align_routed_pairs, routed_blocks
+from breccia_sglang.integration.moe.params import StoredExperts
 from breccia_sglang.integration.moe.triton_fused import MAX_TILE_K, moe_tile_config
+from breccia_sglang.integration.moe.triton_w4a16 import experts_layer
+from breccia_sglang.kernels.gemm import choose_moe_config
+from breccia_sglang.kernels.gemm.reference import w4a16_weight
 from breccia_sglang.weights import quantize_activations_fp8
 from breccia_sglang.weights.packing import pack_low_first
 
@@ -57,13 +65,16 @@ SHAPE = {"experts": 128, "top_k": 8, "hidden": 2048, "inter": 768}  # Qwen3-30B-
 SMOKE_SHAPE = {"experts": 4, "top_k": 2, "hidden": 128, "inter": 128}
 BLOCK = 128  # FP8 scale blocks and INT4 groups
 BASELINE = "bf16"
-TARGETS = {"fp8-1x128": 1.4, "int4-g128": 2.0}  # speed-up over BF16 at batch <= 16
+TARGETS = {"fp8-1x128": 1.4, "int4-g128-w4a16": 2.0}  # speed-up over BF16 at batch <= 16
+# our variants: (random_experts key, code kind, group)
+OURS = {"int4-g128-w4a16": ("int4-codes", "int4", BLOCK), "nvfp4-w4a16": ("nvfp4", "e2m1", 16)}
 
 
 def random_experts(e: int, n: int, k: int, gen, device) -> dict:
     """One stacked weight in every variant's layout, plus what each dequantizes to (fp32).
-    FP8: codes of a per-row, per-128 cast; INT4: random codes and group scales (breccia's cast
-    goes through NumPy, far too slow for 128 x 1536 x 2048, and speed does not depend on values)."""
+    FP8: codes of a per-row, per-128 cast; INT4 and NVFP4: random codes and group scales
+    (breccia's cast goes through NumPy, far too slow for 128 x 1536 x 2048, and speed does not
+    depend on values); NVFP4's E4M3 scale codes 0x10..0x1f are 2^-5 .. 0.24."""
     w = torch.randn(e, n, k, generator=gen, device=device) * 0.02
     blocks = w.view(e, n, k // BLOCK, BLOCK)
     fp8_scale = blocks.abs().amax(-1).clamp(min=1e-12) / 448.0
@@ -71,12 +82,20 @@ def random_experts(e: int, n: int, k: int, gen, device) -> dict:
     codes = torch.randint(0, 16, (e, n, k), generator=gen, device=device, dtype=torch.int32).to(torch.uint8)
     int4_scale = torch.rand(e, n, k // BLOCK, generator=gen, device=device) * 0.004 + 0.001
     signed = ((codes.to(torch.int32) ^ 8) - 8).float()  # two's complement nibbles
+    fp4_scale = torch.randint(0x10, 0x20, (e, n, k // 16), generator=gen, device=device, dtype=torch.int32)
+    fp4_scale = fp4_scale.to(torch.uint8)
     return {
         "bf16": (w.to(torch.bfloat16), w),
         "fp8": (fp8, fp8_scale, (fp8.float().view_as(blocks) * fp8_scale[..., None]).view(e, n, k)),
         # the wna16 kernel reads u - 8: signed codes become u = code ^ 8 (as TritonMoEWna16Kernel does)
         "int4": (pack_low_first(codes) ^ 0x88, int4_scale,
                  (signed.view_as(blocks) * int4_scale[..., None]).view(e, n, k)),
+        # our kernel reads the two's complement nibbles as they are stored
+        "int4-codes": (pack_low_first(codes), int4_scale,
+                       (signed.view_as(blocks) * int4_scale[..., None]).view(e, n, k)),
+        "nvfp4": (pack_low_first(codes), fp4_scale,
+                  w4a16_weight(pack_low_first(codes).view(e * n, k // 2), fp4_scale.view(e * n, k // 16), None,
+                               group=16, codes="e2m1").view(e, n, k)),
     }
 
 
@@ -131,21 +150,32 @@ def run_batch(m: int, shape: dict, experts: dict, device, gen, invoke, interpret
     topk_ids = topk_ids.to(torch.int32)
     routed = topk_ids.unique().numel()
     rows = []
-    for variant, (w13, w2, weights_bytes) in {
-        # the 16-bit baseline in x's dtype: BF16 on a GPU, fp16 in --smoke (bf16 tl.dot is broken there)
-        "bf16": (experts["w13"]["bf16"][0].to(x.dtype), experts["w2"]["bf16"][0].to(x.dtype), 2),
-        "fp8-1x128": (experts["w13"]["fp8"][:2], experts["w2"]["fp8"][:2], 1),
-        "int4-g128": (experts["w13"]["int4"][:2], experts["w2"]["int4"][:2], 0.5),
+    for variant, (key, weights_bytes) in {
+        # bytes per weight, scales included: FP8 one fp32 per 128, INT4 one per 128, NVFP4 one byte per 16
+        "bf16": ("bf16", 2), "fp8-1x128": ("fp8", 1 + 4 / 128), "int4-g128": ("int4", 0.5 + 4 / 128),
+        "int4-g128-w4a16": ("int4-codes", 0.5 + 4 / 128), "nvfp4-w4a16": ("nvfp4", 0.5 + 1 / 16),
     }.items():
         row = {"variant": variant, "batch": m, "routed_experts": routed}
-        key = variant.split("-")[0]
-        w13_ref = experts["w13"][key][-1] if key != "bf16" else experts["w13"]["bf16"][0].float()
-        w2_ref = experts["w2"][key][-1] if key != "bf16" else experts["w2"]["bf16"][0].float()
-        # the serving kernels' configs: INT4's K tile is capped lower (its shared memory)
-        config = moe_tile_config(topk_ids.numel(), BLOCK, interpreted,
-                                 MAX_TILE_K["w4a16" if key == "int4" else "w8a8"])
-        aligned = (*align_routed_pairs(topk_ids, config["BLOCK_SIZE_M"], e), config)  # outside the timing
-        run = lambda: moe_layer(x, w13, w2, topk_weights, topk_ids, aligned, invoke, variant, interpreted)  # noqa: E731
+        if key == "bf16":  # the 16-bit baseline in x's dtype: BF16 on a GPU, fp16 in --smoke (bf16 tl.dot is broken there)
+            w13, w2 = (experts[w]["bf16"][0].to(x.dtype) for w in ("w13", "w2"))
+            w13_ref, w2_ref = (experts[w]["bf16"][0].float() for w in ("w13", "w2"))
+        else:
+            w13, w2 = experts["w13"][key][:2], experts["w2"][key][:2]
+            w13_ref, w2_ref = experts["w13"][key][-1], experts["w2"][key][-1]
+        if variant in OURS:  # the serving kernel's layer, config and blocks; aligned outside the timing
+            _, codes, group = OURS[variant]
+            config = choose_moe_config(topk_ids.numel(), e, x)
+            blocks = routed_blocks(topk_ids, config.block_m, e, use_sglang=False)
+            stored = [StoredExperts(*w, zero_point=None, shard_widths=None) for w in (w13, w2)]
+            run = lambda: experts_layer(x, *stored, topk_weights, blocks, config, group=group,  # noqa: E731
+                                        codes=codes, activation="silu")
+        else:
+            # the serving kernels' configs: INT4's K tile is capped lower (its shared memory)
+            config = moe_tile_config(topk_ids.numel(), BLOCK, interpreted,
+                                     MAX_TILE_K["w4a16" if key == "int4" else "w8a8"])
+            aligned = (*align_routed_pairs(topk_ids, config["BLOCK_SIZE_M"], e), config)  # outside the timing
+            run = lambda: moe_layer(x, w13, w2, topk_weights, topk_ids, aligned, invoke, variant,  # noqa: E731
+                                    interpreted)
         try:
             out = run().float()
             ref = reference(x, w13_ref, w2_ref, topk_weights, topk_ids)
@@ -168,7 +198,7 @@ def run_batch(m: int, shape: dict, experts: dict, device, gen, invoke, interpret
 
 # Relative error against the fp32 MoE on the same dequantized experts: W8A8 quantizes both GEMMs'
 # activations (a few percent on random data); W4A16 and BF16 round each weight and output once.
-MAX_REL_ERR = {"bf16": 1e-2, "fp8-1x128": 8e-2, "int4-g128": 1e-2}
+MAX_REL_ERR = {"bf16": 1e-2, "fp8-1x128": 8e-2, "int4-g128": 1e-2, "int4-g128-w4a16": 1e-2, "nvfp4-w4a16": 1e-2}
 
 
 def target_checks(rows: list[dict]) -> list[str]:
@@ -186,9 +216,9 @@ def target_checks(rows: list[dict]) -> list[str]:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'batch':>5} {'variant':10} {'experts':>7} {'rel err':>8} {'time us':>9} {'TB/s':>6} {'vs bf16':>7}")
+    print(f"{'batch':>5} {'variant':15} {'experts':>7} {'rel err':>8} {'time us':>9} {'TB/s':>6} {'vs bf16':>7}")
     for r in rows:
-        head = f"{r['batch']:5d} {r['variant']:10} {r['routed_experts']:7d}"
+        head = f"{r['batch']:5d} {r['variant']:15} {r['routed_experts']:7d}"
         if "error" in r:
             print(f"{head} failed: {r['error']}")
         elif "time_us" in r:

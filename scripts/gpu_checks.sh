@@ -30,13 +30,14 @@
 #    dequantized in one pass (the "int4" / "nvfp4" keys of that suggestion). (SGLang's Marlin
 #    rows need its CUDA kernels, which a bare machine lacks: they say so.)
 # 4. tests/kernels on the GPU, compiled (BRECCIA_KERNEL_DEVICE=cuda): the write, decode and
-#    extend kernels and the W4A16 / W8A16 GEMMs against their fp32 references on the interpreter
+#    extend kernels and the W4A16 / W8A16 / MoE W4A16 GEMMs against their fp32 references on the interpreter
 #    tests' awkward shapes (W4A16's inline-PTX decode of INT4 and NVFP4 included: the interpreter
 #    runs no assembly, so this is its first run on real operands), plus CUDA-graph capture and replay of a write + decode step (views
 #    included) and of each GEMM (K split included); and on sm_90 the blockscale-sm90 kernel's torch backend against the W8A8
 #    reference at row counts 1-33 (tests/integration/test_gemm_blockscale.py).
 # 5. benchmarks/bench_moe.py: FP8 1x128 and INT4 g128 experts on SGLang's fused MoE Triton
-#    kernels against BF16 experts, Qwen3-30B-A3B's MoE shapes, batch 1-256, with the MoE targets.
+#    kernels, and INT4 g128 and NVFP4 experts on our MoE W4A16 kernel (first run on a GPU), against
+#    BF16 experts, Qwen3-30B-A3B's MoE shapes, batch 1-256, with the MoE targets.
 # 6. benchmarks/bench_decode.py: breccia's FP8 decode kernel against SGLang's Triton decode on
 #    BF16 and per-tensor FP8 KV, side by side.
 # Files in $OUT: run.log (everything printed, env first), a JSON per step and the two tuned
@@ -81,7 +82,7 @@ wants() { [[ "$steps" == *" $1 "* ]]; }
 # TUNE_ARGS: e.g. "--m 1 8" to tune some M only (the table then covers those, so gemm keeps the
 # shipped one); by default every M, and gemm runs with the table just tuned.
 read -ra tune_args <<< "${TUNE_ARGS:-}"
-wants tune && step 110 tune "$PYTHON" benchmarks/tune_block_fp8.py "${smoke[@]}" --jobs 14 --out-dir "$OUT" "${tune_args[@]}"
+wants tune && step 100 tune "$PYTHON" benchmarks/tune_block_fp8.py "${smoke[@]}" --jobs 14 --out-dir "$OUT" "${tune_args[@]}"
 tuned=$(ls "$OUT"/block_fp8_*.json 2>/dev/null | head -1)
 if [ -n "$tuned" ] && [ -z "${TUNE_ARGS:-}" ]; then
     export BRECCIA_SGLANG_BLOCK_FP8_CONFIGS="$tuned"  # else the table shipped for this GPU, if any
@@ -94,7 +95,7 @@ tuned_wo=$(ls "$OUT"/weight_only_*.json 2>/dev/null | head -1)
 wants gemm && step 170 gemm "$PYTHON" benchmarks/bench_gemm.py "${smoke[@]}" --budget-s 150 --out "$OUT/gemm.json"
 wants kernels && step 70 kernels "$PYTHON" -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/kernels \
     tests/integration/test_gemm_blockscale.py
-wants moe && step 55 moe "$PYTHON" benchmarks/bench_moe.py "${smoke[@]}" --out "$OUT/moe.json"
+wants moe && step 65 moe "$PYTHON" benchmarks/bench_moe.py "${smoke[@]}" --out "$OUT/moe.json"
 wants decode && step 45 decode "$PYTHON" benchmarks/bench_decode.py "${smoke[@]}" --out "$OUT/decode.json"
 # `extra`: a one-off script ($EXTRA, e.g. a probe carried in a git-ignored folder) in this environment.
 wants extra && step "${EXTRA_SECONDS:-80}" extra "$PYTHON" "${EXTRA:?EXTRA names the script the extra step runs}"

@@ -26,13 +26,14 @@ import torch.nn.functional as F
 
 from ... import names
 from ...format.recipes import packs_two_per_byte
-from ...kernels.gemm import choose_moe_config, moe_w4a16_matmul
+from ...kernels.gemm import RoutedBlocks, choose_moe_config, moe_w4a16_matmul
 from ...kernels.gemm.four_bit import GROUPS
+from ...kernels.gemm.tiling import TileConfig
 from ..gemm.base import needs_gpu
 from ..gemm.triton_w4a16 import code_kind
 from .align import routed_blocks, sglang_aligns
 from .combine import routed_output
-from .params import expert_params, stored_experts
+from .params import StoredExperts, expert_params, stored_experts
 from .spec import MoESpec
 
 ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu}
@@ -76,18 +77,26 @@ class TritonMoEW4A16Kernel:
 
     def apply(self, layer, dispatch_output):
         x, topk = dispatch_output.hidden_states, dispatch_output.topk_output
-        topk_weights, topk_ids = topk.topk_weights, topk.topk_ids
-        tokens, top_k = topk_ids.shape
-        config = choose_moe_config(topk_ids.numel(), self.spec.num_experts, x)
-        blocks = routed_blocks(topk_ids, config.block_m, self.spec.num_experts, self.sglang_aligns)
-
-        def gemm(w: str, rows: torch.Tensor, pairs_per_row: int, routed=None) -> torch.Tensor:
-            s = stored_experts(layer, w)
-            return moe_w4a16_matmul(rows, s.data, s.scale, s.zero_point, blocks, config, group=self.spec.block,
-                                    codes=self.codes, pairs_per_x_row=pairs_per_row, routed_weights=routed)
-
-        gate, up = gemm("w13", x, top_k).chunk(2, dim=-1)
-        hidden = (ACTIVATIONS[self.moe_runner_config.activation](gate) * up).contiguous()
-        down = gemm("w2", hidden, 1, topk_weights.reshape(-1).to(torch.float32))
-        out = down.view(tokens, top_k, -1).sum(dim=1, dtype=torch.float32).to(x.dtype)
+        config = choose_moe_config(topk.topk_ids.numel(), self.spec.num_experts, x)
+        blocks = routed_blocks(topk.topk_ids, config.block_m, self.spec.num_experts, self.sglang_aligns)
+        out = experts_layer(x, stored_experts(layer, "w13"), stored_experts(layer, "w2"), topk.topk_weights, blocks,
+                            config, group=self.spec.block, codes=self.codes,
+                            activation=self.moe_runner_config.activation)
         return routed_output(out, x, self.moe_runner_config)
+
+
+def experts_layer(x: torch.Tensor, w13: StoredExperts, w2: StoredExperts, topk_weights: torch.Tensor,
+                  blocks: RoutedBlocks, config: TileConfig, *, group: int, codes: str, activation: str) -> torch.Tensor:
+    """The routed experts' output for hidden states x (M, H), in x's dtype: for each token, the
+    sum over its top_k experts e of weight * down_e(act(gate_e(x)) * up_e(x)), every GEMM on the
+    MoE W4A16 kernel over ``blocks`` (grouped with ``config``'s block_m)."""
+    tokens, top_k = topk_weights.shape
+
+    def gemm(w: StoredExperts, rows: torch.Tensor, pairs_per_row: int, routed=None) -> torch.Tensor:
+        return moe_w4a16_matmul(rows, w.data, w.scale, w.zero_point, blocks, config, group=group, codes=codes,
+                                pairs_per_x_row=pairs_per_row, routed_weights=routed)
+
+    gate, up = gemm(w13, x, top_k).chunk(2, dim=-1)
+    hidden = (ACTIVATIONS[activation](gate) * up).contiguous()
+    down = gemm(w2, hidden, 1, topk_weights.reshape(-1).to(torch.float32))
+    return down.view(tokens, top_k, -1).sum(dim=1, dtype=torch.float32).to(x.dtype)
