@@ -82,6 +82,14 @@ def test_the_moe_layer_matches_fp32_on_breccias_dequantized_experts(recipe, acti
     assert ((out.float() - without_second).abs() > bound).any()
 
 
+def test_an_empty_batch_gives_an_empty_output():
+    # SGLang runs idle batches (data-parallel attention ranks with no request) through the layer.
+    kernel, layer, _ = prepared(make_recipe("nvfp4"), "silu", torch.Generator().manual_seed(2))
+    x = torch.zeros((0, 128), dtype=torch.float16)
+    out = kernel.apply(layer, dispatched(x, torch.zeros((0, TOP_K)), torch.zeros((0, TOP_K), dtype=torch.int32)))
+    assert out.hidden_states.shape == (0, 128) and out.hidden_states.dtype == torch.float16
+
+
 def test_the_routers_scaling_factor_is_left_to_the_model_off_cuda():
     # DeepSeek multiplies by it itself off CUDA; on CUDA the MoE kernel applies it (combine.py).
     gen = torch.Generator().manual_seed(9)

@@ -99,4 +99,4 @@ def experts_layer(x: torch.Tensor, w13: StoredExperts, w2: StoredExperts, topk_w
     gate, up = gemm(w13, x, top_k).chunk(2, dim=-1)
     hidden = (ACTIVATIONS[activation](gate) * up).contiguous()
     down = gemm(w2, hidden, 1, topk_weights.reshape(-1).to(torch.float32))
-    return down.view(tokens, top_k, -1).sum(dim=1, dtype=torch.float32).to(x.dtype)
+    return down.view(tokens, top_k, down.shape[-1]).sum(dim=1, dtype=torch.float32).to(x.dtype)
