@@ -282,7 +282,33 @@ def weight_only_launches(dtype: torch.dtype) -> list[Launch]:
                                     sink):
             dequantize_packed.dequantize_4bit(packed, scales, zero_points, group=group, codes=codes, dtype=dtype)
     first_sum = next(i for i, launch_ in enumerate(sink) if launch_.name == SPLIT_SUM)
-    return [launch_ for i, launch_ in enumerate(sink) if launch_.name != SPLIT_SUM or i == first_sum]
+    return [launch_ for i, launch_ in enumerate(sink) if launch_.name != SPLIT_SUM or i == first_sum] + \
+        moe_weight_only_launches(dtype)
+
+
+def moe_weight_only_launches(dtype: torch.dtype) -> list[Launch]:
+    """Our MoE W4A16 kernel as ``triton-moe-w4a16`` launches it: gate/up at MOE_SHAPE, INT4 g128
+    and NVFP4, at a decode batch (one row an expert on average) and a prefill one (32)."""
+    from breccia_sglang.integration.moe.align import align_routed_pairs
+    from breccia_sglang.kernels.gemm import RoutedBlocks, choose_moe_config, moe_w4a16
+
+    e, top_k, hidden, inter = MOE_SHAPE
+    sink: list[Launch] = []
+    for codes, group in (("int4", 128), ("e2m1", 16)):
+        packed = torch.zeros(e, 2 * inter, hidden // 2, dtype=torch.uint8)
+        scales = torch.zeros(e, 2 * inter, hidden // group, dtype=torch.uint8 if codes == "e2m1" else torch.float32)
+        for tokens in ((16,) if dtype == torch.float32 else (16, 512)):
+            topk_ids = (torch.arange(tokens * top_k, dtype=torch.int32) % e).view(tokens, top_k)
+            x = torch.zeros(tokens, hidden, dtype=dtype)
+            with gpu_tiles():
+                config = choose_moe_config(topk_ids.numel(), e, x)
+                blocks = RoutedBlocks(*align_routed_pairs(topk_ids, config.block_m, e), num_pairs=topk_ids.numel(),
+                                      block_m=config.block_m)
+                with recording(moe_w4a16, "_moe_w4a16_kernel", f"breccia moe w4a16 {codes} {config.name}", sink):
+                    moe_w4a16.moe_w4a16_matmul(x, packed, scales, None, blocks, config, group=group, codes=codes,
+                                               pairs_per_x_row=top_k)
+            sink[-1] = sink[-1]._replace(weight_bytes_per_step=int(config.block_n * config.block_k * 0.5))
+    return sink
 
 
 MOE_SHAPE = (128, 8, 2048, 768)  # experts, top_k, hidden, expert intermediate: Qwen3-30B-A3B

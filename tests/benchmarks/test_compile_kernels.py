@@ -194,6 +194,30 @@ def test_the_4bit_decode_tiles_issue_few_instructions_per_weight_byte(report):
                 assert per_byte["breccia w4a16 gemm e2m1 16x64x128"] < 8.5, (arch, per_byte)
 
 
+def test_our_moe_w4a16_compiles_everywhere_and_decodes_as_the_dense_kernel_does(report):
+    # triton-moe-w4a16 runs the dense W4A16 kernel's K loop over gathered rows and an expert's
+    # weight: from sm_80, every dtype, no spills, and at the decode tile (one routed row an
+    # expert) the dense kernel's instructions per weight byte (INT4 g128 6.1, NVFP4 in bf16
+    # 7.6-8.4; the dense bounds above). SGLang's W4A16 MoE kernel reads every packed byte twice.
+    from breccia_sglang.kernels.gemm import w4a16
+
+    rows = [r for r in report[0]["rows"] if r["kernel"].startswith("breccia moe w4a16")]
+    for arch in ARCHS:
+        for dtype in DTYPES:
+            configs = [w4a16.FP32_CONFIG] if dtype == "float32" else [c for top, c in w4a16.TILE_CONFIGS if top <= 64]
+            per_byte = {r["kernel"]: r["instructions_per_weight_byte"] for r in rows
+                        if (r["arch"], r["dtype"]) == (arch, dtype)}
+            assert set(per_byte) == {f"breccia moe w4a16 {codes} {c.name}" for codes in ("int4", "e2m1")
+                                     for c in configs}, (arch, dtype)
+            if dtype != "float32":
+                assert per_byte["breccia moe w4a16 int4 16x64x128"] < 7, (arch, dtype, per_byte)
+            if dtype == "bfloat16":
+                assert per_byte["breccia moe w4a16 e2m1 16x64x128"] < 8.5, (arch, per_byte)
+    for r in rows:
+        assert "error" not in r, r
+        assert r["shared_bytes"] <= r["shared_limit"] and r["spill_bytes"] == 0, r
+
+
 def test_sglangs_fused_moe_kernels_compile_with_every_moe_config_breccia_launches(report):
     # The FP8 kernel needs FP8 tensor cores (sm_89+); the INT4 one runs from sm_80. Shared memory
     # is what this catches: INT4's 64 x 128 tile with a 128-deep K needed 192 KiB, so its K tile
