@@ -40,23 +40,13 @@ WEIGHT_DTYPES = (torch.float8_e4m3fn, torch.uint8)
 
 
 @triton.jit
-def _w8a16_kernel(
-    x_ptr, weight_ptr, scale_ptr, out_ptr,
-    M, N, K, steps_per_split,
-    stride_xm, stride_wn, stride_sn, stride_sk, stride_os, stride_om,
-    GROUP: tl.constexpr, NATIVE_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):
-    pid_m, pid_n = output_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    split, k_first, k_end = split_k_range(K, steps_per_split, BLOCK_K)  # this program's share of K
-
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok, n_ok = m < M, n < N
-    x_rows = x_ptr + m.to(tl.int64)[:, None] * stride_xm
-    weight_rows = weight_ptr + n.to(tl.int64)[:, None] * stride_wn
-    scale_rows = scale_ptr + n.to(tl.int64) * stride_sn
-
+def w8a16_tile_sum(x_rows, m_ok, weight_rows, scale_rows, n_ok, k_first, k_end, stride_sk,
+                   GROUP: tl.constexpr, NATIVE_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The fp32 (BLOCK_M, BLOCK_N) tile of x @ W^T over K in [k_first, k_end): ``x_rows`` points
+    at each activation row (masked by ``m_ok``), ``weight_rows`` (BLOCK_N, 1) and ``scale_rows``
+    at each weight row's codes and scales (masked by ``n_ok``). Row pointers, not a row range,
+    so the MoE kernel can gather its routed rows and its expert's weight."""
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(k_first, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
@@ -92,6 +82,27 @@ def _w8a16_kernel(
                 w = w * tl.load(scale_rows[:, None] + (k // GROUP)[None, :] * stride_sk, mask=w_ok, other=0.0)
             acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc, input_precision=DOT_PRECISION)
 
+    return acc
+
+
+@triton.jit
+def _w8a16_kernel(
+    x_ptr, weight_ptr, scale_ptr, out_ptr,
+    M, N, K, steps_per_split,
+    stride_xm, stride_wn, stride_sn, stride_sk, stride_os, stride_om,
+    GROUP: tl.constexpr, NATIVE_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = output_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    split, k_first, k_end = split_k_range(K, steps_per_split, BLOCK_K)  # this program's share of K
+
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok, n_ok = m < M, n < N
+    acc = w8a16_tile_sum(x_ptr + m.to(tl.int64)[:, None] * stride_xm, m_ok,
+                         weight_ptr + n.to(tl.int64)[:, None] * stride_wn, scale_ptr + n.to(tl.int64) * stride_sn,
+                         n_ok, k_first, k_end, stride_sk, GROUP, NATIVE_FP8, DOT_PRECISION, EVEN_K, BLOCK_M, BLOCK_N,
+                         BLOCK_K)
     out_ptrs = out_ptr + split * stride_os + m.to(tl.int64)[:, None] * stride_om + n[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
@@ -132,23 +143,8 @@ def w8a16_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, *,
     them, compiled on a GPU; Triton's interpreter reads them as +-480 (breccia never writes them
     for finite weights).
     """
-    if group is not None and (not isinstance(group, int) or group < 1):
-        raise ValueError(f"group: expected a positive number of K elements per scale, or None (one per row), "
-                         f"got {group!r}")
-    check_tensor("x", x, shape=(None, None), dtypes=X_DTYPES, last_dim_contiguous=True)
-    m, k = x.shape
-    if group is not None and k % group:
-        raise ValueError(f"x: K={k} is not a whole number of {group}-wide scale groups")
-    check_tensor("weight", weight, shape=(None, k), dtypes=WEIGHT_DTYPES, last_dim_contiguous=True)
-    n = weight.shape[0]
-    if group is None:
-        scales = scales.reshape(-1, 1) if scales.ndim == 1 else scales
-        check_tensor("scales", scales, shape=(n, 1), dtypes=(torch.float32,))
-    else:
-        check_tensor("scales", scales, shape=(n, k // group), dtypes=(torch.float32,))
-    for name, t in (("weight", weight), ("scales", scales)):
-        if t.device != x.device:
-            raise ValueError(f"{name}: on {t.device}, x on {x.device}")
+    scales = checked_operands(x, weight, scales, group, stacked=False)
+    m, k, n = x.shape[0], x.shape[1], weight.shape[0]
     if m == 0 or n == 0:
         return x.new_empty((m, n))
 
@@ -167,3 +163,26 @@ def w8a16_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, *,
         **config.launch_args(),
     )
     return sum_splits(partials, out)
+
+
+def checked_operands(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, group: int | None, *,
+                     stacked: bool) -> torch.Tensor:
+    """Raise, naming the operand, unless x, the weight ((N, K), or (E, N, K) ``stacked``
+    experts) and its scales (a column per K group; one per row with ``group=None``) make a
+    launch. Returns the scales with their column dimension, (..., N, 1) for one per row."""
+    if group is not None and (not isinstance(group, int) or group < 1):
+        raise ValueError(f"group: expected a positive number of K elements per scale, or None (one per row), "
+                         f"got {group!r}")
+    check_tensor("x", x, shape=(None, None), dtypes=X_DTYPES, last_dim_contiguous=True)
+    k = x.shape[1]
+    if group is not None and k % group:
+        raise ValueError(f"x: K={k} is not a whole number of {group}-wide scale groups")
+    check_tensor("weight", weight, shape=(None,) * stacked + (None, k), dtypes=WEIGHT_DTYPES, last_dim_contiguous=True)
+    rows = weight.shape[:-1]
+    if group is None and scales.shape == rows:
+        scales = scales[..., None]
+    check_tensor("scales", scales, shape=rows + (1 if group is None else k // group,), dtypes=(torch.float32,))
+    for name, t in (("weight", weight), ("scales", scales)):
+        if t.device != x.device:
+            raise ValueError(f"{name}: on {t.device}, x on {x.device}")
+    return scales
