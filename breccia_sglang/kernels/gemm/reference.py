@@ -4,6 +4,8 @@ scales them, then a plain fp32 matmul."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ...weights.codes import decode_e2m1, decode_fp8, decode_int4
@@ -44,18 +46,33 @@ def w8a16_reference(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
     return x.to(torch.float32) @ w8a16_weight(weight, scales, group=group).T
 
 
+def moe_reference(x: torch.Tensor, expert_weight: Callable[[int], torch.Tensor], n: int, topk_ids: torch.Tensor,
+                  *, pairs_per_x_row: int, routed_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """What the MoE weight-only kernels compute, (tokens * top_k, n) fp32: for each pair p
+    (token t, its k-th expert e = topk_ids[t, k]), x[p // pairs_per_x_row] in fp32 times
+    ``expert_weight(e)`` (expert e's (n, K) fp32 dequantized weight), times routed_weights[p]
+    when given. One expert at a time, plainly."""
+    experts = topk_ids.flatten().to(torch.int64)
+    rows = x.to(torch.float32)[torch.arange(experts.numel()) // pairs_per_x_row]
+    out = torch.empty((experts.numel(), n), dtype=torch.float32)
+    for e in experts.unique().tolist():
+        mine = experts == e
+        out[mine] = rows[mine] @ expert_weight(e).T
+    return out if routed_weights is None else out * routed_weights.to(torch.float32)[:, None]
+
+
 def moe_w4a16_reference(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
                         zero_points: torch.Tensor | None, topk_ids: torch.Tensor, *, group: int, codes: str,
                         pairs_per_x_row: int, routed_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """What ``moe_w4a16_matmul`` computes, (tokens * top_k, N) fp32: for each pair p (token t,
-    its k-th expert e = topk_ids[t, k]), x[p // pairs_per_x_row] in fp32 times expert e's fp32
-    dequantized weight, times routed_weights[p] when given. One expert at a time, plainly."""
-    experts = topk_ids.flatten().to(torch.int64)
-    rows = x.to(torch.float32)[torch.arange(experts.numel()) // pairs_per_x_row]
-    out = torch.empty((experts.numel(), packed.shape[1]), dtype=torch.float32)
-    for e in experts.unique().tolist():
-        mine = experts == e
-        weight = w4a16_weight(packed[e], scales[e], None if zero_points is None else zero_points[e], group=group,
-                              codes=codes)
-        out[mine] = rows[mine] @ weight.T
-    return out if routed_weights is None else out * routed_weights.to(torch.float32)[:, None]
+    """What ``moe_w4a16_matmul`` computes (``moe_reference`` over 4-bit experts)."""
+    return moe_reference(x, lambda e: w4a16_weight(packed[e], scales[e], None if zero_points is None else zero_points[e],
+                                                   group=group, codes=codes),
+                         packed.shape[1], topk_ids, pairs_per_x_row=pairs_per_x_row, routed_weights=routed_weights)
+
+
+def moe_w8a16_reference(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, topk_ids: torch.Tensor, *,
+                        group: int | None, pairs_per_x_row: int,
+                        routed_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """What ``moe_w8a16_matmul`` computes (``moe_reference`` over FP8 E4M3 experts)."""
+    return moe_reference(x, lambda e: w8a16_weight(weight[e], scales[e], group=group), weight.shape[1],
+                         topk_ids, pairs_per_x_row=pairs_per_x_row, routed_weights=routed_weights)
