@@ -35,6 +35,7 @@ GEMM_MARLIN_NVFP4 = "marlin-nvfp4"  # SGLang's FP4 Marlin W4A16 for NVFP4, sm_80
 GEMM_TRITON_FUSED_MOE = "triton-fused-moe"  # SGLang's fused MoE Triton kernel, W8A8 FP8 experts, sm_89+
 GEMM_TRITON_MOE_WNA16 = "triton-moe-wna16"  # SGLang's fused MoE Triton kernel, W4A16 INT4 experts, sm_80+
 GEMM_TRITON_MOE_W4A16 = "triton-moe-w4a16"  # our Triton MoE W4A16 over packed INT4 / NVFP4 experts, sm_80+
+GEMM_TRITON_MOE_W8A16 = "triton-moe-w8a16"  # our Triton MoE W8A16 over FP8 E4M3 experts, sm_80+
 
 # --- environment variables -------------------------------------------------------------------
 

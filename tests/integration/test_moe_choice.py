@@ -14,17 +14,20 @@ from breccia_sglang.integration.inspect_report import inspect_checkpoint
 from breccia_sglang.integration.moe import MoESpec, choose_moe_kernel, moe_kernel_report
 
 RECIPES = {"fp8": make_recipe("fp8"), "fp8-block-128": make_recipe("fp8-block", block_k=128),
-           "fp8-block-64": make_recipe("fp8-block", block_k=64), "mxfp8": make_recipe("mxfp8"),
+           "fp8-block-64": make_recipe("fp8-block", block_k=64), "fp8-block-16": make_recipe("fp8-block", block_k=16),
+           "mxfp8": make_recipe("mxfp8"),
            "nvfp4": make_recipe("nvfp4"), "int4": make_recipe("int4", group_size=128),
            "int4-asym": make_recipe("int4", group_size=64, symmetric=False)}
 # recipe -> kernel on (CPU, sm_80, sm_89, sm_90): 4-bit experts take our MoE W4A16 kernel (SGLang's
 # W4A16 MoE kernel measured 0.05-0.1x BF16 on an H200; its NVFP4 one needs sm_100 and a calibrated
-# activation scale), FP8 needs FP8 tensor cores.
+# activation scale); FP8 takes SGLang's W8A8 kernel where FP8 tensor cores are, our MoE W8A16
+# kernel before them (sm_80 / sm_86) and for blocks no W8A8 kernel takes (1x16).
 EXPECTED = {
-    "fp8": ("emulated", "emulated", "triton-fused-moe", "triton-fused-moe"),
-    "fp8-block-128": ("emulated", "emulated", "triton-fused-moe", "triton-fused-moe"),
-    "fp8-block-64": ("emulated", "emulated", "triton-fused-moe", "triton-fused-moe"),
-    "mxfp8": ("emulated", "emulated", "triton-fused-moe", "triton-fused-moe"),
+    "fp8": ("emulated", "triton-moe-w8a16", "triton-fused-moe", "triton-fused-moe"),
+    "fp8-block-128": ("emulated", "triton-moe-w8a16", "triton-fused-moe", "triton-fused-moe"),
+    "fp8-block-64": ("emulated", "triton-moe-w8a16", "triton-fused-moe", "triton-fused-moe"),
+    "fp8-block-16": ("emulated", "triton-moe-w8a16", "triton-moe-w8a16", "triton-moe-w8a16"),
+    "mxfp8": ("emulated", "triton-moe-w8a16", "triton-fused-moe", "triton-fused-moe"),
     "nvfp4": ("emulated", "triton-moe-w4a16", "triton-moe-w4a16", "triton-moe-w4a16"),
     "int4": ("emulated", "triton-moe-w4a16", "triton-moe-w4a16", "triton-moe-w4a16"),
     "int4-asym": ("emulated", "triton-moe-w4a16", "triton-moe-w4a16", "triton-moe-w4a16"),
@@ -72,6 +75,19 @@ def test_our_moe_w4a16_refusals_name_what_it_needs():
     assert dict(moe_kernel_report(moe_spec("nvfp4", Target("cpu"))))[ours] == \
         f"needs a CUDA GPU (sm_80+); on CPU only under TRITON_INTERPRET=1 with {names.ENV_GEMM}={ours}"
     cpu_forced = MoESpec(**{**vars(moe_spec("nvfp4", Target("cpu"))), "forced": ours, "interpreted": True})
+    assert choose_moe_kernel(cpu_forced).name == ours  # how CI serves it through the engine
+
+
+def test_our_moe_w8a16_serves_fp8_experts_sglangs_kernel_cannot_and_says_why_not_others():
+    hopper, ampere, ours = Target.gpu(90), Target.gpu(80), names.GEMM_TRITON_MOE_W8A16
+    assert dict(moe_kernel_report(moe_spec("fp8-block-16", hopper)))[names.GEMM_TRITON_FUSED_MOE] == \
+        "needs 1x32/64/128 blocks, not 1x16"
+    assert dict(moe_kernel_report(moe_spec("nvfp4", ampere)))[ours] == \
+        "needs FP8 E4M3 weights (per-tensor, 1xB block or MXFP8)"
+    assert dict(moe_kernel_report(moe_spec("fp8-block-128", ampere, inter=704)))[ours] == \
+        "w2: K=704 splits a 128-wide scale block"
+    assert dict(moe_kernel_report(moe_spec("fp8", Target.gpu(75))))[ours] == "needs a CUDA GPU of sm_80+, this is sm_75"
+    cpu_forced = MoESpec(**{**vars(moe_spec("mxfp8", Target("cpu"))), "forced": ours, "interpreted": True})
     assert choose_moe_kernel(cpu_forced).name == ours  # how CI serves it through the engine
 
 

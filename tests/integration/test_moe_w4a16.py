@@ -21,10 +21,10 @@ RECIPES = [make_recipe("nvfp4"), make_recipe("int4", group_size=32),
 FP16 = 2.0**-11
 
 
-def prepared(recipe, activation: str, gen: torch.Generator, routed_scaling_factor=None):
+def prepared(recipe, activation: str, gen: torch.Generator, routed_scaling_factor=None, kernel=TritonMoEW4A16Kernel):
     from sglang.srt.layers.moe.moe_runner import MoeRunnerConfig
 
-    kernel, layer, experts, _ = prepared_layer(TritonMoEW4A16Kernel, recipe, 128, 64, gen)
+    kernel, layer, experts, _ = prepared_layer(kernel, recipe, 128, 64, gen)
     kernel.create_moe_runner(layer, MoeRunnerConfig(activation=activation, routed_scaling_factor=routed_scaling_factor))
     return kernel, layer, experts
 

@@ -32,6 +32,15 @@ from .base import GemmKernel, layer_output, needs_gpu, token_rows
 from .batch_routes import BatchRoutes
 
 
+def fp8_e4m3_refusal(spec) -> str | None:
+    """Why the W8A16 kernels cannot read ``spec``'s weights, or None: FP8 E4M3 codes with one
+    scale per tensor (or merged shard) or per 1 x B block (MXFP8's included)."""
+    per_tensor = isinstance(spec.recipe, PER_TENSOR_FP8) and isinstance(spec.layout, PerTensor)
+    if spec.fp8_format != "E4M3" or not (per_tensor or spec.block):
+        return "needs FP8 E4M3 weights (per-tensor, 1xB block or MXFP8)"
+    return None
+
+
 class TritonW8A16Kernel(BatchRoutes, GemmKernel):
     """W8A16 on our Triton kernel: FP8 E4M3 weights (per-tensor, 1 x B block, MXFP8), sm_80+."""
 
@@ -41,9 +50,8 @@ class TritonW8A16Kernel(BatchRoutes, GemmKernel):
 
     @classmethod
     def why_not(cls, spec):
-        per_tensor = isinstance(spec.recipe, PER_TENSOR_FP8) and isinstance(spec.layout, PerTensor)
-        if spec.fp8_format != "E4M3" or not (per_tensor or spec.block):
-            return "needs FP8 E4M3 weights (per-tensor, 1xB block or MXFP8)"
+        if refusal := fp8_e4m3_refusal(spec):
+            return refusal
         if spec.block and spec.input_size_per_partition % spec.block:
             return f"K={spec.input_size_per_partition} splits a {spec.block}-wide scale block"
         return needs_gpu(spec, cls.name, 80, triton=True)

@@ -7,7 +7,8 @@
 - ``triton_fused.py``: SGLang's fused MoE Triton kernels through its Triton MoE runner, with
   tile configs of ours: FP8 experts W8A8, INT4 experts W4A16.
 - ``triton_w4a16.py``: our Triton MoE W4A16 kernel for INT4 and NVFP4 experts, codes read in
-  place.
+  place; ``triton_w8a16.py``: our MoE W8A16 kernel for FP8 experts where SGLang's W8A8 one
+  cannot run (sm_80 / sm_86, unusual blocks); ``routed_experts.py``: the layer steps both share.
 - ``emulated.py``: each routed expert dequantized in torch, then SGLang's native MoE loop.
 - ``align.py``: the routed pairs grouped by expert in blocks: SGLang's CUDA op where it runs,
   else the same in torch; neither syncs with the host.

@@ -24,6 +24,9 @@ import torch
 from breccia.layouts import PerTensor
 
 from ...format.recipes import packs_two_per_byte, stores_native_fp8
+from ...weights.codes import decode_e8m0
+from ...weights.dequant import row_scales
+from ..sglang_params import replace_param
 from .spec import MoESpec
 
 WEIGHTS = ("w13", "w2")
@@ -69,3 +72,20 @@ def stored_experts(layer, w: str) -> StoredExperts:
     widths = (data.shape[1] // 2,) * 2 if w == "w13" else None
     return StoredExperts(data, getattr(layer, f"{w}_weight_scale").data,
                          None if zero_point is None else zero_point.data, widths)
+
+
+def serve_fp8_experts(layer, spec: MoESpec) -> None:
+    """FP8 experts' parameters as the W8A8 and W8A16 MoE kernels read them, converted once after
+    loading: MXFP8's uint8 E4M3 bytes viewed as float8 and its E8M0 exponents as their exact
+    fp32 powers of two; per-tensor scales (one per expert and shard) repeated over each shard's
+    rows, (E, N, 1): exact, where SGLang's own per-tensor path requantizes w1 and w3 to one
+    scale. Block FP8 keeps its (E, N, K / B) scales, in fp32."""
+    for w in WEIGHTS:
+        data, scale = getattr(layer, f"{w}_weight").data, getattr(layer, f"{w}_weight_scale").data
+        if spec.recipe.name == "mxfp8":
+            data, scale = data.view(torch.float8_e4m3fn), decode_e8m0(scale)
+        elif isinstance(spec.layout, PerTensor):
+            widths = stored_experts(layer, w).shard_widths
+            scale = torch.stack([row_scales(s, widths, data.shape[1]) for s in scale])[..., None]
+        replace_param(layer, f"{w}_weight", data)
+        replace_param(layer, f"{w}_weight_scale", scale.to(torch.float32).contiguous())

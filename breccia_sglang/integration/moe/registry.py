@@ -9,8 +9,10 @@ from .emulated import EmulatedMoEKernel
 from .spec import MoESpec
 from .triton_fused import TritonFusedMoEKernel, TritonMoEWna16Kernel
 from .triton_w4a16 import TritonMoEW4A16Kernel
+from .triton_w8a16 import TritonMoEW8A16Kernel
 
-MOE_KERNELS: list = [TritonFusedMoEKernel, TritonMoEW4A16Kernel, TritonMoEWna16Kernel, EmulatedMoEKernel]
+MOE_KERNELS: list = [TritonFusedMoEKernel, TritonMoEW4A16Kernel, TritonMoEWna16Kernel, TritonMoEW8A16Kernel,
+                     EmulatedMoEKernel]
 
 
 def moe_kernel_report(spec: MoESpec) -> list[tuple[str, str | None]]:

@@ -5,10 +5,8 @@ ours set through SGLang's ``override_config`` (its defaults for ``[1, B]`` block
 ``BLOCK_SIZE_N`` to 1, one program per output column):
 
 - ``triton-fused-moe`` (``fused_moe_kernel``, W8A8, sm_89+): block FP8 with 1x32 / 1x64 / 1x128
-  scales and MXFP8 (its E8M0 exponents become exact fp32 powers of two once after loading) as
-  ``block_shape=[1, B]``, breccia's (E, N, K / B) scales as they are; per-tensor FP8 as
-  per-channel scales (each expert's w1 / w3 / w2 scale repeated over its rows: exact, where
-  SGLang's own per-tensor path would requantize w1 and w3 to one scale). The K tile must divide
+  scales and MXFP8 as ``block_shape=[1, B]``, breccia's (E, N, K / B) scales as they are;
+  per-tensor FP8 as per-channel scales (``params.serve_fp8_experts``). The K tile must divide
   B (the kernel reads one scale per K tile): ``TileConfig.why_not`` refuses any other.
 - ``triton-moe-wna16`` (``fused_moe_kernel_gptq_awq``, W4A16, sm_80+): INT4 codes packed two per
   byte as they load, even k in the low nibble, which is the moe_wna16 layout already; the kernel
@@ -30,15 +28,13 @@ from breccia.recipes import Float8BlockScaling, MXFP8BlockScaling
 
 from ... import names
 from ...format.recipes import PER_TENSOR_FP8
-from ...weights.codes import decode_e8m0
-from ...weights.dequant import row_scales
 from ...weights.packing import pack_low_first
 from ...weights.sglang_layouts import four_bit_zero_points
 from ..gemm.base import needs_gpu
 from ..gemm.block_fp8_tiles import TileConfig
 from ..gemm.triton_block_fp8 import BLOCKS
 from ..sglang_params import replace_param
-from .params import WEIGHTS, expert_params, stored_experts
+from .params import WEIGHTS, expert_params, serve_fp8_experts
 from .spec import MoESpec
 
 # (largest tokens x top_k routed, config), smallest first. Few tokens per expert (decode) want
@@ -124,15 +120,7 @@ class TritonFusedMoEKernel(_TritonMoEKernel):
         return self.spec.block or 128  # per-tensor: per-channel scales, any K tile
 
     def process_weights_after_loading(self, layer) -> None:
-        for w in WEIGHTS:
-            data, scale = getattr(layer, f"{w}_weight").data, getattr(layer, f"{w}_weight_scale").data
-            if self.spec.recipe.name == "mxfp8":  # E4M3 bytes as float8; E8M0 exponents as exact fp32
-                data, scale = data.view(torch.float8_e4m3fn), decode_e8m0(scale).contiguous()
-            elif isinstance(self.spec.layout, PerTensor):  # one scale per expert and shard -> per row
-                widths = stored_experts(layer, w).shard_widths
-                scale = torch.stack([row_scales(s, widths, data.shape[1]) for s in scale])[..., None]
-            replace_param(layer, f"{w}_weight", data)
-            replace_param(layer, f"{w}_weight_scale", scale.contiguous())
+        serve_fp8_experts(layer, self.spec)
 
     def quant_info(self, layer):
         from sglang.srt.layers.moe.moe_runner.triton import TritonMoeQuantInfo
