@@ -1,11 +1,14 @@
-"""Our MoE W4A16 kernel serving 4-bit experts through the real engine on CPU.
+"""Our MoE weight-only kernels serving quantized experts through the real engine on CPU.
 
-A tiny Qwen3-MoE (3 layers, 6 experts, top-2) in fp16 whose experts are NVFP4 (layer 0),
-symmetric INT4 (layer 1) and asymmetric INT4 with zero points (layer 2), groups of 32 for INT4.
-Under TRITON_INTERPRET=1 with ``BRECCIA_SGLANG_GEMM=triton-moe-w4a16`` every MoE layer runs the
-kernel on the packed codes (routed pairs aligned in torch, as on a GPU without sgl-kernel);
-the same checkpoint on the emulated kernel (SGLang's native MoE loop over experts dequantized
-in torch) must serve the same greedy tokens, and the log must name each layer's kernel.
+A tiny Qwen3-MoE (3 layers, 6 experts, top-2) in fp16, served twice (module-scoped params):
+- 4-bit experts on ``triton-moe-w4a16``: NVFP4 (layer 0), symmetric INT4 (layer 1) and
+  asymmetric INT4 with zero points (layer 2), groups of 32 for INT4;
+- FP8 experts on ``triton-moe-w8a16``: per-tensor FP8 (layer 0), 1x32 block FP8 (layer 1) and
+  MXFP8 (layer 2), what sm_80 / sm_86 GPUs serve them with.
+Under TRITON_INTERPRET=1 with ``BRECCIA_SGLANG_GEMM`` naming the kernel every MoE layer runs it
+on the stored codes (routed pairs aligned in torch, as on a GPU without sgl-kernel); the same
+checkpoint on the emulated kernel (SGLang's native MoE loop over experts dequantized in torch)
+must serve the same greedy tokens, and the log must name each layer's kernel.
 """
 
 from __future__ import annotations
@@ -25,41 +28,47 @@ pytestmark = pytest.mark.engine
 PROMPT = [1, 5, 17, 42, 99, 7, 3, 250, 64]
 NEW_TOKENS = 10
 GREEDY = {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}
-KERNELS = (names.GEMM_TRITON_MOE_W4A16, names.GEMM_EMULATED)
-EXPERTS = (make_recipe("nvfp4"), make_recipe("int4", group_size=32), make_recipe("int4", group_size=32,
-                                                                                   symmetric=False))
+# kernel -> the experts of layers 0, 1, 2 and the recipe labels the log gives them
+SERVED = {
+    names.GEMM_TRITON_MOE_W4A16: ((make_recipe("nvfp4"), make_recipe("int4", group_size=32),
+                                   make_recipe("int4", group_size=32, symmetric=False)), {"nvfp4", "int4"}),
+    names.GEMM_TRITON_MOE_W8A16: ((make_recipe("fp8"), make_recipe("fp8-block", block_k=32), make_recipe("mxfp8")),
+                                  {"current", "block", "mxfp8"}),  # breccia's recipe names
+}
 # Both engines run in fp16 and round in different places (the kernel: each GEMM's output; the
 # emulated one: each dequantized weight, then torch's fp16 matmul), 2^-11 of a value at each; a
 # random model's logits are flat (top-2 gaps of 5e-5 to 0.09 here, in fp32 on breccia's
 # dequantized weights). Steps whose gap is below this may go either way, so tokens are compared
-# up to the first one (step 7 of 10 here: a gap of 5e-5).
+# up to the first one (step 7 of 10 for the 4-bit experts: a gap of 5e-5).
 NEAR_TIE = 5e-3
 
 
-@pytest.fixture(scope="module")
-def runs(tiny_moe, tmp_path_factory):
-    checkpoint = tmp_path_factory.mktemp("moe-four-bit") / "ckpt"
+@pytest.fixture(scope="module", params=list(SERVED))
+def runs(request, tiny_moe, tmp_path_factory):
+    ours = request.param
+    checkpoint = tmp_path_factory.mktemp(f"moe-{ours}") / "ckpt"
     quantize_checkpoint(tiny_moe, checkpoint, make_recipe("fp8-block", block_k=32), progress=False,
-                        overrides=tuple((f"model.layers.{i}.mlp.experts.*", r) for i, r in enumerate(EXPERTS)))
-    results = runs_per_gemm_kernel(checkpoint, KERNELS, names.GEMM_TRITON_MOE_W4A16,
-                                   [{"input_ids": PROMPT, "sampling_params": GREEDY}], tmp_path_factory)
-    return checkpoint, results
+                        overrides=tuple((f"model.layers.{i}.mlp.experts.*", r) for i, r in enumerate(SERVED[ours][0])))
+    kernels = (ours, names.GEMM_EMULATED)
+    results = runs_per_gemm_kernel(checkpoint, kernels, ours, [{"input_ids": PROMPT, "sampling_params": GREEDY}],
+                                   tmp_path_factory)
+    return ours, checkpoint, results
 
 
-def test_the_moe_w4a16_kernel_serves_the_emulated_kernels_tokens(runs, tiny_moe, tmp_path):
-    checkpoint, results = runs
-    ours, emulated = (results[k]["results"][0]["output_ids"] for k in KERNELS)
+def test_our_moe_kernel_serves_the_emulated_kernels_tokens(runs, tiny_moe, tmp_path):
+    ours, checkpoint, results = runs
+    served, emulated = (results[k]["results"][0]["output_ids"] for k in (ours, names.GEMM_EMULATED))
     reference, gaps = hf_argmax_tokens(dequantized_hf_checkpoint(tiny_moe, checkpoint, tmp_path / "hf"), PROMPT,
                                        NEW_TOKENS)
-    assert len(ours) == NEW_TOKENS
-    assert_same_greedy_tokens(ours, emulated, gaps, NEAR_TIE, at_least=6)
-    assert_same_greedy_tokens(ours, reference, gaps, NEAR_TIE, at_least=6)
+    assert len(served) == NEW_TOKENS
+    assert_same_greedy_tokens(served, emulated, gaps, NEAR_TIE, at_least=6)
+    assert_same_greedy_tokens(served, reference, gaps, NEAR_TIE, at_least=6)
 
 
-def test_the_log_names_the_moe_w4a16_kernel_for_every_4_bit_expert_recipe(runs):
-    _, results = runs
-    for kernel in KERNELS:
+def test_the_log_names_the_kernel_for_every_expert_recipe(runs):
+    ours, _, results = runs
+    for kernel, result in results.items():
         announced = re.findall(r"breccia-sglang: MoE experts \((.+?), 6 per layer\) run kernel (\S+)",
-                               results[kernel]["stderr"])
-        assert {label.split("(")[0] for label, _ in announced} == {"nvfp4", "int4"}, announced
+                               result["stderr"])
+        assert {label.split("(")[0] for label, _ in announced} == SERVED[ours][1], announced
         assert len(announced) == 3 and {k for _, k in announced} == {kernel}, announced
