@@ -1,5 +1,5 @@
 """Fused MoE: breccia FP8 (1x128), INT4 (group 128) and NVFP4 experts on SGLang's fused MoE Triton
-kernels and on our MoE W4A16 kernel, against SGLang's kernel on BF16 experts, side by side, at
+kernels and on our MoE W4A16 / W8A16 kernels, against SGLang's kernel on BF16 experts, side by side, at
 Qwen3-30B-A3B's MoE shapes.
 
 GPU (the numbers the MoE issue asks for):
@@ -19,6 +19,8 @@ the same for every variant. Variants:
               (triton-moe-wna16, SGLang's; served only when asked for by name)
   int4-g128-w4a16  the same INT4 experts on our MoE W4A16 kernel (triton-moe-w4a16, what serves)
   nvfp4-w4a16 NVFP4 experts (E2M1 codes, E4M3 scales per 16) on our MoE W4A16 kernel
+  fp8-1x128-w8a16  the FP8 experts on our MoE W8A16 kernel (triton-moe-w8a16: what serves them on
+              sm_80 / sm_86; on sm_89+ when asked for by name), activations unquantized
 Each variant's weights are prepared exactly as the serving kernel prepares them; every variant,
 BF16 included, runs our tile configs (``moe_tile_config``; SGLang's own config lookup needs its
 runtime context, which a bare GPU machine lacks); ours run ``experts_layer``, the serving kernel's
@@ -54,9 +56,11 @@ from _common import OUT_DIR, error_summary, report_header, sglang_kernel_module
 from _gpu_timing import time_us
 from breccia_sglang.integration.moe.align import align_routed_pairs, routed_blocks
 from breccia_sglang.integration.moe.params import StoredExperts
+from breccia_sglang.integration.moe.routed_experts import experts_layer
 from breccia_sglang.integration.moe.triton_fused import MAX_TILE_K, moe_tile_config
-from breccia_sglang.integration.moe.triton_w4a16 import experts_layer
-from breccia_sglang.kernels.gemm import choose_moe_config
+from breccia_sglang.integration.moe.triton_w4a16 import w4a16_experts
+from breccia_sglang.integration.moe.triton_w8a16 import w8a16_experts
+from breccia_sglang.kernels.gemm import choose_moe_config, choose_moe_w8a16_config
 from breccia_sglang.kernels.gemm.reference import w4a16_weight
 from breccia_sglang.weights import quantize_activations_fp8
 from breccia_sglang.weights.packing import pack_low_first
@@ -66,8 +70,12 @@ SMOKE_SHAPE = {"experts": 4, "top_k": 2, "hidden": 128, "inter": 128}
 BLOCK = 128  # FP8 scale blocks and INT4 groups
 BASELINE = "bf16"
 TARGETS = {"fp8-1x128": 1.4, "int4-g128-w4a16": 2.0}  # speed-up over BF16 at batch <= 16
-# our variants: (random_experts key, code kind, group)
-OURS = {"int4-g128-w4a16": ("int4-codes", "int4", BLOCK), "nvfp4-w4a16": ("nvfp4", "e2m1", 16)}
+# our variants: (their tile config, their GEMM over the stacked experts), as the serving kernels choose them
+OURS = {
+    "int4-g128-w4a16": (choose_moe_config, lambda *operands: w4a16_experts(*operands, group=BLOCK, codes="int4")),
+    "nvfp4-w4a16": (choose_moe_config, lambda *operands: w4a16_experts(*operands, group=16, codes="e2m1")),
+    "fp8-1x128-w8a16": (choose_moe_w8a16_config, lambda *operands: w8a16_experts(*operands, group=BLOCK)),
+}
 
 
 def random_experts(e: int, n: int, k: int, gen, device) -> dict:
@@ -154,6 +162,7 @@ def run_batch(m: int, shape: dict, experts: dict, device, gen, invoke, interpret
         # bytes per weight, scales included: FP8 one fp32 per 128, INT4 one per 128, NVFP4 one byte per 16
         "bf16": ("bf16", 2), "fp8-1x128": ("fp8", 1 + 4 / 128), "int4-g128": ("int4", 0.5 + 4 / 128),
         "int4-g128-w4a16": ("int4-codes", 0.5 + 4 / 128), "nvfp4-w4a16": ("nvfp4", 0.5 + 1 / 16),
+        "fp8-1x128-w8a16": ("fp8", 1 + 4 / 128),
     }.items():
         row = {"variant": variant, "batch": m, "routed_experts": routed}
         if key == "bf16":  # the 16-bit baseline in x's dtype: BF16 on a GPU, fp16 in --smoke (bf16 tl.dot is broken there)
@@ -163,12 +172,12 @@ def run_batch(m: int, shape: dict, experts: dict, device, gen, invoke, interpret
             w13, w2 = experts["w13"][key][:2], experts["w2"][key][:2]
             w13_ref, w2_ref = experts["w13"][key][-1], experts["w2"][key][-1]
         if variant in OURS:  # the serving kernel's layer, config and blocks; aligned outside the timing
-            _, codes, group = OURS[variant]
-            config = choose_moe_config(topk_ids.numel(), e, x)
+            choose, experts_gemm = OURS[variant]
+            config = choose(topk_ids.numel(), e, x)
             blocks = routed_blocks(topk_ids, config.block_m, e, use_sglang=False)
             stored = [StoredExperts(*w, zero_point=None, shard_widths=None) for w in (w13, w2)]
-            run = lambda: experts_layer(x, *stored, topk_weights, blocks, config, group=group,  # noqa: E731
-                                        codes=codes, activation="silu")
+            gemm = experts_gemm(*stored, blocks, config)
+            run = lambda: experts_layer(x, topk_weights, gemm, activation="silu")  # noqa: E731
         else:
             # the serving kernels' configs: INT4's K tile is capped lower (its shared memory)
             config = moe_tile_config(topk_ids.numel(), BLOCK, interpreted,
@@ -198,7 +207,8 @@ def run_batch(m: int, shape: dict, experts: dict, device, gen, invoke, interpret
 
 # Relative error against the fp32 MoE on the same dequantized experts: W8A8 quantizes both GEMMs'
 # activations (a few percent on random data); W4A16 and BF16 round each weight and output once.
-MAX_REL_ERR = {"bf16": 1e-2, "fp8-1x128": 8e-2, "int4-g128": 1e-2, "int4-g128-w4a16": 1e-2, "nvfp4-w4a16": 1e-2}
+MAX_REL_ERR = {"bf16": 1e-2, "fp8-1x128": 8e-2, "int4-g128": 1e-2, "int4-g128-w4a16": 1e-2, "nvfp4-w4a16": 1e-2,
+               "fp8-1x128-w8a16": 1e-2}
 
 
 def target_checks(rows: list[dict]) -> list[str]:

@@ -30,14 +30,15 @@
 #    dequantized in one pass (the "int4" / "nvfp4" keys of that suggestion). (SGLang's Marlin
 #    rows need its CUDA kernels, which a bare machine lacks: they say so.)
 # 4. tests/kernels on the GPU, compiled (BRECCIA_KERNEL_DEVICE=cuda): the write, decode and
-#    extend kernels and the W4A16 / W8A16 / MoE W4A16 GEMMs against their fp32 references on the interpreter
+#    extend kernels and the W4A16 / W8A16 / MoE W4A16 / MoE W8A16 GEMMs against their fp32 references on the interpreter
 #    tests' awkward shapes (W4A16's inline-PTX decode of INT4 and NVFP4 included: the interpreter
 #    runs no assembly, so this is its first run on real operands), plus CUDA-graph capture and replay of a write + decode step (views
 #    included) and of each GEMM (K split included); and on sm_90 the blockscale-sm90 kernel's torch backend against the W8A8
 #    reference at row counts 1-33 (tests/integration/test_gemm_blockscale.py).
 # 5. benchmarks/bench_moe.py: FP8 1x128 and INT4 g128 experts on SGLang's fused MoE Triton
-#    kernels, and INT4 g128 and NVFP4 experts on our MoE W4A16 kernel (first run on a GPU), against
-#    BF16 experts, Qwen3-30B-A3B's MoE shapes, batch 1-256, with the MoE targets.
+#    kernels, INT4 g128 and NVFP4 experts on our MoE W4A16 kernel and the FP8 experts on our MoE
+#    W8A16 kernel (first runs on a GPU), against BF16 experts, Qwen3-30B-A3B's MoE shapes, batch
+#    1-256, with the MoE targets.
 # 6. benchmarks/bench_decode.py: breccia's FP8 decode kernel against SGLang's Triton decode on
 #    BF16 and per-tensor FP8 KV, side by side.
 # Files in $OUT: run.log (everything printed, env first), a JSON per step and the two tuned

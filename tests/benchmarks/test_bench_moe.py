@@ -1,5 +1,5 @@
 """benchmarks/bench_moe.py --smoke: every variant runs its kernel (SGLang's fused MoE kernels, our
-MoE W4A16) on CPU under the Triton interpreter and is checked against the fp32 MoE (timings and speed targets are GPU-only);
+MoE W4A16 and W8A16) on CPU under the Triton interpreter and is checked against the fp32 MoE (timings and speed targets are GPU-only);
 and the target lines a GPU run prints, from rows shaped like its own."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from ..helpers import run_benchmark
 def test_smoke_run_checks_every_variant(tmp_path):
     report, _ = run_benchmark("bench_moe.py", "--smoke", out=tmp_path / "moe.json")
     assert {(r["variant"], r["batch"]) for r in report["rows"]} == \
-        {(v, m) for v in ("bf16", "fp8-1x128", "int4-g128", "int4-g128-w4a16", "nvfp4-w4a16") for m in (1, 7)}
+        {(v, m) for v in ("bf16", "fp8-1x128", "int4-g128", "int4-g128-w4a16", "nvfp4-w4a16", "fp8-1x128-w8a16")
+         for m in (1, 7)}
     for r in report["rows"]:
         assert "error" not in r and r["rel_err"] <= bench_moe.MAX_REL_ERR[r["variant"]], r
         assert "time_us" not in r
