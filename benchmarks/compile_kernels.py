@@ -287,27 +287,43 @@ def weight_only_launches(dtype: torch.dtype) -> list[Launch]:
 
 
 def moe_weight_only_launches(dtype: torch.dtype) -> list[Launch]:
-    """Our MoE W4A16 kernel as ``triton-moe-w4a16`` launches it: gate/up at MOE_SHAPE, INT4 g128
-    and NVFP4, at a decode batch (one row an expert on average) and a prefill one (32)."""
+    """Our MoE kernels as ``triton-moe-w4a16`` / ``triton-moe-w8a16`` launch them: gate/up at
+    MOE_SHAPE, INT4 g128 and NVFP4 on W4A16, FP8 per row, 1x128 and MXFP8 on W8A16, at a
+    decode batch (one row an expert on average) and a prefill one (32)."""
     from breccia_sglang.integration.moe.align import align_routed_pairs
-    from breccia_sglang.kernels.gemm import RoutedBlocks, choose_moe_config, moe_w4a16
+    from breccia_sglang.kernels.gemm import (RoutedBlocks, choose_moe_config, choose_moe_w8a16_config, moe_w4a16,
+                                             moe_w8a16)
 
     e, top_k, hidden, inter = MOE_SHAPE
+    rows = 2 * inter
+
+    def four_bit(codes: str, group: int):
+        packed = torch.zeros(e, rows, hidden // 2, dtype=torch.uint8)
+        scales = torch.zeros(e, rows, hidden // group, dtype=torch.uint8 if codes == "e2m1" else torch.float32)
+        return (moe_w4a16, "_moe_w4a16_kernel", f"w4a16 {codes}", choose_moe_config, 0.5,
+                lambda x, blocks, config: moe_w4a16.moe_w4a16_matmul(x, packed, scales, None, blocks, config,
+                                                                     group=group, codes=codes, pairs_per_x_row=top_k))
+
+    def fp8(kind: str, group: int | None):
+        codes = torch.zeros(e, rows, hidden, dtype=torch.uint8)
+        scales = torch.ones(e, rows, 1 if group is None else hidden // group)
+        return (moe_w8a16, "_moe_w8a16_kernel", f"w8a16 {kind}", choose_moe_w8a16_config, 1,
+                lambda x, blocks, config: moe_w8a16.moe_w8a16_matmul(x, codes, scales, blocks, config, group=group,
+                                                                     pairs_per_x_row=top_k))
+
     sink: list[Launch] = []
-    for codes, group in (("int4", 128), ("e2m1", 16)):
-        packed = torch.zeros(e, 2 * inter, hidden // 2, dtype=torch.uint8)
-        scales = torch.zeros(e, 2 * inter, hidden // group, dtype=torch.uint8 if codes == "e2m1" else torch.float32)
+    for module, kernel, label, choose, bytes_per_code, call in (
+            four_bit("int4", 128), four_bit("e2m1", 16), fp8("per-row", None), fp8("g128", 128), fp8("g32", 32)):
         for tokens in ((16,) if dtype == torch.float32 else (16, 512)):
             topk_ids = (torch.arange(tokens * top_k, dtype=torch.int32) % e).view(tokens, top_k)
             x = torch.zeros(tokens, hidden, dtype=dtype)
             with gpu_tiles():
-                config = choose_moe_config(topk_ids.numel(), e, x)
+                config = choose(topk_ids.numel(), e, x)
                 blocks = RoutedBlocks(*align_routed_pairs(topk_ids, config.block_m, e), num_pairs=topk_ids.numel(),
                                       block_m=config.block_m)
-                with recording(moe_w4a16, "_moe_w4a16_kernel", f"breccia moe w4a16 {codes} {config.name}", sink):
-                    moe_w4a16.moe_w4a16_matmul(x, packed, scales, None, blocks, config, group=group, codes=codes,
-                                               pairs_per_x_row=top_k)
-            sink[-1] = sink[-1]._replace(weight_bytes_per_step=int(config.block_n * config.block_k * 0.5))
+                with recording(module, kernel, f"breccia moe {label} {config.name}", sink):
+                    call(x, blocks, config)
+            sink[-1] = sink[-1]._replace(weight_bytes_per_step=int(config.block_n * config.block_k * bytes_per_code))
     return sink
 
 

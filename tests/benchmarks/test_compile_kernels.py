@@ -218,6 +218,34 @@ def test_our_moe_w4a16_compiles_everywhere_and_decodes_as_the_dense_kernel_does(
         assert r["shared_bytes"] <= r["shared_limit"] and r["spill_bytes"] == 0, r
 
 
+def test_our_moe_w8a16_compiles_everywhere_and_decodes_as_the_dense_kernel_does(report):
+    # triton-moe-w8a16 runs the dense W8A16 kernel's K loop over gathered rows and an expert's
+    # weight: from sm_80 (where it serves FP8 experts), every dtype, no spills, and at the decode
+    # tile within 10% of the dense kernel's instructions per weight byte for the same scales
+    # (bf16: sm_90 4.8-5.8 both; sm_80, whose E4M3 decode is integer, 11.8-13.3 against 11.5-13.0).
+    from breccia_sglang.kernels.gemm import w8a16
+
+    rows = [r for r in report[0]["rows"] if r["kernel"].startswith("breccia moe w8a16")]
+    for arch in ARCHS:
+        for dtype in DTYPES:
+            configs = [w8a16.FP32_CONFIG] if dtype == "float32" else [c for top, c in w8a16.TILE_CONFIGS if top <= 64]
+            per_byte = {r["kernel"]: r["instructions_per_weight_byte"] for r in rows
+                        if (r["arch"], r["dtype"]) == (arch, dtype)}
+            assert set(per_byte) == {f"breccia moe w8a16 {kind} {c.name}" for kind in ("per-row", "g128", "g32")
+                                     for c in configs}, (arch, dtype)
+            if dtype == "float32":
+                continue
+            dense = {r["kernel"]: r["instructions_per_weight_byte"] for r in report[0]["rows"]
+                     if (r["arch"], r["dtype"]) == (arch, dtype) and r["kernel"].startswith("breccia w8a16 gemm")}
+            for kind in ("per-row", "g128", "g32"):
+                tile = f"{kind} 16x64x128"
+                assert per_byte[f"breccia moe w8a16 {tile}"] < 1.1 * dense[f"breccia w8a16 gemm {tile}"], \
+                    (arch, dtype, per_byte, dense)
+    for r in rows:
+        assert "error" not in r, r
+        assert r["shared_bytes"] <= r["shared_limit"] and r["spill_bytes"] == 0, r
+
+
 def test_sglangs_fused_moe_kernels_compile_with_every_moe_config_breccia_launches(report):
     # The FP8 kernel needs FP8 tensor cores (sm_89+); the INT4 one runs from sm_80. Shared memory
     # is what this catches: INT4's 64 x 128 tile with a 128-deep K needed 192 KiB, so its K tile
