@@ -173,6 +173,7 @@ def test_the_emulated_moe_without_host_syncs_equals_sglangs_native_loop(monkeypa
     # the CUDA one must read no tensor value on the host.
     from sglang.srt.layers.moe.fused_moe_native import moe_forward_native
     from sglang.srt.layers.moe.moe_runner import MoeRunnerConfig
+    from sglang.srt.layers.moe.topk import StandardTopKOutputPacked
 
     from breccia_sglang.integration.moe.emulated import EmulatedMoEKernel, _ExpertLayer, every_expert_moe
 
@@ -192,3 +193,6 @@ def test_the_emulated_moe_without_host_syncs_equals_sglangs_native_loop(monkeypa
             dense = every_expert_moe(experts, x, (topk_weights, topk_ids, None), config)
         # fp32 throughout: the same products summed in another order (and unrouted experts add 0).
         assert torch.allclose(dense, native, rtol=1e-5, atol=1e-6), (recipe.name, (dense - native).abs().max())
+        # SGLang's fused gate may hand the top-k with FlashInfer's packed ids as a fourth field.
+        packed = StandardTopKOutputPacked(topk_weights, topk_ids, None, torch.zeros_like(topk_ids))
+        assert torch.equal(every_expert_moe(experts, x, packed, config), dense)

@@ -102,7 +102,7 @@ def every_expert_moe(experts, x: torch.Tensor, topk_output, config) -> torch.Ten
     if config.activation not in ("silu", "gelu") or config.gemm1_alpha is not None:
         raise NotImplementedError(f"breccia's emulated MoE on CUDA: activation {config.activation!r} "
                                   f"(gemm1_alpha {config.gemm1_alpha})")
-    topk_weights, topk_ids, _ = topk_output
+    topk_weights, topk_ids = topk_output[:2]  # StandardTopKOutput, or its Packed variant's four fields
     act = F.silu if config.activation == "silu" else F.gelu
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     for e in range(experts.num_experts):
