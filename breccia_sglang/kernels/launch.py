@@ -9,6 +9,8 @@ import os
 
 import torch
 
+from .. import names
+
 
 def check_tensor(name: str, t: torch.Tensor, *, shape: tuple | None = None, dtypes: tuple = (),
                  last_dim_contiguous: bool = False, min_rows: int = 0) -> None:
@@ -68,6 +70,13 @@ def nvidia_ptx(t: torch.Tensor) -> bool:
     interpreter, which runs no assembly, nor ROCm)."""
     return (t.is_cuda and torch.version.hip is None
             and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))
+
+
+def ptx_decode(t: torch.Tensor) -> bool:
+    """Whether a launch over ``t`` decodes its weight codes by inline PTX (``gemm/four_bit.py``,
+    ``attention/fp8_codec.e4m3_fp16_ptx``): where it may run PTX, unless
+    ``BRECCIA_SGLANG_GEMM_PTX=0`` (or its earlier name ``BRECCIA_SGLANG_W4A16_PTX=0``)."""
+    return nvidia_ptx(t) and all(os.environ.get(v, "1") != "0" for v in (names.ENV_GEMM_PTX, names.ENV_W4A16_PTX))
 
 
 def native_fp8_on(device: torch.device) -> bool:

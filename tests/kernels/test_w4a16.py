@@ -145,14 +145,17 @@ def test_each_launch_takes_the_tile_dot_its_operands_allow(codes, group, scale_d
     assert w4a16.tile_dot(codes, group, scales, config, torch.zeros(1, 8, dtype=x_dtype)) == expected
 
 
-def test_the_ptx_decode_runs_on_nvidia_gpus_unless_switched_off(monkeypatch):
+@pytest.mark.parametrize("switch", [names.ENV_GEMM_PTX, names.ENV_W4A16_PTX])  # the name, and its earlier one
+def test_the_ptx_decode_runs_on_nvidia_gpus_unless_switched_off(switch, monkeypatch):
+    # One switch for the weight-only GEMMs' PTX: W4A16's 4-bit decode and W8A16's E4M3 one.
     x = torch.zeros(1, 8, dtype=torch.bfloat16)
-    assert not w4a16.ptx_decode(x)  # on CPU, or under the interpreter: no assembly runs
-    monkeypatch.setattr(w4a16, "nvidia_ptx", lambda t: t is x)  # as compiled for an NVIDIA GPU
-    monkeypatch.delenv(names.ENV_W4A16_PTX, raising=False)
-    assert w4a16.ptx_decode(x)
-    monkeypatch.setenv(names.ENV_W4A16_PTX, "0")
-    assert not w4a16.ptx_decode(x)
+    assert not launch.ptx_decode(x)  # on CPU, or under the interpreter: no assembly runs
+    monkeypatch.setattr(launch, "nvidia_ptx", lambda t: t is x)  # as compiled for an NVIDIA GPU
+    for name in (names.ENV_GEMM_PTX, names.ENV_W4A16_PTX):
+        monkeypatch.delenv(name, raising=False)
+    assert launch.ptx_decode(x)
+    monkeypatch.setenv(switch, "0")
+    assert not launch.ptx_decode(x)
 
 
 def test_strided_x_and_scales_are_read_through_their_strides():

@@ -1,6 +1,7 @@
-"""The inline PTX that decodes 4-bit codes in the W4A16 GEMM on NVIDIA GPUs (INT4 / UINT4
-nibbles, ``four_bit.nibbles_ptx``; FP4 E2M1 times E4M3 scales, ``four_bit.e2m1_ptx``), run
-instruction by instruction here, on every byte in every position of its 32-bit input.
+"""The inline PTX that decodes weight codes in the weight-only GEMMs on NVIDIA GPUs (INT4 / UINT4
+nibbles, ``four_bit.nibbles_ptx``; FP4 E2M1 times E4M3 scales, ``four_bit.e2m1_ptx``; FP8 E4M3
+codes to fp16 on sm_80-86, ``fp8_codec.e4m3_fp16_ptx``), run instruction by instruction here,
+on every byte in every position of its 32-bit input.
 
 The interpreter cannot run assembly (the kernel takes its elementwise decode there, which the
 other W4A16 tests check), so without this the PTX would be checked only by ptxas
@@ -15,8 +16,9 @@ import re
 import pytest
 import torch
 
+from breccia_sglang.kernels.attention.fp8_codec import e4m3_fp16_ptx
 from breccia_sglang.kernels.gemm.four_bit import E2M1_PRODUCT_SHIFT, e2m1_operand_factor, e2m1_ptx, nibbles_ptx
-from breccia_sglang.weights.codes import decode_e2m1
+from breccia_sglang.weights.codes import decode_e2m1, decode_fp8
 
 MASK = 0xFFFFFFFF
 
@@ -164,6 +166,20 @@ def test_e2m1_ptx_decodes_and_scales_every_byte_in_every_position(bf16):
             # exact: 6 significant bits at most, 2^-18 .. 10.5 after the 2^-8, in both formats
             want = [values[c] * scale / 2**E2M1_PRODUCT_SHIFT for c in (code & 15, code >> 4)]
             assert got == want, (codes, element, got, want)
+
+
+def test_e4m3_fp16_ptx_moves_every_code_in_every_position_into_fp16():
+    # Each fp16 reads as the code's value * 2^-8, exactly (subnormals and -0 included: the bits
+    # are compared); the NaN codes 0x7F / 0xFF, which breccia never writes, read as +-480.
+    text = e4m3_fp16_ptx()
+    values = decode_fp8(torch.arange(256, dtype=torch.uint8), "E4M3").double()
+    values[[0x7F, 0xFF]] = torch.tensor([480.0, -480.0], dtype=torch.float64)
+    for first in range(256):
+        codes = [(first + i) % 256 for i in range(4)]
+        regs = run_ptx(text, {"$2": int.from_bytes(bytes(codes), "little")})
+        for element, code in enumerate(codes):
+            got = (regs["$0" if element < 2 else "$1"] >> (16 * (element % 2))) & 0xFFFF
+            assert got == float_to_half(values[code].item() / 256, bf16=False), (codes, element, hex(got))
 
 
 def test_emulator_refuses_what_it_does_not_know():

@@ -147,19 +147,26 @@ def test_the_cases_split_k_and_the_split_sum_is_what_one_program_computes(monkey
     torch.testing.assert_close(split, whole, rtol=0, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("integer_decode", [True] + ([False] if DEVICE == "cuda" else []))
-def test_nan_codes_come_out_nan_as_breccia_decodes_them(integer_decode, monkeypatch):
-    # The hardware conversion (sm_89+) and the bit moves both decode 0x7F / 0xFF as NaN; the
-    # interpreter's float8e4nv reads them as +-480, so on CPU only the bit moves are checked.
-    monkeypatch.setattr(launch, "FORCE_INTEGER_FP8_DECODE", integer_decode)
+@pytest.mark.parametrize("group", [64, None])  # decoded to fp32 and scaled; the fp16 dot scaled after
+@pytest.mark.parametrize("decode", ["bits"] + (["native", "ptx"] if DEVICE == "cuda" else []))
+def test_nan_codes_come_out_nan_as_breccia_decodes_them(decode, group, monkeypatch):
+    # The hardware conversion (sm_89+) and the elementwise bit moves decode 0x7F / 0xFF as NaN;
+    # the PTX bit moves of sm_80-86 read them as +-480, as the interpreter's float8e4nv does
+    # (breccia never writes them), so there every output stays finite. On CPU only the
+    # elementwise bit moves run.
+    monkeypatch.setattr(launch, "FORCE_INTEGER_FP8_DECODE", decode != "native")
+    monkeypatch.setenv(names.ENV_GEMM_PTX, "1" if decode == "ptx" else "0")
     gen = torch.Generator().manual_seed(8)
-    weight, scales = make_weight(64, "fp32", 40, 128, gen, nan_codes=True)
+    weight, scales = make_weight(group, "fp32", 40, 128, gen, nan_codes=True)
     x = on_device(torch.randn(3, 128, generator=gen).to(torch.float16))
-    out = w8a16_matmul(x, weight, scales, group=64)
+    out = w8a16_matmul(x, weight, scales, group=group)
     nan_rows = ((weight.view(torch.uint8) & 0x7F) == 0x7F).any(dim=1)
     assert nan_rows.any() and not nan_rows.all()
-    assert out.isnan()[:, nan_rows].all()
     assert not out.isnan()[:, ~nan_rows].any()
+    if decode == "ptx":
+        assert torch.isfinite(out).all()
+    else:
+        assert out.isnan()[:, nan_rows].all()
 
 
 def test_integer_e4m3_decode_equals_the_native_one(monkeypatch):

@@ -6,7 +6,9 @@ Encoding is done with integer ops, not ``x.to(tl.float8e4nv)``: under ``TRITON_I
 Encoding the bits ourselves gives the same bytes everywhere: round to nearest even, saturate
 finite overflow and infinities to +-448, NaN -> 0x7F (what torch's ``float32 ->
 float8_e4m3fn`` cast does). Decoding uses the hardware conversion where there is one and
-bit moves where there is not; both give exactly torch's values.
+bit moves where there is not; both give exactly torch's values. Where kernels may run inline
+PTX (``launch.ptx_decode``), the bit moves into fp16 take 1.5 instructions a code
+(``E4M3_FP16_PTX``).
 """
 
 import triton
@@ -45,7 +47,7 @@ def e4m3_encode(v):
 
 
 @triton.jit
-def e4m3_decode(codes, dtype: tl.constexpr, NATIVE: tl.constexpr):
+def e4m3_decode(codes, dtype: tl.constexpr, NATIVE: tl.constexpr, PTX: tl.constexpr = False):
     """uint8 E4M3 codes -> ``dtype`` (exact for fp16 / bf16 / fp32; 0x7F / 0xFF are NaN).
 
     ``NATIVE``: convert through Triton's float8e4nv type, one hardware conversion on NVIDIA
@@ -54,21 +56,48 @@ def e4m3_decode(codes, dtype: tl.constexpr, NATIVE: tl.constexpr):
     land on fp16's sign, low exponent and top mantissa bits, which reads as the value / 2^8
     (fp16's exponent bias is 8 more than E4M3's). E4M3 subnormals become fp16 subnormals, which
     the fp16 -> fp32 conversion reads exactly, so a multiply by 2^8 restores every value.
+    ``PTX``: those bit moves by inline PTX (``e4m3_fp16_ptx``: NaN codes then read +-480).
     """
     if NATIVE:
         return codes.to(tl.float8e4nv, bitcast=True).to(dtype)
     else:
-        return (e4m3_as_fp16(codes, False).to(tl.float32) * 256.0).to(dtype)
+        return (e4m3_as_fp16(codes, False, PTX).to(tl.float32) * 256.0).to(dtype)
+
+
+def e4m3_fp16_ptx() -> str:
+    """Inline PTX (sm_80+) that moves 4 E4M3 codes into 4 fp16s reading as their values * 2^-8
+    (``e4m3_decode``'s bit moves), 3 instructions a pair of codes.
+
+    ``prmt`` puts each code in the low byte of its half with the code's sign repeated over the
+    high byte (selector nibbles 8-11 repeat the sign of bytes 0-3); a shift by 7 then lands the
+    magnitude's 7 bits on fp16's low exponent and top mantissa bits and a copy of the sign on
+    fp16's sign bit, and one mask clears the rest (the other copy of the sign at bit 14, and
+    what the low half's high byte shifted into the high half). E4M3's NaN codes (0x7F / 0xFF,
+    which breccia never writes) read as +-480 here, as in Triton's interpreter.
+
+    For ``tl.inline_asm_elementwise(..., pack=4)`` with one fp16 output: $2 holds four code
+    bytes, element i in byte i; $0 / $1 get elements 0, 1 / 2, 3, the first in the low half.
+    ``tests/kernels/test_w4a16_ptx.py`` runs this text over all 256 codes in every position."""
+    lines = ["{", ".reg .b32 pair;"]
+    for out, selector in (("$0", "0x9180"), ("$1", "0xb3a2")):  # bytes 0, 1 / 2, 3, each sign after it
+        lines += [f"prmt.b32 pair, $2, 0, {selector};", "shl.b32 pair, pair, 7;", f"and.b32 {out}, pair, 0xbf80bf80;"]
+    return "\n".join(lines + ["}"])
+
+
+E4M3_FP16_PTX = tl.constexpr(e4m3_fp16_ptx())
 
 
 @triton.jit
-def e4m3_as_fp16(codes, NATIVE: tl.constexpr):
+def e4m3_as_fp16(codes, NATIVE: tl.constexpr, PTX: tl.constexpr = False):
     """uint8 E4M3 codes -> fp16, exactly, in the fewest instructions: the values themselves with
     ``NATIVE`` (one hardware conversion per pair of codes on sm_89+), else the values * 2^-8 (the
     bit moves of ``e4m3_decode`` without its rescale: fp16 holds E4M3's subnormals exactly there
-    too): ``e4m3_fp16_undo`` says which."""
+    too), by inline PTX with ``PTX`` (``e4m3_fp16_ptx``: NaN codes then read +-480):
+    ``e4m3_fp16_undo`` says which."""
     if NATIVE:
         return codes.to(tl.float8e4nv, bitcast=True).to(tl.float16)
+    elif PTX:
+        return tl.inline_asm_elementwise(E4M3_FP16_PTX, "=r,=r,r", [codes], dtype=tl.float16, is_pure=True, pack=4)
     else:
         bits = codes.to(tl.uint16)
         magnitude = bits & 0x7F

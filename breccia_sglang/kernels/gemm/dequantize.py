@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from ..attention.fp8_codec import e4m3_decode
-from ..launch import check_tensor, gpu_tiles, native_fp8_decode
+from ..launch import check_tensor, gpu_tiles, native_fp8_decode, ptx_decode
 from .tiling import scaled_groups
 
 OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -38,8 +38,8 @@ INTERPRETER_TILE = (16, 64, 1)  # K 64: groups 16 / 32 inside a tile, 64 on one,
 def _dequantize_fp8_kernel(
     weight_ptr, scale_ptr, out_ptr, N, K,
     stride_wn, stride_sn, stride_sk, stride_on,
-    GROUP: tl.constexpr, NATIVE_FP8: tl.constexpr, BF16_BITS: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    GROUP: tl.constexpr, NATIVE_FP8: tl.constexpr, PTX: tl.constexpr, BF16_BITS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k0 = tl.program_id(1) * BLOCK_K
@@ -48,7 +48,7 @@ def _dequantize_fp8_kernel(
     ok = n_ok[:, None] & k_ok[None, :]
     rows = n.to(tl.int64)
     codes = tl.load(weight_ptr + rows[:, None] * stride_wn + k[None, :], mask=ok, other=0)
-    values = e4m3_decode(codes, tl.float32, NATIVE_FP8)
+    values = e4m3_decode(codes, tl.float32, NATIVE_FP8, PTX)
     scale_rows = scale_ptr + rows * stride_sn
     if GROUP % BLOCK_K == 0:  # one scale per row over the tile (per row overall, or wide groups)
         values = values * tl.load(scale_rows + (k0 // GROUP) * stride_sk, mask=n_ok, other=0.0)[:, None]
@@ -97,7 +97,8 @@ def dequantize_fp8(weight: torch.Tensor, scales: torch.Tensor, *, group: int | N
     dtype : float16, bfloat16 or float32.
     out : where to write, (N, K) of ``dtype`` with a contiguous last dimension; else a new tensor.
 
-    E4M3's NaN codes come out NaN compiled on a GPU; Triton's interpreter reads them as +-480.
+    E4M3's NaN codes (which breccia never writes) come out NaN compiled on a GPU, but +-480 in
+    Triton's interpreter and on sm_80-86 by the PTX decode (``fp8_codec.e4m3_fp16_ptx``).
     """
     if group is not None and (not isinstance(group, int) or group < 1):
         raise ValueError(f"group: expected a positive number of K elements per scale, or None (one per row), "
@@ -122,7 +123,8 @@ def dequantize_fp8(weight: torch.Tensor, scales: torch.Tensor, *, group: int | N
     _dequantize_fp8_kernel[(triton.cdiv(n, block_n), triton.cdiv(k, block_k))](
         weight.view(torch.uint8), scales, out, n, k,
         weight.stride(0), scales.stride(0), scale_k_stride, out.stride(0),
-        GROUP=group_size, NATIVE_FP8=native_fp8_decode(weight), BF16_BITS=INTERPRETED,
+        GROUP=group_size, NATIVE_FP8=native_fp8_decode(weight), PTX=ptx_decode(weight),
+        BF16_BITS=INTERPRETED,
         BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
     )
     return out

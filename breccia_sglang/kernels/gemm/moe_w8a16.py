@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..launch import native_fp8_decode
+from ..launch import native_fp8_decode, ptx_decode
 from .routed_blocks import (RoutedBlocks, check_routed_call, choose_routed_config, routed_grid, routed_rows,
                             store_routed)
 from .tiling import TileConfig, even_k, output_tile
@@ -29,8 +29,8 @@ def _moe_w8a16_kernel(
     x_ptr, weight_ptr, scale_ptr, out_ptr, routed_ptr, pairs_ptr, experts_ptr, padded_ptr,
     num_pairs, N, K, capacity, stride_xm, stride_we, stride_wn, stride_om, stride_se, stride_sn, stride_sk,
     PAIRS_PER_X_ROW: tl.constexpr, MUL_ROUTED: tl.constexpr,
-    GROUP: tl.constexpr, NATIVE_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    GROUP: tl.constexpr, NATIVE_FP8: tl.constexpr, PTX: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = output_tile(tl.program_id(0), capacity, N, BLOCK_M, BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(padded_ptr):  # past the real blocks: this call routed fewer pairs
@@ -40,7 +40,8 @@ def _moe_w8a16_kernel(
     acc = w8a16_tile_sum(x_ptr + (pair // PAIRS_PER_X_ROW).to(tl.int64)[:, None] * stride_xm, m_ok,
                          weight_ptr + expert * stride_we + n64[:, None] * stride_wn,
                          scale_ptr + expert * stride_se + n64 * stride_sn, n_ok,
-                         0, K, stride_sk, GROUP, NATIVE_FP8, DOT_PRECISION, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K)
+                         0, K, stride_sk, GROUP, NATIVE_FP8, PTX, DOT_PRECISION, EVEN_K, BLOCK_M, BLOCK_N,
+                         BLOCK_K)
     store_routed(acc, out_ptr, routed_ptr, pair, n, m_ok, n_ok, stride_om, MUL_ROUTED)
 
 
@@ -82,7 +83,7 @@ def moe_w8a16_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor
         blocks.num_pairs, n, k, blocks.sorted_pairs.shape[0], x.stride(0), weight.stride(0), weight.stride(1),
         out.stride(0), scales.stride(0), scales.stride(1), scale_k_stride,
         PAIRS_PER_X_ROW=pairs_per_x_row, MUL_ROUTED=routed_weights is not None,
-        GROUP=group_size, NATIVE_FP8=native_fp8_decode(x),
+        GROUP=group_size, NATIVE_FP8=native_fp8_decode(x), PTX=ptx_decode(x),
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else None, EVEN_K=even_k(k, config.block_k),
         **config.launch_args(),
     )

@@ -21,14 +21,11 @@ synchronisation and no branch on tensor values: a launch can be captured in a CU
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from ... import names
-from ..launch import check_tensor, native_fp8_decode, nvidia_ptx
+from ..launch import check_tensor, native_fp8_decode, ptx_decode
 from .four_bit import (CODES, E2M1_PRODUCT_SCALE, check_four_bit_weight, e2m1_scale_operand, integer_nibbles,
                        launch_operands, load_scales, scaled_e2m1, scaled_values, unpacked_values)
 from .tiling import (TileConfig, even_k, k_tile_mask, output_tile, pick_config, split_k_for, split_k_range,
@@ -189,12 +186,6 @@ def tile_dot(codes: str, group: int, scales: torch.Tensor, config: TileConfig, x
     # tiles of large M) that spilled 400 B a thread on sm_90 for UINT4, and cost more
     # instructions a byte than the scaled tile there (compile_kernels.py).
     return "integer" if group % config.block_k == 0 and config.block_m <= 64 else "scaled"
-
-
-def ptx_decode(x: torch.Tensor) -> bool:
-    """Whether a launch over ``x`` decodes its codes with the inline PTX of ``four_bit.py``: on
-    NVIDIA GPUs, unless ``BRECCIA_SGLANG_W4A16_PTX=0``."""
-    return nvidia_ptx(x) and os.environ.get(names.ENV_W4A16_PTX, "1") != "0"
 
 
 def choose_config(m: int, x: torch.Tensor, codes: str) -> TileConfig:

@@ -8,7 +8,8 @@ weight tile and multiplies on tensor cores with fp32 accumulation:
 
 - decode-sized tiles (16 rows) where one scale per row covers the tile (per row, or groups of
   BLOCK_K or more): the codes go into an fp16 dot as they are (one hardware conversion per pair
-  of codes on sm_89+, bit moves before) and the scales multiply the dot's fp32 result: no
+  of codes on sm_89+, bit moves before: 3 instructions a pair by inline PTX, half the
+  instructions a weight byte of Triton's elementwise ones) and the scales multiply the dot's fp32 result: no
   weight is rounded, and fp16 / bf16 activations meet them in fp16 (exact; a row past fp16's
   range is scaled by a power of two);
 - otherwise (groups inside the tile: MXFP8's 32, 1x32 / 1x64 blocks; larger tiles; fp32
@@ -30,7 +31,7 @@ import triton.language as tl
 
 from ..attention.fp8_codec import e4m3_as_fp16, e4m3_decode, e4m3_fp16_undo
 from ..fp16_operands import fp16_operand
-from ..launch import check_tensor, native_fp8_decode
+from ..launch import check_tensor, native_fp8_decode, ptx_decode
 from .tiling import (TileConfig, even_k, k_tile_mask, output_tile, pick_config, scaled_groups, split_k_for,
                      split_k_range, split_output, sum_splits)
 from .tuned_configs import tuned_rows
@@ -41,8 +42,8 @@ WEIGHT_DTYPES = (torch.float8_e4m3fn, torch.uint8)
 
 @triton.jit
 def w8a16_tile_sum(x_rows, m_ok, weight_rows, scale_rows, n_ok, k_first, k_end, stride_sk,
-                   GROUP: tl.constexpr, NATIVE_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                   GROUP: tl.constexpr, NATIVE_FP8: tl.constexpr, PTX: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                   EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """The fp32 (BLOCK_M, BLOCK_N) tile of x @ W^T over K in [k_first, k_end): ``x_rows`` points
     at each activation row (masked by ``m_ok``), ``weight_rows`` (BLOCK_N, 1) and ``scale_rows``
     at each weight row's codes and scales (masked by ``n_ok``). Row pointers, not a row range,
@@ -57,19 +58,19 @@ def w8a16_tile_sum(x_rows, m_ok, weight_rows, scale_rows, n_ok, k_first, k_end, 
             # Decode-sized tiles where one scale per row covers the tile (one per row overall, or
             # a group of a tile or more): the scale multiplies the dot's fp32 result, not each
             # weight, so the codes go into an fp16 dot as they are (exact, one conversion per
-            # pair on sm_89+), with the activations in fp16 (exact, a row past fp16's range
-            # scaled by a power of two). Such a launch is one pass over the weight, and issuing
+            # pair on sm_89+, 1.5 instructions a code by inline PTX before), with the activations
+            # in fp16 (exact, a row past fp16's range scaled by a power of two). Such a launch is one pass over the weight, and issuing
             # its instructions is what bounds it: 10-35% fewer per weight byte than scaling
             # each weight (benchmarks/compile_kernels.py), and no weight is rounded. Larger
             # tiles keep the in-place accumulation below: this one's second accumulator
             # spills there.
             x16, x_unit = fp16_operand(x)
             s = tl.load(scale_rows + (k0 // GROUP) * stride_sk, mask=n_ok, other=0.0) * e4m3_fp16_undo(NATIVE_FP8)
-            acc += tl.dot(x16, tl.trans(e4m3_as_fp16(codes, NATIVE_FP8))) * (x_unit[:, None] * s[None, :])
+            acc += tl.dot(x16, tl.trans(e4m3_as_fp16(codes, NATIVE_FP8, PTX))) * (x_unit[:, None] * s[None, :])
         else:
             # Groups inside a tile, or fp32 activations (the exact dot): the weights are scaled in
             # fp32, as breccia's dequantize scales them, and rounded to the activation dtype.
-            w = e4m3_decode(codes, tl.float32, NATIVE_FP8)
+            w = e4m3_decode(codes, tl.float32, NATIVE_FP8, PTX)
             if GROUP % BLOCK_K == 0:
                 w = w * tl.load(scale_rows + (k0 // GROUP) * stride_sk, mask=n_ok, other=0.0)[:, None]
             elif BLOCK_K % GROUP == 0 and (GROUP & (GROUP - 1)) == 0:
@@ -90,8 +91,8 @@ def _w8a16_kernel(
     x_ptr, weight_ptr, scale_ptr, out_ptr,
     M, N, K, steps_per_split,
     stride_xm, stride_wn, stride_sn, stride_sk, stride_os, stride_om,
-    GROUP: tl.constexpr, NATIVE_FP8: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    GROUP: tl.constexpr, NATIVE_FP8: tl.constexpr, PTX: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = output_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     split, k_first, k_end = split_k_range(K, steps_per_split, BLOCK_K)  # this program's share of K
@@ -101,8 +102,8 @@ def _w8a16_kernel(
     m_ok, n_ok = m < M, n < N
     acc = w8a16_tile_sum(x_ptr + m.to(tl.int64)[:, None] * stride_xm, m_ok,
                          weight_ptr + n.to(tl.int64)[:, None] * stride_wn, scale_ptr + n.to(tl.int64) * stride_sn,
-                         n_ok, k_first, k_end, stride_sk, GROUP, NATIVE_FP8, DOT_PRECISION, EVEN_K, BLOCK_M, BLOCK_N,
-                         BLOCK_K)
+                         n_ok, k_first, k_end, stride_sk, GROUP, NATIVE_FP8, PTX, DOT_PRECISION, EVEN_K, BLOCK_M,
+                         BLOCK_N, BLOCK_K)
     out_ptrs = out_ptr + split * stride_os + m.to(tl.int64)[:, None] * stride_om + n[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
@@ -140,8 +141,8 @@ def w8a16_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, *,
 
     Returns (M, N) in x's dtype: fp32 accumulation of x times the dequantized weight rounded to
     x's dtype (fp32 x: true fp32 products). E4M3's NaN codes come out NaN, as breccia decodes
-    them, compiled on a GPU; Triton's interpreter reads them as +-480 (breccia never writes them
-    for finite weights).
+    them, compiled on sm_89+ (or with the PTX decode off); Triton's interpreter and the PTX
+    decode of sm_80-86 read them as +-480 (breccia never writes them for finite weights).
     """
     scales = checked_operands(x, weight, scales, group, stacked=False)
     m, k, n = x.shape[0], x.shape[1], weight.shape[0]
@@ -158,7 +159,7 @@ def w8a16_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, *,
         x, weight.view(torch.uint8), scales, partials,
         m, n, k, split.steps,
         x.stride(0), weight.stride(0), scales.stride(0), scale_k_stride, m * n, n,
-        GROUP=group_size, NATIVE_FP8=native_fp8_decode(x),
+        GROUP=group_size, NATIVE_FP8=native_fp8_decode(x), PTX=ptx_decode(x),
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else None, EVEN_K=even_k(k, config.block_k),
         **config.launch_args(),
     )
