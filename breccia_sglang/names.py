@@ -66,5 +66,5 @@ ENV_WEIGHT_ONLY_CONFIGS = "BRECCIA_SGLANG_WEIGHT_ONLY_CONFIGS"
 # "0" makes the weight-only GEMMs decode their codes with Triton's elementwise operations on
 # NVIDIA GPUs too, instead of their inline PTX (W4A16's 4-bit codes; W8A16's E4M3 codes on
 # sm_80-86): to compare, or as a way out on a GPU where the PTX misbehaves.
-ENV_GEMM_PTX = "BRECCIA_SGLANG_GEMM_PTX"
+ENV_PTX = "BRECCIA_SGLANG_PTX"
 ENV_W4A16_PTX = "BRECCIA_SGLANG_W4A16_PTX"  # its earlier name (W4A16's PTX only then), still read

@@ -75,8 +75,8 @@ def nvidia_ptx(t: torch.Tensor) -> bool:
 def ptx_decode(t: torch.Tensor) -> bool:
     """Whether a launch over ``t`` decodes its weight codes by inline PTX (``gemm/four_bit.py``,
     ``attention/fp8_codec.e4m3_fp16_ptx``): where it may run PTX, unless
-    ``BRECCIA_SGLANG_GEMM_PTX=0`` (or its earlier name ``BRECCIA_SGLANG_W4A16_PTX=0``)."""
-    return nvidia_ptx(t) and all(os.environ.get(v, "1") != "0" for v in (names.ENV_GEMM_PTX, names.ENV_W4A16_PTX))
+    ``BRECCIA_SGLANG_PTX=0`` (or its earlier name ``BRECCIA_SGLANG_W4A16_PTX=0``)."""
+    return nvidia_ptx(t) and all(os.environ.get(v, "1") != "0" for v in (names.ENV_PTX, names.ENV_W4A16_PTX))
 
 
 def native_fp8_on(device: torch.device) -> bool:

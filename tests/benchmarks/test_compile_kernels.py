@@ -195,6 +195,18 @@ def test_sm80s_ptx_e4m3_decode_halves_the_fp8_decode_tiles_instructions(report):
             assert value < (8.5 if " g32 " in kernel else 6.5), (dtype, kernel, value)
 
 
+def test_sm80s_attention_reads_its_fp8_cache_with_the_ptx_decode_nearly_as_sm89_does(report):
+    # The decode and extend kernels read FP8 K / V through the same PTX bit moves on sm_80-86:
+    # their loops issue 1.09-1.25x what sm_89's hardware conversion issues (the rest is the
+    # same code), where Triton's elementwise bit moves issued 1.42-2.24x.
+    for kernel in READS_FP8:
+        for dtype in ("bfloat16", "float16"):
+            for head_dim in HEAD_DIMS:
+                loops = {r["arch"]: r["loop_instructions"] for r in rows_of(report, kernel)
+                         if (r["dtype"], r["head_dim"]) == (dtype, head_dim)}
+                assert loops[89] > 0 and loops[80] < 1.35 * loops[89], (kernel, dtype, head_dim, loops)
+
+
 def test_the_4bit_decode_tiles_issue_few_instructions_per_weight_byte(report):
     # The decode-sized W4A16 launch decodes its codes in inline PTX and leaves K out of its load
     # masks: INT4 g128 issues 6.0-6.1 instructions per weight byte on every target and dtype,

@@ -145,13 +145,13 @@ def test_each_launch_takes_the_tile_dot_its_operands_allow(codes, group, scale_d
     assert w4a16.tile_dot(codes, group, scales, config, torch.zeros(1, 8, dtype=x_dtype)) == expected
 
 
-@pytest.mark.parametrize("switch", [names.ENV_GEMM_PTX, names.ENV_W4A16_PTX])  # the name, and its earlier one
+@pytest.mark.parametrize("switch", [names.ENV_PTX, names.ENV_W4A16_PTX])  # the name, and its earlier one
 def test_the_ptx_decode_runs_on_nvidia_gpus_unless_switched_off(switch, monkeypatch):
     # One switch for the weight-only GEMMs' PTX: W4A16's 4-bit decode and W8A16's E4M3 one.
     x = torch.zeros(1, 8, dtype=torch.bfloat16)
     assert not launch.ptx_decode(x)  # on CPU, or under the interpreter: no assembly runs
     monkeypatch.setattr(launch, "nvidia_ptx", lambda t: t is x)  # as compiled for an NVIDIA GPU
-    for name in (names.ENV_GEMM_PTX, names.ENV_W4A16_PTX):
+    for name in (names.ENV_PTX, names.ENV_W4A16_PTX):
         monkeypatch.delenv(name, raising=False)
     assert launch.ptx_decode(x)
     monkeypatch.setenv(switch, "0")

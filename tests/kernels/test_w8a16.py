@@ -155,7 +155,7 @@ def test_nan_codes_come_out_nan_as_breccia_decodes_them(decode, group, monkeypat
     # (breccia never writes them), so there every output stays finite. On CPU only the
     # elementwise bit moves run.
     monkeypatch.setattr(launch, "FORCE_INTEGER_FP8_DECODE", decode != "native")
-    monkeypatch.setenv(names.ENV_GEMM_PTX, "1" if decode == "ptx" else "0")
+    monkeypatch.setenv(names.ENV_PTX, "1" if decode == "ptx" else "0")
     gen = torch.Generator().manual_seed(8)
     weight, scales = make_weight(group, "fp32", 40, 128, gen, nan_codes=True)
     x = on_device(torch.randn(3, 128, generator=gen).to(torch.float16))

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ...kvcache import PagedKV
-from ..launch import check_tensor, fp32_on_gpu, gpu_tiles, native_fp8_decode
+from ..launch import check_tensor, fp32_on_gpu, gpu_tiles, native_fp8_decode, ptx_decode
 from .operands import LOG2E, check_query, dot_precision, pointers, ragged
 from .paged_tile import attend_tile, load_fp8_tile, query_operand
 
@@ -38,7 +38,7 @@ def _decode_split_kernel(
     GROUP: tl.constexpr, HEAD_BLOCKS: tl.constexpr,
     HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, NATIVE_FP8: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, NATIVE_FP8: tl.constexpr, PTX: tl.constexpr,
 ):
     req = tl.program_id(0)
     kv_head = tl.program_id(1) // HEAD_BLOCKS
@@ -70,9 +70,9 @@ def _decode_split_kernel(
             n_ok = n < hi
             slots = tl.load(kv_indices_ptr + kv_start + n, mask=n_ok, other=0).to(tl.int64)
             k, k_scale = load_fp8_tile(k_data_ptr, k_scale_ptr, slots, kv_head, stride_k_slot, stride_k_head,
-                                       stride_ks_slot, d, d_ok, n_ok, q.dtype, NATIVE_FP8)
+                                       stride_ks_slot, d, d_ok, n_ok, q.dtype, NATIVE_FP8, PTX)
             v, v_scale = load_fp8_tile(v_data_ptr, v_scale_ptr, slots, kv_head, stride_v_slot, stride_v_head,
-                                       stride_vs_slot, dv, dv_ok, n_ok, q.dtype, NATIVE_FP8)
+                                       stride_vs_slot, dv, dv_ok, n_ok, q.dtype, NATIVE_FP8, PTX)
             m, l, acc = attend_tile(q, q_unit, k, k_scale, v, v_scale, n_ok[None, :], m, l, acc, qk_scale_log2,
                                     DOT_PRECISION)
 
@@ -191,7 +191,7 @@ def paged_decode_attention(
         part_lse.stride(0), part_lse.stride(1),
         GROUP=group, HEAD_BLOCKS=head_blocks, HEAD_DIM=head_dim, V_HEAD_DIM=v_head_dim,
         BLOCK_H=block_h, BLOCK_N=32 if fp32_on_gpu(q) else 64, BLOCK_D=block_d, BLOCK_DV=block_dv,
-        DOT_PRECISION=dot_precision(q.dtype), NATIVE_FP8=native_fp8_decode(q),
+        DOT_PRECISION=dot_precision(q.dtype), NATIVE_FP8=native_fp8_decode(q), PTX=ptx_decode(q),
         num_warps=8 if fp32_on_gpu(q) else 4,
     )
     _decode_merge_kernel[(batch, q_heads)](

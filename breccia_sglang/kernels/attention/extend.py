@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ...kvcache import PagedKV
-from ..launch import check_tensor, fp32_on_gpu, gpu_tiles, native_fp8_decode
+from ..launch import check_tensor, fp32_on_gpu, gpu_tiles, native_fp8_decode, ptx_decode
 from .operands import LOG2E, check_kv, check_query, dot_precision, pointers, ragged
 from .paged_tile import attend_tile, load_fp8_tile, query_operand
 
@@ -26,7 +26,8 @@ def _attend_slots(q, q_unit, row_pos, slot_ids_ptr, key_lo, key_hi, causal: tl.c
                   k_data_ptr, k_scale_ptr, v_data_ptr, v_scale_ptr, kv_head,
                   stride_k_slot, stride_k_head, stride_ks_slot, stride_v_slot, stride_v_head, stride_vs_slot,
                   d, d_ok, dv, dv_ok, m, l, acc, qk_scale_log2,
-                  BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, NATIVE_FP8: tl.constexpr):
+                  BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, NATIVE_FP8: tl.constexpr,
+                  PTX: tl.constexpr):
     """Fold keys key_lo..key_hi-1 (slots ``slot_ids_ptr[key]``) into the softmax state; with
     ``causal``, the query at ``row_pos`` sees keys at positions <= row_pos."""
     for start in range(key_lo, key_hi, BLOCK_N):
@@ -34,9 +35,9 @@ def _attend_slots(q, q_unit, row_pos, slot_ids_ptr, key_lo, key_hi, causal: tl.c
         n_ok = n < key_hi
         slots = tl.load(slot_ids_ptr + n, mask=n_ok, other=0).to(tl.int64)
         k, k_scale = load_fp8_tile(k_data_ptr, k_scale_ptr, slots, kv_head, stride_k_slot, stride_k_head,
-                                   stride_ks_slot, d, d_ok, n_ok, q.dtype, NATIVE_FP8)
+                                   stride_ks_slot, d, d_ok, n_ok, q.dtype, NATIVE_FP8, PTX)
         v, v_scale = load_fp8_tile(v_data_ptr, v_scale_ptr, slots, kv_head, stride_v_slot, stride_v_head,
-                                   stride_vs_slot, dv, dv_ok, n_ok, q.dtype, NATIVE_FP8)
+                                   stride_vs_slot, dv, dv_ok, n_ok, q.dtype, NATIVE_FP8, PTX)
         visible = n_ok[None, :]
         if causal:
             visible = visible & (n[None, :] <= row_pos[:, None])
@@ -55,7 +56,7 @@ def _extend_kernel(
     stride_v_slot, stride_v_head, stride_vs_slot,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, NATIVE_FP8: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, NATIVE_FP8: tl.constexpr, PTX: tl.constexpr,
 ):
     req = tl.program_id(0)
     head = tl.program_id(1)
@@ -84,14 +85,16 @@ def _extend_kernel(
                                   k_data_ptr, k_scale_ptr, v_data_ptr, v_scale_ptr, kv_head,
                                   stride_k_slot, stride_k_head, stride_ks_slot,
                                   stride_v_slot, stride_v_head, stride_vs_slot,
-                                  d, d_ok, dv, dv_ok, m, l, acc, qk_scale_log2, BLOCK_N, DOT_PRECISION, NATIVE_FP8)
+                                  d, d_ok, dv, dv_ok, m, l, acc, qk_scale_log2, BLOCK_N, DOT_PRECISION, NATIVE_FP8,
+                                  PTX)
         # The new tokens, causal; keys past this row block's last row are never visible.
         key_hi = tl.minimum(q_len, (row_block + 1) * BLOCK_M)
         m, l, acc = _attend_slots(q, q_unit, rows, new_slots_ptr + q_start, 0, key_hi, True,
                                   k_data_ptr, k_scale_ptr, v_data_ptr, v_scale_ptr, kv_head,
                                   stride_k_slot, stride_k_head, stride_ks_slot,
                                   stride_v_slot, stride_v_head, stride_vs_slot,
-                                  d, d_ok, dv, dv_ok, m, l, acc, qk_scale_log2, BLOCK_N, DOT_PRECISION, NATIVE_FP8)
+                                  d, d_ok, dv, dv_ok, m, l, acc, qk_scale_log2, BLOCK_N, DOT_PRECISION, NATIVE_FP8,
+                                  PTX)
         out = acc / l[:, None]
         tl.store(out_ptr + (q_start + rows)[:, None].to(tl.int64) * stride_o_token + head * stride_o_head + dv[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
@@ -154,7 +157,7 @@ def paged_extend_attention(
         GROUP=q_heads // kv_heads, HEAD_DIM=head_dim, V_HEAD_DIM=v_head_dim,
         BLOCK_M=block_m, BLOCK_N=block_n,
         BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_DV=triton.next_power_of_2(v_head_dim),
-        DOT_PRECISION=dot_precision(q.dtype), NATIVE_FP8=native_fp8_decode(q),
+        DOT_PRECISION=dot_precision(q.dtype), NATIVE_FP8=native_fp8_decode(q), PTX=ptx_decode(q),
         num_warps=8 if fp32_on_gpu(q) else 4,
     )
     return out

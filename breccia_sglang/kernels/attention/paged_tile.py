@@ -3,7 +3,8 @@ indices, apply the per-(token, head) scales, and fold the tile into an online so
 (flash-attention style, base-2 exponentials). No dequantized copy of K or V exists in memory.
 
 fp16 / bf16 queries take tensor-core dots in fp16: the codes are exact in fp16 (one conversion
-per pair on sm_89+, against three instructions per code for bf16), the query rows are exact in
+per pair on sm_89+, three instructions a pair by inline PTX before, against three per code for
+bf16), the query rows are exact in
 fp16 over a power-of-two unit (``fp16_operands``), and the scales multiply fp32 results or
 small tiles instead of every K and V element. What bounds a decode step is how many instructions
 each cache byte costs (``benchmarks/compile_kernels.py`` counts them): K's scales go on the
@@ -31,17 +32,17 @@ def query_operand(q):
 
 @triton.jit
 def load_fp8_tile(data_ptr, scale_ptr, slots, head, stride_slot, stride_head, stride_scale_slot,
-                  d, d_ok, row_ok, dtype: tl.constexpr, NATIVE_FP8: tl.constexpr):
+                  d, d_ok, row_ok, dtype: tl.constexpr, NATIVE_FP8: tl.constexpr, PTX: tl.constexpr):
     """Rows ``slots`` of one kv head as (BLOCK_N, BLOCK_D) values and (BLOCK_N,) fp32 scales whose
     products are the cache's entries: fp32 values for fp32 queries (``dtype``), else the codes in
-    fp16. Masked rows read as 0 with scale 0. ``NATIVE_FP8``: see ``e4m3_decode``."""
+    fp16. Masked rows read as 0 with scale 0. ``NATIVE_FP8``, ``PTX``: see ``e4m3_decode``."""
     codes = tl.load(data_ptr + slots[:, None] * stride_slot + head * stride_head + d[None, :],
                     mask=row_ok[:, None] & d_ok[None, :], other=0)
     scale = tl.load(scale_ptr + slots * stride_scale_slot + head, mask=row_ok, other=0.0)
     if dtype == tl.float32:
-        return e4m3_decode(codes, tl.float32, NATIVE_FP8), scale
+        return e4m3_decode(codes, tl.float32, NATIVE_FP8, PTX), scale
     else:
-        return e4m3_as_fp16(codes, NATIVE_FP8), scale * e4m3_fp16_undo(NATIVE_FP8)
+        return e4m3_as_fp16(codes, NATIVE_FP8, PTX), scale * e4m3_fp16_undo(NATIVE_FP8)
 
 
 @triton.jit
