@@ -25,7 +25,7 @@ tokens in flight, from 1 (decode) to 2048 (prefill). Variants, per (shape, M):
   int4-g128-asym    the same with zero points
   nvfp4             NVFP4 (E2M1 codes, E4M3 scales per 16) on the same kernel
   int4-g128-elementwise, nvfp4-elementwise
-                    the same two at M <= 32 with BRECCIA_SGLANG_GEMM_PTX=0: Triton's elementwise
+                    the same two at M <= 32 with BRECCIA_SGLANG_PTX=0: Triton's elementwise
                     decode instead of the kernel's inline PTX, to measure what the PTX gives
   int4-emulated     the emulated kernel on the INT4 weight: unpacked and dequantized each call
   int4-g128-marlin  the marlin-int4 kernel as the server runs it (SGLang's AWQ-Marlin), where SGLang's
@@ -262,13 +262,13 @@ def four_bit_variants(x: torch.Tensor, shape) -> dict:
 
 
 def elementwise_w4a16(x, packed, scales, zero_points, group: int, codes: str) -> torch.Tensor:
-    """w4a16_matmul with its PTX decode switched off, as BRECCIA_SGLANG_GEMM_PTX=0 does in a
+    """w4a16_matmul with its PTX decode switched off, as BRECCIA_SGLANG_PTX=0 does in a
     server (a CUDA graph keeps the launch it captured)."""
     with contextlib.ExitStack() as restore:
-        before = os.environ.get(names.ENV_GEMM_PTX)
-        restore.callback(lambda: os.environ.__setitem__(names.ENV_GEMM_PTX, before) if before is not None
-                         else os.environ.pop(names.ENV_GEMM_PTX, None))
-        os.environ[names.ENV_GEMM_PTX] = "0"
+        before = os.environ.get(names.ENV_PTX)
+        restore.callback(lambda: os.environ.__setitem__(names.ENV_PTX, before) if before is not None
+                         else os.environ.pop(names.ENV_PTX, None))
+        os.environ[names.ENV_PTX] = "0"
         return w4a16_matmul(x, packed, scales, zero_points, group=group, codes=codes)
 
 

@@ -63,8 +63,8 @@ ENV_DEQUANTIZE_FROM_M = "BRECCIA_SGLANG_DEQUANTIZE_FROM_M"
 # A tuned tile-config file for the weight-only GEMMs (W8A16, W4A16) at decode sizes, instead of
 # the one shipped for this GPU model.
 ENV_WEIGHT_ONLY_CONFIGS = "BRECCIA_SGLANG_WEIGHT_ONLY_CONFIGS"
-# "0" makes the weight-only GEMMs decode their codes with Triton's elementwise operations on
-# NVIDIA GPUs too, instead of their inline PTX (W4A16's 4-bit codes; W8A16's E4M3 codes on
-# sm_80-86): to compare, or as a way out on a GPU where the PTX misbehaves.
+# "0" makes our kernels decode codes with Triton's elementwise operations on NVIDIA GPUs too,
+# instead of inline PTX (W4A16's 4-bit weights; on sm_80-86 the E4M3 codes of the W8A16 GEMMs
+# and the FP8 KV attention kernels): to compare, or as a way out where the PTX misbehaves.
 ENV_PTX = "BRECCIA_SGLANG_PTX"
 ENV_W4A16_PTX = "BRECCIA_SGLANG_W4A16_PTX"  # its earlier name (W4A16's PTX only then), still read
