@@ -57,7 +57,7 @@ from triton.runtime.jit import create_function_from_signature
 
 from _common import OUT_DIR, error_summary, report_header  # noqa: E402
 from breccia_sglang.kernels import launch  # noqa: E402
-from breccia_sglang.kernels.attention import decode, extend, write_kv  # noqa: E402
+from breccia_sglang.kernels.attention import decode, decode_tiles, extend, write_kv  # noqa: E402
 from breccia_sglang.kernels.gemm import dequantize, dequantize_packed, tiling, w4a16, w8a16  # noqa: E402
 from breccia_sglang.kvcache import PagedKV, PagedScaledTensor  # noqa: E402
 
@@ -140,7 +140,17 @@ def breccia_launches(dtype: torch.dtype, head_dim: int, group: int) -> list[Laun
         new = PagedKV.of(*pool, t["out_cache_loc"], indptr=t["qo_indptr"])
         decode.paged_decode_attention(t["q_decode"], context)
         extend.paged_extend_attention(t["q_extend"], context, new, max_new_tokens=t["new_tokens"])
+    if dtype == torch.bfloat16:  # what bench_decode --tune may pick (fp16 compiles to the same dots)
+        sink += decode_candidates(next(r for r in sink if r.name == "breccia decode split"))
     return sink
+
+
+def decode_candidates(recorded: Launch) -> list[Launch]:
+    """The decode launch with each tile config ``bench_decode.py --tune`` measures, but the default."""
+    return [recorded._replace(name=f"breccia decode split {tiles.name} (tune candidate)",
+                              kwargs={**recorded.kwargs, "BLOCK_N": tiles.block_n, "num_warps": tiles.num_warps,
+                                      "num_stages": tiles.num_stages})
+            for tiles in decode_tiles.CANDIDATES if tiles != decode_tiles.DEFAULT]
 
 
 GEMM_SHAPE = (6144, 4096)  # (N, K): Llama-3-8B's qkv projection; K is a multiple of every block

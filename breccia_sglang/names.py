@@ -63,6 +63,9 @@ ENV_DEQUANTIZE_FROM_M = "BRECCIA_SGLANG_DEQUANTIZE_FROM_M"
 # A tuned tile-config file for the weight-only GEMMs (W8A16, W4A16) at decode sizes, instead of
 # the one shipped for this GPU model.
 ENV_WEIGHT_ONLY_CONFIGS = "BRECCIA_SGLANG_WEIGHT_ONLY_CONFIGS"
+# A tuned tile-config file for the FP8 KV decode attention kernel (bench_decode.py --tune writes
+# one), instead of the one shipped for this GPU model.
+ENV_DECODE_TILES = "BRECCIA_SGLANG_DECODE_TILES"
 # "0" makes our kernels decode codes with Triton's elementwise operations on NVIDIA GPUs too,
 # instead of inline PTX (W4A16's 4-bit weights; on sm_80-86 the E4M3 codes of the W8A16 GEMMs
 # and the FP8 KV attention kernels): to compare, or as a way out where the PTX misbehaves.

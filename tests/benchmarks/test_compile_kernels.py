@@ -71,6 +71,24 @@ def test_fp32_queries_take_tiles_that_do_not_spill(report):
         assert r["num_warps"] == (8 if r["dtype"] == "float32" else 4), r
 
 
+def test_every_decode_tile_candidate_compiles_everywhere_without_spilling(report):
+    # bench_decode --tune may ship any of them for a GPU model: each must lower for every target
+    # and head_dim without spilling, and they must differ where it matters (registers per thread,
+    # which bound how many programs share an SM, against instructions issued per key).
+    from breccia_sglang.kernels.attention.decode_tiles import CANDIDATES, DEFAULT
+
+    rows = [r for r in report[0]["rows"] if r["kernel"].endswith("(tune candidate)")]
+    assert len(rows) == (len(CANDIDATES) - 1) * len(ARCHS) * len(HEAD_DIMS)
+    for r in rows:
+        assert "error" not in r, r
+        assert r["spill_bytes"] == 0 and r["shared_bytes"] <= r["shared_limit"], r
+    for tiles in set(CANDIDATES) - {DEFAULT}:
+        row = next(r for r in rows if tiles.name in r["kernel"])
+        assert (row["num_warps"], row["num_stages"]) == (tiles.num_warps, tiles.num_stages), row
+    sm90 = {r["kernel"].split()[3]: r["registers"] for r in rows if (r["arch"], r["head_dim"]) == (90, 128)}
+    assert len(set(sm90.values())) >= 4, sm90
+
+
 def test_the_block_fp8_gemm_compiles_with_every_config_breccia_launches_on_fp8_gpus(report):
     # The default table on every FP8 GPU; a table tuned on a GPU model (tuned/, e.g. the H200's)
     # on that model's compute capability only, its split-K configs with SGLang's reduce kernel.

@@ -2,6 +2,7 @@
 
 - ``write_kv.py``: quantize new K/V rows and store data + scales into a view's slots.
 - ``decode.py``: paged split-KV decode attention (one query token per request).
+- ``decode_tiles.py``: its tile configs (keys a step, warps, stages), tuned per GPU model in ``tuned/``.
 - ``extend.py``: paged extend (prefill) attention over a cached prefix plus the new tokens.
 - ``reference.py``: the fp32 torch references each kernel is tested against.
 - ``operands.py``: checking the views a launcher is given and turning them into kernel arguments.

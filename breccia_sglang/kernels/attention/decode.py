@@ -17,7 +17,8 @@ import triton
 import triton.language as tl
 
 from ...kvcache import PagedKV
-from ..launch import check_tensor, fp32_on_gpu, gpu_tiles, native_fp8_decode, ptx_decode
+from ..launch import check_tensor, gpu_tiles, native_fp8_decode, ptx_decode
+from .decode_tiles import DecodeTiles, decode_tiles
 from .operands import LOG2E, check_query, dot_precision, pointers, ragged
 from .paged_tile import attend_tile, load_fp8_tile, query_operand
 
@@ -132,6 +133,7 @@ def paged_decode_attention(
     out: torch.Tensor | None = None,
     part_out: torch.Tensor | None = None,
     part_lse: torch.Tensor | None = None,
+    tiles: DecodeTiles | None = None,
 ) -> torch.Tensor:
     """Decode attention of one query token per request over FP8 K/V read in place.
 
@@ -148,6 +150,7 @@ def paged_decode_attention(
     out : (batch, q_heads, v_head_dim) in q's dtype, written if given.
     part_out, part_lse : fp32 scratch (batch, q_heads, max_kv_splits, v_head_dim) and
         (batch, q_heads, max_kv_splits), e.g. SGLang's attn_logits / attn_lse buffers.
+    tiles : keys a step, warps and pipeline stages; default ``decode_tiles`` (tuned per GPU model).
 
     Returns ``out``: (batch, q_heads, v_head_dim) in q's dtype.
     """
@@ -179,6 +182,9 @@ def paged_decode_attention(
     head_blocks = triton.cdiv(group, block_h)
     block_d, block_dv = triton.next_power_of_2(head_dim), triton.next_power_of_2(v_head_dim)
     qk_scale = (sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)) * LOG2E
+    tiles = tiles or decode_tiles(q, head_dim)
+    if why := tiles.why_not():
+        raise ValueError(f"tiles {tiles.name}: {why}")
     k_data, k_scale, v_data, v_scale, *kv_strides = pointers(kv)
     _decode_split_kernel[(batch, kv_heads * head_blocks, max_kv_splits)](
         q, k_data, k_scale, v_data, v_scale,
@@ -190,9 +196,9 @@ def paged_decode_attention(
         part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1),
         GROUP=group, HEAD_BLOCKS=head_blocks, HEAD_DIM=head_dim, V_HEAD_DIM=v_head_dim,
-        BLOCK_H=block_h, BLOCK_N=32 if fp32_on_gpu(q) else 64, BLOCK_D=block_d, BLOCK_DV=block_dv,
+        BLOCK_H=block_h, BLOCK_N=tiles.block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
         DOT_PRECISION=dot_precision(q.dtype), NATIVE_FP8=native_fp8_decode(q), PTX=ptx_decode(q),
-        num_warps=8 if fp32_on_gpu(q) else 4,
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )
     _decode_merge_kernel[(batch, q_heads)](
         part_out, part_lse, kv_indptr, num_kv_splits, out,
