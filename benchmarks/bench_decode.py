@@ -7,6 +7,9 @@ GPU (the numbers the kernels issue asks for):
 CPU smoke run (TRITON_INTERPRET=1 is set for you; correctness only, no timings):
     python benchmarks/bench_decode.py --smoke
 
+Tune the decode kernel's tiles for this GPU model (``kernels/attention/decode_tiles.py``):
+    python benchmarks/bench_decode.py --tune               # then ship the report as tuned/decode_<GPU>.json
+
 Side by side in one run, for each (batch, context):
   breccia-fp8     paged_decode_attention: FP8 K/V + one fp32 scale per (token, kv head), read in place
   sglang-bf16     SGLang's Triton decode_attention_fwd on a BF16 KV cache
@@ -16,6 +19,11 @@ carried onto the GPU machine and its page-table layout built from these slots). 
 before sm_89 (A100, A10) Triton has no fp8e4nv type, which SGLang's kernel reads its FP8
 cache as: a baseline that fails reports its error in its row and the others still run; ours
 decodes E4M3 with integer ops there (``fp8_decode`` in the JSON says which).
+With ``--tune``, ours also runs with every candidate tile config (``decode_tiles.CANDIDATES``,
+rows ``breccia-fp8 <tiles>``); the config with the least summed slowdown over the cases (time /
+that case's best) wins, and the report's ``"tiles"`` entry (per head_dim) is what the server
+reads from a tuned file. The report is rewritten after every case, so a run cut short keeps
+what it measured.
 Each is checked against an fp32 attention on the K/V it reads before it is timed. Timing: the
 step replayed in a CUDA graph, as SGLang runs decode (``_gpu_timing``: eager launches on the lent
 machine's CPU would time the host; a variant that cannot be captured is timed eagerly and says so). Bandwidth counts the bytes each
@@ -41,7 +49,7 @@ import torch
 
 from _common import OUT_DIR, error_summary, report_header, sglang_kernel_module
 from _gpu_timing import time_us
-from breccia_sglang.kernels.attention import paged_decode_attention, write_kv_fp8
+from breccia_sglang.kernels.attention import decode_tiles, paged_decode_attention, write_kv_fp8
 from breccia_sglang.kernels.attention.decode import default_num_kv_splits
 from breccia_sglang.kernels.attention.reference import reference_attention
 from breccia_sglang.kernels.launch import native_fp8_on
@@ -86,7 +94,7 @@ def build_cache(batch: int, context: int, kv_heads: int, head_dim: int, dtype, d
 def kv_read_bytes(variant: str, batch: int, context: int, kv_heads: int, head_dim: int) -> int:
     rows = batch * context * kv_heads
     element = 2 if variant == WIDE else 1
-    scales = 2 * rows * 4 if variant == OURS else 0
+    scales = 2 * rows * 4 if variant.startswith(OURS) else 0
     return 2 * rows * head_dim * element + scales + batch * context * 8  # K + V, scales, int64 slot ids
 
 
@@ -95,8 +103,9 @@ def sglang_decode_kernel():
     return sglang_kernel_module("sglang.kernels.ops.attention.decode_attention").decode_attention_fwd
 
 
-def variants(q, cache, sm_scale: float, max_kv_splits: int) -> dict:
-    """name -> (run(), K/V as the variant reads them in fp32 for the correctness check)."""
+def variants(q, cache, sm_scale: float, max_kv_splits: int, tune: bool = False) -> dict:
+    """name -> (run(), K/V as the variant reads them in fp32 for the correctness check). ``tune``:
+    ours with every candidate tile config too (``breccia-fp8 <tiles>``)."""
     batch, q_heads, head_dim = q.shape
     splits = default_num_kv_splits(cache["kv_indptr"], max_kv_splits)
     part_out = torch.empty(batch, q_heads, max_kv_splits, head_dim, device=q.device)
@@ -108,14 +117,16 @@ def variants(q, cache, sm_scale: float, max_kv_splits: int) -> dict:
     context = PagedKV.of(k["data"], k["scale"], v["data"], v["scale"], cache["kv_indices"], PAGE,
                          indptr=cache["kv_indptr"])
 
-    def ours():
+    def ours(tiles=None):
         return paged_decode_attention(q, context, sm_scale, num_kv_splits=splits, out=out,
-                                      part_out=part_out, part_lse=part_lse)
+                                      part_out=part_out, part_lse=part_lse, tiles=tiles)
 
     def dequant(t):
         return t["data"].view(FP8).float() * t["scale"][:, :, None]
 
-    found[OURS] = (ours, dequant(k), dequant(v))
+    found[OURS] = (ours, dequant(k), dequant(v))  # the tiles the server takes here (tuned or default)
+    for tiles in decode_tiles.CANDIDATES if tune else ():
+        found[f"{OURS} {tiles.name}"] = (lambda tiles=tiles: ours(tiles), *found[OURS][1:])
     try:
         decode_attention_fwd = sglang_decode_kernel()
     except Exception as exc:  # sglang is not installed on the GPU machine unless carried
@@ -162,13 +173,13 @@ def run_case(batch, context, args, device, gen, peak) -> list[dict]:
     q = torch.randn(batch, q_heads, args.head_dim, generator=gen, device=device).to(args.dtype)
     sm_scale = 1.0 / math.sqrt(args.head_dim)
     rows = []
-    for name, (run, k, v) in variants(q, cache, sm_scale, args.max_kv_splits).items():
+    for name, (run, k, v) in variants(q, cache, sm_scale, args.max_kv_splits, args.tune).items():
         print(f"  {name}: batch {batch}, context {context}", flush=True)
         row = {"variant": name, "batch": batch, "context": context}
         try:
             row["rel_l2"] = check(run, k, v, q, cache, sm_scale)
         except Exception as exc:
-            if name == OURS:
+            if name.startswith(OURS):
                 raise
             # A baseline this GPU cannot run (SGLang's FP8 decode needs Triton's fp8e4nv,
             # sm_89+) is reported, and the others still measured.
@@ -193,18 +204,34 @@ def run_case(batch, context, args, device, gen, peak) -> list[dict]:
     return rows
 
 
+def best_tiles(rows: list[dict]) -> tuple[decode_tiles.DecodeTiles, dict[str, float]] | None:
+    """The candidate with the least summed slowdown (time / that case's best candidate time) over
+    the cases where every candidate was timed, and each candidate's sum; None if none was."""
+    candidates = {f"{OURS} {t.name}": t for t in decode_tiles.CANDIDATES}
+    cases: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        if r["variant"] in candidates and "time_us" in r:
+            cases.setdefault((r["batch"], r["context"]), {})[r["variant"]] = r["time_us"]
+    complete = [times for times in cases.values() if len(times) == len(candidates)]
+    if not complete:
+        return None
+    slowdown = {name: sum(times[name] / min(times.values()) for times in complete) for name in candidates}
+    winner = min(slowdown, key=slowdown.get)
+    return candidates[winner], {name.removeprefix(f"{OURS} "): value for name, value in slowdown.items()}
+
+
 def print_table(rows: list[dict]) -> None:
-    print(f"{'variant':16} {'batch':>5} {'context':>7} {'rel L2':>8} {'time us':>9} {'GB/s':>7} {'% peak':>7} {'vs bf16':>7}")
+    print(f"{'variant':22} {'batch':>5} {'context':>7} {'rel L2':>8} {'time us':>9} {'GB/s':>7} {'% peak':>7} {'vs bf16':>7}")
     for r in rows:
         if "error" in r:
-            print(f"{r['variant']:16} {r['batch']:5d} {r['context']:7d}   failed: {r['error']}")
+            print(f"{r['variant']:22} {r['batch']:5d} {r['context']:7d}   failed: {r['error']}")
             continue
         if "time_us" in r:
             ratio = r.get("time_vs_sglang_bf16", float("nan"))
             timing = f"{r['time_us']:9.1f} {r['gbps']:7.0f} {100 * r['peak_fraction']:6.1f}% {ratio:7.3f}"
         else:
             timing = "      n/a (CPU: correctness only)"
-        print(f"{r['variant']:16} {r['batch']:5d} {r['context']:7d} {r['rel_l2']:8.2e} {timing}")
+        print(f"{r['variant']:22} {r['batch']:5d} {r['context']:7d} {r['rel_l2']:8.2e} {timing}")
 
 
 def main() -> None:
@@ -217,6 +244,8 @@ def main() -> None:
     parser.add_argument("--max-kv-splits", type=int, default=16)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, correctness only (TRITON_INTERPRET=1)")
+    parser.add_argument("--tune", action="store_true",
+                        help="also run ours with every candidate tile config; the report's \"tiles\" is the winner")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "decode.json")
     args = parser.parse_args()
     if args.smoke:  # the interpreter's bf16 is broken: fp16 there
@@ -230,22 +259,35 @@ def main() -> None:
     gen = torch.Generator(device=device).manual_seed(0)
     peak = copy_bandwidth(device) if device.type == "cuda" else None
     started = time.time()
-    rows = []
-    for batch in args.batch:
-        for context in args.context:
-            rows += run_case(batch, context, args, device, gen, peak)
-    print_table(rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {
+    header = {
         **report_header("decode", args),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}), TRITON_INTERPRET=1",
         "measured_copy_bandwidth_gbps": peak / 1e9 if peak else None,
         "fp8_decode": "native float8e4nv" if native_fp8_on(device) else "integer bit moves (no fp8e4nv before sm_89)",
         "kv_heads": args.kv_heads, "group": args.group, "head_dim": args.head_dim, "dtype": str(args.dtype),
-        "seconds": time.time() - started, "rows": rows,
     }
-    args.out.write_text(json.dumps(report, indent=1))
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability()
+        header["capability"] = 10 * major + minor
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for batch in args.batch:
+        for context in args.context:
+            rows += run_case(batch, context, args, device, gen, peak)
+            write_report(args.out, header, rows, started, args.head_dim)  # a run cut short keeps its cases
+    print_table(rows)
     print(f"wrote {args.out}")
+
+
+def write_report(path: Path, header: dict, rows: list[dict], started: float, head_dim: int) -> None:
+    report = {**header, "seconds": time.time() - started, "rows": rows}
+    tuned = best_tiles(rows)
+    if tuned:
+        tiles, report["tile_slowdown_sums"] = tuned
+        report["tiles"] = decode_tiles.tiles_entry({head_dim: tiles})  # what a tuned file is read for
+        print(f"tuned decode tiles for head_dim {head_dim}: {tiles.name} "
+              f"(summed slowdown {report['tile_slowdown_sums'][tiles.name]:.3f} over the cases timed)", flush=True)
+    path.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -39,8 +39,10 @@
 #    kernels, INT4 g128 and NVFP4 experts on our MoE W4A16 kernel and the FP8 experts on our MoE
 #    W8A16 kernel (first runs on a GPU), against BF16 experts, Qwen3-30B-A3B's MoE shapes, batch
 #    1-256, with the MoE targets.
-# 6. benchmarks/bench_decode.py: breccia's FP8 decode kernel against SGLang's Triton decode on
-#    BF16 and per-tensor FP8 KV, side by side.
+# 6. benchmarks/bench_decode.py --tune: breccia's FP8 decode kernel against SGLang's Triton decode
+#    on BF16 and per-tensor FP8 KV, side by side, and ours with every candidate tile config (keys a
+#    step, warps, pipeline stages: kernels/attention/decode_tiles.py); decode.json's "tiles" is the
+#    winner, and the file itself is the tuned table to ship as kernels/attention/tuned/decode_<GPU>.json.
 # Files in $OUT: run.log (everything printed, env first), a JSON per step and the two tuned
 # tables (block_fp8_<GPU>.json, weight_only_<GPU>.json): 8, the most the tool brings back, so a
 # new step must write into one of these. The last lines printed are the targets.
@@ -88,16 +90,19 @@ tuned=$(ls "$OUT"/block_fp8_*.json 2>/dev/null | head -1)
 if [ -n "$tuned" ] && [ -z "${TUNE_ARGS:-}" ]; then
     export BRECCIA_SGLANG_BLOCK_FP8_CONFIGS="$tuned"  # else the table shipped for this GPU, if any
 fi
-wants tune-wo && step 90 tune-wo "$PYTHON" benchmarks/tune_weight_only.py "${smoke[@]}" --jobs 14 \
+wants tune-wo && step 85 tune-wo "$PYTHON" benchmarks/tune_weight_only.py "${smoke[@]}" --jobs 14 \
     --out "$OUT/tune_weight_only.json"
 tuned_wo=$(ls "$OUT"/weight_only_*.json 2>/dev/null | head -1)
 [ -n "$tuned_wo" ] && export BRECCIA_SGLANG_WEIGHT_ONLY_CONFIGS="$tuned_wo"  # gemm's W8A16 / W4A16 rows take it
-# gemm starts no new case after 150 s, so the targets still print on what ran (the step stops at 170)
-wants gemm && step 170 gemm "$PYTHON" benchmarks/bench_gemm.py "${smoke[@]}" --budget-s 150 --out "$OUT/gemm.json"
+# gemm starts no new case after 135 s, so the targets still print on what ran (the step stops at 155)
+wants gemm && step 155 gemm "$PYTHON" benchmarks/bench_gemm.py "${smoke[@]}" --budget-s 135 --out "$OUT/gemm.json"
 wants kernels && step 70 kernels "$PYTHON" -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/kernels \
     tests/integration/test_gemm_blockscale.py
 wants moe && step 65 moe "$PYTHON" benchmarks/bench_moe.py "${smoke[@]}" --out "$OUT/moe.json"
-wants decode && step 45 decode "$PYTHON" benchmarks/bench_decode.py "${smoke[@]}" --out "$OUT/decode.json"
+# decode rewrites its JSON after every (batch, context): a run cut short keeps its cases and tiles.
+# On a GPU, 3 contexts (as the H200's first table) leave time for the 8 tile candidates.
+decode_cases=(); [ "$DEVICE" = cuda ] && decode_cases=(--context 4096 16384 32768)
+wants decode && step 70 decode "$PYTHON" benchmarks/bench_decode.py "${smoke[@]}" "${decode_cases[@]}" --tune --out "$OUT/decode.json"
 # `extra`: a one-off script ($EXTRA, e.g. a probe carried in a git-ignored folder) in this environment.
 wants extra && step "${EXTRA_SECONDS:-80}" extra "$PYTHON" "${EXTRA:?EXTRA names the script the extra step runs}"
 

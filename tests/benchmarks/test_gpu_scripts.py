@@ -10,7 +10,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-PASSED_FLAGS = {"--smoke", "--out", "--out-dir", "--jobs", "--budget-s"}  # those gpu_checks.sh gives benchmarks
+PASSED_FLAGS = {"--smoke", "--out", "--out-dir", "--jobs", "--budget-s", "--tune"}  # those gpu_checks.sh gives benchmarks
 
 
 def pinned_wheels() -> dict[str, str]:
@@ -44,7 +44,8 @@ def test_every_script_gpu_checks_runs_is_here_and_takes_its_flags():
     for script in scripts:
         path = SCRIPTS.parent / "benchmarks" / script
         assert path.exists(), script
-        flags = set(re.findall(rf"benchmarks/{re.escape(script)}[^\n]*", text)[0].split()) & PASSED_FLAGS
+        command = re.findall(rf"^[^#\n]*benchmarks/{re.escape(script)}[^\n]*", text, re.M)[0]  # not a comment
+        flags = set(command.split()) & PASSED_FLAGS
         source = path.read_text()
         assert all(f'"{flag}"' in source for flag in flags), (script, flags)
     assert "tests/kernels" in text and "tests/integration/test_gemm_blockscale.py" in text
