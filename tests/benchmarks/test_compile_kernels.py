@@ -71,6 +71,20 @@ def test_fp32_queries_take_tiles_that_do_not_spill(report):
         assert r["num_warps"] == (8 if r["dtype"] == "float32" else 4), r
 
 
+def test_the_decode_loop_converts_v_where_it_was_loaded(report):
+    # paged_tile.converted_in_place: each thread converts 16 contiguous V codes of a row, instead
+    # of gathering two keys' codes a byte at a time in the dot's operand layout. The bf16
+    # head_dim 128 decode loop issued 866 / 719 / 722 instructions on sm_80 / 89 / 90 before,
+    # 714 / 580 / 594 since; extend at head_dim 64 on sm_80 / 89 1569 / 1259 -> 1213 / 1045.
+    def loop(kernel, arch, head_dim):
+        return next(r["loop_instructions"] for r in rows_of(report, kernel)
+                    if (r["arch"], r["dtype"], r["head_dim"]) == (arch, "bfloat16", head_dim))
+
+    assert loop("breccia decode split", 80, 128) < 780
+    assert loop("breccia decode split", 89, 128) < 650 and loop("breccia decode split", 90, 128) < 650
+    assert loop("breccia extend", 80, 64) < 1350 and loop("breccia extend", 89, 64) < 1150
+
+
 def test_every_decode_tile_candidate_compiles_everywhere_without_spilling(report):
     # bench_decode --tune may ship any of them for a GPU model: each must lower for every target
     # and head_dim without spilling, and they must differ where it matters (registers per thread,

@@ -5,8 +5,8 @@ in flight and how few instructions it issues per byte. Both trade against each o
 the tile: more keys a step (``block_n``) or fewer warps issue fewer instructions per byte but
 hold more registers, so fewer programs share an SM to hide latency; deeper pipelines hold more
 shared memory. Compiled for sm_90 at head_dim 128 (bf16 queries), the default 64 keys over 4
-warps takes 168 registers and 5.6 loop instructions per cache byte; 32 keys take 127 and 6.6;
-128 keys 194 and 4.5 (``benchmarks/compile_kernels.py``). Which wins is a measurement:
+warps take 134 registers and 4.6 loop instructions per cache byte; 32 keys take 96 and 5.5;
+128 keys 140 and 3.6 (``benchmarks/compile_kernels.py``). Which wins is a measurement:
 ``benchmarks/bench_decode.py --tune`` times every candidate on the GPU at hand and its JSON
 report carries the winner per head_dim under ``"tiles"``. That file, copied to ``tuned/`` as
 ``decode_<GPU model>.json`` (named as SGLang names its tuned configs, spaces as ``_``), is
