@@ -79,6 +79,17 @@ def ptx_decode(t: torch.Tensor) -> bool:
     return nvidia_ptx(t) and all(os.environ.get(v, "1") != "0" for v in (names.ENV_PTX, names.ENV_W4A16_PTX))
 
 
+def gpu_model(t: torch.Tensor) -> str | None:
+    """The model of the GPU ``t`` is on, as SGLang names its tuned configs ("NVIDIA H200"), which
+    is what our tuned tables are found by; None off CUDA."""
+    return _gpu_model(t.device.index or 0) if t.is_cuda else None
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_model(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
 def native_fp8_on(device: torch.device) -> bool:
     if device.type == "cpu":
         return True

@@ -26,20 +26,14 @@ import torch
 
 from ... import names
 from ...kernels.gemm import dequantized_linear, w8a16_matmul
+from ...kernels.launch import gpu_model
 from .block_fp8_tiles import FOUR_BIT_KEYS, dequantize_from_m, file_key, w8a16_up_to_m
 
 logger = logging.getLogger(__name__)
 NEVER = 1 << 62  # a dequantize_from_m that no batch reaches
 
 
-@functools.lru_cache(maxsize=None)
-def gpu_name(index: int) -> str:
-    """The GPU model's name, as SGLang names its tuned configs (e.g. "NVIDIA H200")."""
-    return torch.cuda.get_device_name(index)
-
-
-def device_name(t: torch.Tensor) -> str | None:
-    return gpu_name(t.device.index or 0) if t.is_cuda else None
+device_name = gpu_model  # the GPU model a tensor is on (None off CUDA): what tuned tables are found by
 
 
 class BatchRoutes:

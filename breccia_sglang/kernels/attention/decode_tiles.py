@@ -27,7 +27,7 @@ import torch
 
 from ... import names
 from ...errors import BrecciaConfigError
-from ..launch import fp32_on_gpu
+from ..launch import fp32_on_gpu, gpu_model
 
 TUNED_DIR = Path(__file__).parent / "tuned"
 
@@ -75,19 +75,12 @@ def decode_tiles(q: torch.Tensor, head_dim: int) -> DecodeTiles:
     one), else ``DEFAULT``."""
     if fp32_on_gpu(q):
         return FP32
-    chosen = os.environ.get(names.ENV_DECODE_TILES) or None
-    device_name = _gpu_name(q.device.index or 0) if q.is_cuda else None
-    return _tuned(chosen, device_name).get(head_dim, DEFAULT)
+    return _tuned(os.environ.get(names.ENV_DECODE_TILES) or None, gpu_model(q)).get(head_dim, DEFAULT)
 
 
 def tuned_file(device_name: str) -> Path:
     """Where the tiles tuned on GPU model ``device_name`` ship."""
     return TUNED_DIR / f"decode_{device_name.replace(' ', '_')}.json"
-
-
-@functools.lru_cache(maxsize=None)
-def _gpu_name(index: int) -> str:
-    return torch.cuda.get_device_name(index)
 
 
 @functools.lru_cache(maxsize=None)

@@ -24,6 +24,7 @@ import torch
 
 from ... import names
 from ...errors import BrecciaConfigError
+from ..launch import gpu_model
 from .tiling import TileConfig
 
 TUNED_DIR = Path(__file__).parent / "tuned"
@@ -45,13 +46,7 @@ def tuned_file(device_name: str) -> Path:
 def tuned_rows(table: str, x: torch.Tensor) -> Rows:
     """The tuned rows of ``table`` for a launch over activations ``x``: from the file that
     ``BRECCIA_SGLANG_WEIGHT_ONLY_CONFIGS`` names, else from this GPU model's shipped file, else none."""
-    chosen = os.environ.get(names.ENV_WEIGHT_ONLY_CONFIGS) or None
-    return _tables(chosen, _gpu_name(x.device.index or 0) if x.is_cuda else None).get(table, [])
-
-
-@functools.lru_cache(maxsize=None)
-def _gpu_name(index: int) -> str:
-    return torch.cuda.get_device_name(index)
+    return _tables(os.environ.get(names.ENV_WEIGHT_ONLY_CONFIGS) or None, gpu_model(x)).get(table, [])
 
 
 @functools.lru_cache(maxsize=None)
