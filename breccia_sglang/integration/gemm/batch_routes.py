@@ -33,9 +33,6 @@ logger = logging.getLogger(__name__)
 NEVER = 1 << 62  # a dequantize_from_m that no batch reaches
 
 
-device_name = gpu_model  # the GPU model a tensor is on (None off CUDA): what tuned tables are found by
-
-
 class BatchRoutes:
     """For an FP8 kernel whose loaded weight is (N, K) E4M3 codes with fp32 (N, K / group)
     scales, or what ``fp8_operands`` makes of its layer; a 4-bit kernel takes the prefill route
@@ -67,7 +64,7 @@ class BatchRoutes:
         """Once, after loading: which batch sizes of this layer leave its kernel on this GPU.
         ``key``: the layer's ``route_key``; for an FP8 layer its scale group width (None: one
         scale per row), which the routes then dequantize by."""
-        device = device_name(layer.weight)
+        device = gpu_model(layer.weight)
         self.route_group = key
         self.w8a16_up_to_m, from_m = self.route_bounds(device, key)
         self.dequantize_from_m = from_m or NEVER

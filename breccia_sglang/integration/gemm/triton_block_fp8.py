@@ -22,12 +22,13 @@ from breccia.recipes import Float8BlockScaling, MXFP8BlockScaling
 
 from ... import names
 from ...errors import BrecciaCheckpointError
+from ...kernels.launch import gpu_model
 from ...weights.codes import decode_e8m0
 from ..sglang_params import code_params, fp8_params
 from .activation_quant import quantize_input
 from .base import GemmKernel, layer_output, needs_gpu, token_rows
+from .batch_routes import BatchRoutes
 from .block_fp8_tiles import choose_config
-from .batch_routes import BatchRoutes, device_name
 
 BLOCKS = (32, 64, 128)  # the K widths of the 1 x B scale blocks this path takes
 
@@ -42,7 +43,7 @@ def block_fp8_matmul(x_codes: torch.Tensor, x_scale: torch.Tensor, weight: torch
     if k % block or weight.shape[1] != k or weight_scale.shape != (n, k // block) or x_scale.shape != (m, k // block):
         raise ValueError(f"block FP8 GEMM: x {tuple(x_codes.shape)}, scales {tuple(x_scale.shape)}, weight "
                          f"{tuple(weight.shape)}, scales {tuple(weight_scale.shape)} do not fit 1x{block} blocks")
-    tile = choose_config(m, block, interpreted, device_name(x_codes))
+    tile = choose_config(m, block, interpreted, gpu_model(x_codes))
     config = tile.for_block(block)
     out = x_codes.new_empty((m, n), dtype=out_dtype)
     # SPLIT_K > 1: each K split writes fp32 partials, which SGLang's reduce kernel sums into out.
