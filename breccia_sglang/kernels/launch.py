@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -88,6 +90,16 @@ def gpu_model(t: torch.Tensor) -> str | None:
 @functools.lru_cache(maxsize=None)
 def _gpu_model(index: int) -> str:
     return torch.cuda.get_device_name(index)
+
+
+def tuned_path(chosen: str | None, device_name: str | None, shipped: Callable[[str], Path]) -> Path | None:
+    """The tuned file a table lookup reads: the one its environment variable names (``chosen``,
+    read whether or not it exists, so a wrong path fails with its name), else the file shipped for
+    GPU model ``device_name`` (``shipped(device_name)``) where there is one, else None."""
+    if chosen:
+        return Path(chosen)
+    path = shipped(device_name) if device_name else None
+    return path if path is not None and path.exists() else None
 
 
 def native_fp8_on(device: torch.device) -> bool:

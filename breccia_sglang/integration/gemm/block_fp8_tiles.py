@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ... import names
 from ...errors import BrecciaConfigError
+from ...kernels.launch import tuned_path
 
 TUNED_DIR = Path(__file__).parent / "tuned"
 
@@ -135,14 +136,8 @@ def table_for(block: int, device_name: str | None) -> list[tuple[int, TileConfig
 def _tables(chosen: str | None, device_name: str | None) -> dict[int, list[tuple[int, TileConfig]]]:
     """The tables of the file the variable names, else of this GPU model's shipped file, else none:
     found once per (variable, GPU), not with a file lookup on every GEMM call."""
-    path = _tuned_path(chosen, device_name)
+    path = tuned_path(chosen, device_name, tuned_file)
     return load_tables(path) if path else {}
-
-
-def _tuned_path(chosen: str | None, device_name: str | None) -> Path | None:
-    """The file the variable names (it must exist), else this GPU model's shipped file if any."""
-    path = Path(chosen) if chosen else tuned_file(device_name) if device_name else None
-    return path if path is not None and (chosen or path.exists()) else None
 
 
 def w8a16_up_to_m(device_name: str | None) -> int:
@@ -151,7 +146,7 @@ def w8a16_up_to_m(device_name: str | None) -> int:
     chosen = rows_variable(names.ENV_W8A16_UP_TO_M)
     if chosen is not None:
         return chosen
-    path = _tuned_path(os.environ.get(names.ENV_BLOCK_FP8_CONFIGS) or None, device_name)
+    path = tuned_path(os.environ.get(names.ENV_BLOCK_FP8_CONFIGS) or None, device_name, tuned_file)
     return load_w8a16_bound(path) if path else 0
 
 
@@ -184,7 +179,7 @@ def dequantize_from_m(device_name: str | None, layer: int | str | None) -> int:
     chosen = rows_variable(names.ENV_DEQUANTIZE_FROM_M)
     if chosen is not None:
         return chosen
-    path = _tuned_path(os.environ.get(names.ENV_BLOCK_FP8_CONFIGS) or None, device_name)
+    path = tuned_path(os.environ.get(names.ENV_BLOCK_FP8_CONFIGS) or None, device_name, tuned_file)
     return load_dequantize_bounds(path).get(file_key(layer), 0) if path else 0
 
 

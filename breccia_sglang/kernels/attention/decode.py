@@ -182,8 +182,9 @@ def paged_decode_attention(
     head_blocks = triton.cdiv(group, block_h)
     block_d, block_dv = triton.next_power_of_2(head_dim), triton.next_power_of_2(v_head_dim)
     qk_scale = (sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)) * LOG2E
-    tiles = tiles or decode_tiles(q, head_dim)
-    if why := tiles.why_not():
+    if tiles is None:
+        tiles = decode_tiles(q, head_dim)  # checked when its file was read
+    elif why := tiles.why_not():
         raise ValueError(f"tiles {tiles.name}: {why}")
     k_data, k_scale, v_data, v_scale, *kv_strides = pointers(kv)
     _decode_split_kernel[(batch, kv_heads * head_blocks, max_kv_splits)](

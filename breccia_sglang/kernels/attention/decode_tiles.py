@@ -27,7 +27,7 @@ import torch
 
 from ... import names
 from ...errors import BrecciaConfigError
-from ..launch import fp32_on_gpu, gpu_model
+from ..launch import fp32_on_gpu, gpu_model, tuned_path
 
 TUNED_DIR = Path(__file__).parent / "tuned"
 
@@ -86,10 +86,8 @@ def tuned_file(device_name: str) -> Path:
 @functools.lru_cache(maxsize=None)
 def _tuned(chosen: str | None, device_name: str | None) -> dict[int, DecodeTiles]:
     """Found once per (variable, GPU model): a decode step inside a CUDA graph reads no file."""
-    if chosen:
-        return load_tiles(Path(chosen))
-    path = tuned_file(device_name) if device_name else None
-    return load_tiles(path) if path is not None and path.exists() else {}
+    path = tuned_path(chosen, device_name, tuned_file)
+    return load_tiles(path) if path else {}
 
 
 @functools.lru_cache(maxsize=None)

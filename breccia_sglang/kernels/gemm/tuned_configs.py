@@ -24,7 +24,7 @@ import torch
 
 from ... import names
 from ...errors import BrecciaConfigError
-from ..launch import gpu_model
+from ..launch import gpu_model, tuned_path
 from .tiling import TileConfig
 
 TUNED_DIR = Path(__file__).parent / "tuned"
@@ -52,10 +52,8 @@ def tuned_rows(table: str, x: torch.Tensor) -> Rows:
 @functools.lru_cache(maxsize=None)
 def _tables(chosen: str | None, device_name: str | None) -> dict[str, Rows]:
     """Found once per (variable, GPU model), not with a file lookup on every launch."""
-    if chosen:
-        return load_tables(Path(chosen))
-    path = tuned_file(device_name) if device_name else None
-    return load_tables(path) if path is not None and path.exists() else {}
+    path = tuned_path(chosen, device_name, tuned_file)
+    return load_tables(path) if path else {}
 
 
 @functools.lru_cache(maxsize=None)
