@@ -180,17 +180,21 @@ def checkpoint_for(recipe: str | None, source: Path) -> tuple[Path, dict]:
     """The checkpoint a config serves (quantized once, then cached) and how it was made."""
     if recipe is None:
         return source, {"recipe": None}
-    from breccia_sglang.harness.demo_model import cache_dir, is_checkpoint
+    from breccia_sglang.harness.cache import cache_dir, cached_checkpoint
     from breccia_sglang.format import make_recipe
     from breccia_sglang.format.quantize import quantize_checkpoint
 
     path = cache_dir() / "bench-accuracy" / f"{source.name}-breccia-{recipe}"
-    info = {"recipe": recipe, "params": RECIPES[recipe], "path": str(path), "cached": is_checkpoint(path)}
-    if not info["cached"]:
+    info = {"recipe": recipe, "params": RECIPES[recipe], "path": str(path), "cached": True}
+
+    def quantize(dst):
+        info["cached"] = False
         params = dict(RECIPES[recipe])
         started = time.monotonic()
-        quantize_checkpoint(source, path, make_recipe(params.pop("name"), **params), progress=False)
+        quantize_checkpoint(source, dst, make_recipe(params.pop("name"), **params), progress=False, overwrite=True)
         info["quantize_s"] = round(time.monotonic() - started, 1)
+
+    cached_checkpoint(path, quantize)
     return path, {**info, **checkpoint_summary(path, source)}
 
 

