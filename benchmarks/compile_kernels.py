@@ -148,8 +148,7 @@ def breccia_launches(dtype: torch.dtype, head_dim: int, group: int) -> list[Laun
 def decode_candidates(recorded: Launch) -> list[Launch]:
     """The decode launch with each tile config ``bench_decode.py --tune`` measures, but the default."""
     return [recorded._replace(name=f"breccia decode split {tiles.name} (tune candidate)",
-                              kwargs={**recorded.kwargs, "BLOCK_N": tiles.block_n, "num_warps": tiles.num_warps,
-                                      "num_stages": tiles.num_stages})
+                              kwargs={**recorded.kwargs, "BLOCK_N": tiles.block_n, **tiles.launch_options})
             for tiles in decode_tiles.CANDIDATES if tiles != decode_tiles.DEFAULT]
 
 

@@ -18,7 +18,7 @@ from breccia_sglang.kernels.attention.reference import paged_decode_attention_re
 
 from .pool import KV_HEADS, PagedPool, assert_matches_reference, on_device
 
-TUNED = DecodeTiles(16, 2, 2)
+TUNED = DecodeTiles(16, 2, 2, max_registers=96)
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +75,8 @@ def test_a_tuned_file_serves_its_head_dim_and_reaches_the_launch(tmp_path, monke
     pool = PagedPool([40, 7], 16, 64, gen)
     q = on_device(torch.randn(2, KV_HEADS * 2, 64, generator=gen).to(torch.float16))
     out = paged_decode_attention(q, pool.contexts())
-    assert [(k["BLOCK_N"], k["num_warps"], k["num_stages"]) for k in launched] == [(16, 2, 2)]
+    # The register cap is a launch option too (the interpreter ignores it; ptxas takes it on a GPU).
+    assert [(k["BLOCK_N"], k["num_warps"], k["num_stages"], k.get("maxnreg")) for k in launched] == [(16, 2, 2, 96)]
     assert_matches_reference(out, paged_decode_attention_reference(q, pool.contexts()), torch.float16)
 
 
@@ -95,10 +96,20 @@ def test_the_tiles_entry_reads_back_as_written(tmp_path):
     assert decode_tiles.load_tiles(path) == found
 
 
+def test_a_file_without_a_register_cap_launches_uncapped(tmp_path):
+    path = tmp_path / "decode.json"  # as bench_decode --tune wrote them before the cap existed
+    path.write_text(json.dumps({"tiles": {"128": {"block_n": 32, "num_warps": 4, "num_stages": 2}}}))
+    tiles = decode_tiles.load_tiles(path)[128]
+    assert tiles == DecodeTiles(32, 4, 2) and tiles.name == "32x4w2s"
+    assert tiles.launch_options == {"num_warps": 4, "num_stages": 2}  # no maxnreg: ptxas decides
+    assert TUNED.name == "16x2w2sr96"
+
+
 @pytest.mark.parametrize("tiles,why", [
     ({"128": {"block_n": 48, "num_warps": 4, "num_stages": 2}}, "head_dim 128: block_n 48"),
     ({"64": {"block_n": 64, "num_warps": 3, "num_stages": 2}}, "head_dim 64: num_warps 3"),
     ({"64": {"block_n": 64, "num_warps": 4, "num_stages": 0}}, "head_dim 64: num_stages 0"),
+    ({"64": {"block_n": 64, "num_warps": 4, "num_stages": 3, "max_registers": 100}}, "head_dim 64: max_registers 100"),
     ({"64": {"block_n": 64, "num_warps": 4}}, "unreadable"),
     ({"sixty-four": vars(TUNED)}, "unreadable"),
 ])

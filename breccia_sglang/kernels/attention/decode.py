@@ -199,7 +199,7 @@ def paged_decode_attention(
         GROUP=group, HEAD_BLOCKS=head_blocks, HEAD_DIM=head_dim, V_HEAD_DIM=v_head_dim,
         BLOCK_H=block_h, BLOCK_N=tiles.block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
         DOT_PRECISION=dot_precision(q.dtype), NATIVE_FP8=native_fp8_decode(q), PTX=ptx_decode(q),
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        **tiles.launch_options,
     )
     _decode_merge_kernel[(batch, q_heads)](
         part_out, part_lse, kv_indptr, num_kv_splits, out,

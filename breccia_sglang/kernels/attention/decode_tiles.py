@@ -6,7 +6,9 @@ the tile: more keys a step (``block_n``) or fewer warps issue fewer instructions
 hold more registers, so fewer programs share an SM to hide latency; deeper pipelines hold more
 shared memory. Compiled for sm_90 at head_dim 128 (bf16 queries), the default 64 keys over 4
 warps take 134 registers and 4.6 loop instructions per cache byte; 32 keys take 96 and 5.5;
-128 keys 140 and 3.6 (``benchmarks/compile_kernels.py``). Which wins is a measurement:
+128 keys 140 and 3.6 (``benchmarks/compile_kernels.py``). A register cap (``max_registers``,
+ptxas's ``maxnreg``) trades the other way: capped at 128, the default tiles fit 4 programs of 4
+warps on an SM instead of 3, for 1-2% more instructions and no spills. Which wins is a measurement:
 ``benchmarks/bench_decode.py --tune`` times every candidate on the GPU at hand and its JSON
 report carries the winner per head_dim under ``"tiles"``. That file, copied to ``tuned/`` as
 ``decode_<GPU model>.json`` (named as SGLang names its tuned configs, spaces as ``_``), is
@@ -37,10 +39,20 @@ class DecodeTiles:
     block_n: int  # keys (cache rows) per step of a program's loop
     num_warps: int
     num_stages: int  # tiles loaded ahead by Triton's software pipeline, plus the one in use
+    max_registers: int | None = None  # per thread, if capped below what ptxas would take
 
     @property
     def name(self) -> str:
-        return f"{self.block_n}x{self.num_warps}w{self.num_stages}s"
+        cap = f"r{self.max_registers}" if self.max_registers else ""
+        return f"{self.block_n}x{self.num_warps}w{self.num_stages}s{cap}"
+
+    @property
+    def launch_options(self) -> dict:
+        """The Triton launch options these tiles set (the cap only when there is one)."""
+        options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.max_registers:
+            options["maxnreg"] = self.max_registers
+        return options
 
     def why_not(self) -> str | None:
         """Why a launch cannot take these tiles, or None."""
@@ -50,6 +62,8 @@ class DecodeTiles:
             return f"num_warps {self.num_warps}: 1, 2, 4 or 8"
         if not 1 <= self.num_stages <= 5:
             return f"num_stages {self.num_stages}: 1 to 5"
+        if self.max_registers is not None and not (64 <= self.max_registers <= 255 and self.max_registers % 8 == 0):
+            return f"max_registers {self.max_registers}: a multiple of 8 from 64 to 255, or none"
         return None
 
 
@@ -57,6 +71,7 @@ DEFAULT = DecodeTiles(64, 4, 3)  # fp16 / bf16 queries where nothing is tuned
 FP32 = DecodeTiles(32, 8, 3)  # fp32 queries on a GPU (launch.fp32_on_gpu says why)
 # What bench_decode --tune measures: each compiles without spills for sm_80 / 89 / 90 at head_dim
 # 64 and 128 (tests/test_compile_kernels.py), and spans registers against instructions per byte.
+# The capped one is the default's tiles at 4 programs an SM where head_dim 128 would fit 3.
 CANDIDATES = (
     DEFAULT,
     DecodeTiles(64, 4, 2),
@@ -66,6 +81,7 @@ CANDIDATES = (
     DecodeTiles(64, 8, 2),
     DecodeTiles(128, 4, 2),
     DecodeTiles(128, 8, 2),
+    DecodeTiles(64, 4, 3, max_registers=128),
 )
 
 
