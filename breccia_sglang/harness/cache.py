@@ -37,6 +37,8 @@ def cached_checkpoint(entry: Path, build: Callable[[Path], object], *, log: Call
     cut short leaves nothing a later call would take for a checkpoint.
     """
     entry = Path(entry)
+    if is_checkpoint(entry):  # built whole (builds land by one rename): read it, lock or not
+        return entry          # (a read-only cache holds no lock file)
     with _locked(entry, log):
         if not is_checkpoint(entry):
             build(entry)

@@ -51,12 +51,14 @@ def test_two_processes_asking_at_once_build_the_entry_once(tmp_path):
     assert is_checkpoint(entry)
 
 
-def test_a_built_entry_is_not_built_again(tmp_path):
-    entry = tmp_path / "model-fp8"
+def test_a_built_entry_is_read_without_building_or_locking(tmp_path):
+    entry = tmp_path / "cache" / "model-fp8"
     _write_checkpoint(entry)
     calls = []
     assert cached_checkpoint(entry, calls.append) == entry
     assert calls == []
+    # No lock file: a shared, read-only cache of prebuilt checkpoints serves as it is.
+    assert list(entry.parent.iterdir()) == [entry]
 
 
 def test_a_failed_build_leaves_no_entry_and_the_next_call_builds_it(tmp_path):
