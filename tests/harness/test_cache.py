@@ -11,24 +11,31 @@ import pytest
 
 from breccia_sglang.harness.cache import cached_checkpoint, is_checkpoint
 
-# A process that asks for ENTRY with a build that takes a second: it notes each build it runs in
-# BUILDS, and prints what cached_checkpoint logged and returned.
+# A process that asks for ENTRY: it notes in ASKED that it is about to ask, and each build it
+# runs in BUILDS, and prints what cached_checkpoint logged and returned. Its build holds on until
+# both processes have asked (however long their imports took), then a little longer, so the
+# other one meets the lock, whichever process builds.
 ASK = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from breccia_sglang.format.writer import atomic_output_dir
     from breccia_sglang.harness.cache import cached_checkpoint
 
-    entry, builds = Path(sys.argv[1]), Path(sys.argv[2])
+    entry, builds, asked = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 
     def build(dst):
         with builds.open("a") as f:
             f.write("build\\n")
+        deadline = time.monotonic() + 60
+        while len(asked.read_text().split()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # from the other's note to its lock call is a few milliseconds
         with atomic_output_dir(dst) as tmp:
-            time.sleep(1.0)  # long enough that the other process asks while this one builds
             (tmp / "config.json").write_text("{}")
             (tmp / "model.safetensors").write_bytes(b"")
 
+    with asked.open("a") as f:
+        f.write("asked\\n")
     print(cached_checkpoint(entry, build, log=lambda m: print("LOG", m)))
 """)
 
@@ -40,8 +47,10 @@ def _write_checkpoint(dst: Path) -> None:
 
 
 def test_two_processes_asking_at_once_build_the_entry_once(tmp_path):
-    entry, builds = tmp_path / "cache" / "model-fp8", tmp_path / "builds.txt"
-    askers = [subprocess.Popen([sys.executable, "-c", ASK, str(entry), str(builds)], stdout=subprocess.PIPE, text=True)
+    entry, builds, asked = tmp_path / "cache" / "model-fp8", tmp_path / "builds.txt", tmp_path / "asked.txt"
+    asked.write_text("")
+    askers = [subprocess.Popen([sys.executable, "-c", ASK, str(entry), str(builds), str(asked)],
+                               stdout=subprocess.PIPE, text=True)
               for _ in range(2)]
     outputs = [asker.communicate(timeout=120)[0] for asker in askers]
     assert [asker.returncode for asker in askers] == [0, 0], outputs
