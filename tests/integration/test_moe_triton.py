@@ -160,11 +160,32 @@ def test_the_routed_pairs_are_grouped_by_expert_in_whole_blocks_without_a_host_s
             banned.setattr(torch.Tensor, read, lambda *a: pytest.fail("a tensor value read on the host"))
         sorted_ids, expert_ids, padded = align_routed_pairs(topk_ids, 4, E)
     pad = topk_ids.numel()
-    # The real blocks, then padding up to SGLang's worst case (8 pairs + 4 experts x 3 = 20 rows)
-    assert sorted_ids.tolist() == [0, 3, 4, 7, 5, pad, pad, pad, 1, 2, 6, pad] + [pad] * 8
-    assert expert_ids.tolist() == [0, 1, 2, -1, -1] and padded.tolist() == [12]
+    # The real blocks, then padding up to SGLang's worst case (8 pairs + (4 experts + the group
+    # of other ranks' pairs) x 3 = 23 rows, in whole blocks: 24)
+    assert sorted_ids.tolist() == [0, 3, 4, 7, 5, pad, pad, pad, 1, 2, 6, pad] + [pad] * 12
+    assert expert_ids.tolist() == [0, 1, 2, -1, -1, -1] and padded.tolist() == [12]
     sorted_ids, expert_ids, padded = align_routed_pairs(torch.zeros((0, 2), dtype=torch.int32), 4, E)
     assert padded.tolist() == [0] and set(expert_ids.tolist()) == {-1}
+
+
+def test_pairs_of_other_ranks_experts_come_first_in_blocks_tagged_minus_one():
+    # Expert parallelism: -1 marks a pair whose expert is on another rank (SGLang's dispatcher).
+    # SGLang's align op groups them first, in blocks tagged -1 inside the routed count, so the
+    # kernels write their rows as zeros; pairs 1, 2, 3 here.
+    topk_ids = torch.tensor([[0, -1], [-1, -1], [2, 0]], dtype=torch.int32)
+    sorted_ids, expert_ids, padded = align_routed_pairs(topk_ids, 4, E)
+    pad = topk_ids.numel()
+    assert sorted_ids.tolist()[:12] == [1, 2, 3, pad, 0, 5, pad, pad, 4, pad, pad, pad]
+    assert expert_ids.tolist()[:3] == [-1, 0, 2] and padded.tolist() == [12]
+    # And on random routings, the same blocks as the contract written as a loop.
+    from ..kernels.routed import blocks_by_loop
+
+    gen = torch.Generator().manual_seed(12)
+    for tokens, block_m in ((1, 16), (9, 4), (40, 16)):
+        ids = torch.randint(-1, E, (tokens, TOP_K), generator=gen, dtype=torch.int32)
+        loop = blocks_by_loop(ids, block_m, E)
+        assert [t.tolist() for t in align_routed_pairs(ids, block_m, E)] == \
+            [loop.sorted_pairs.tolist(), loop.block_experts.tolist(), loop.padded_count.tolist()]
 
 
 def test_the_emulated_moe_without_host_syncs_equals_sglangs_native_loop(monkeypatch):
@@ -196,3 +217,4 @@ def test_the_emulated_moe_without_host_syncs_equals_sglangs_native_loop(monkeypa
         # SGLang's fused gate may hand the top-k with FlashInfer's packed ids as a fourth field.
         packed = StandardTopKOutputPacked(topk_weights, topk_ids, None, torch.zeros_like(topk_ids))
         assert torch.equal(every_expert_moe(experts, x, packed, config), dense)
+

@@ -25,22 +25,33 @@ def routing(tokens: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def blocks_by_loop(topk_ids: torch.Tensor, block_m: int, num_experts: int = E) -> RoutedBlocks:
-    """SGLang's alignment contract written as a loop: each expert's pairs in pair order, padded
-    to whole blocks with the pair count; worst-case buffers; blocks past the real ones -1."""
+    """SGLang's alignment contract written as a loop: the pairs of other ranks' experts (id -1,
+    expert parallelism) first, then each expert's, in pair order, each group padded to whole
+    blocks with the pair count; worst-case buffers (one more group for -1); blocks of -1 pairs
+    and blocks past the real ones tagged -1."""
     flat = topk_ids.flatten().tolist()
     pairs = len(flat)
     sorted_pairs, experts = [], []
-    for e in range(num_experts):
+    for e in range(-1, num_experts):
         mine = [p for p, chosen in enumerate(flat) if chosen == e]
         mine += [pairs] * (-len(mine) % block_m)
         sorted_pairs += mine
         experts += [e] * (len(mine) // block_m)
     real = len(sorted_pairs)
-    capacity = -(-(pairs + num_experts * (block_m - 1)) // block_m) * block_m
+    capacity = -(-(pairs + (num_experts + 1) * (block_m - 1)) // block_m) * block_m
     sorted_pairs += [pairs] * (capacity - real)
     experts += [-1] * (capacity // block_m - len(experts))
     as_tensor = lambda values: on_device(torch.tensor(values, dtype=torch.int32))  # noqa: E731
     return RoutedBlocks(as_tensor(sorted_pairs), as_tensor(experts), as_tensor([real]), pairs, block_m)
+
+
+def with_remote_pairs(topk_ids: torch.Tensor) -> torch.Tensor:
+    """``topk_ids`` as one rank of expert parallelism sees it: token 0's pairs and every third
+    token's second pair routed to another rank's experts (-1)."""
+    remote = topk_ids.clone()
+    remote[0] = -1
+    remote[::3, 1] = -1
+    return remote
 
 
 def stale_blocks(blocks: RoutedBlocks, stale_expert: int) -> RoutedBlocks:
@@ -69,8 +80,8 @@ def assert_matches_moe_reference(out: torch.Tensor, x: torch.Tensor, expert_weig
     # subnormal weights (2^-25 each).
     rows = x.float()[torch.arange(topk_ids.numel()) // pairs_per_x_row]
     experts = topk_ids.flatten().long()
-    magnitude = torch.empty_like(ref)
-    for e in experts.unique().tolist():
+    magnitude = torch.zeros_like(ref)  # 0 for another rank's pairs (-1): they must give exact zeros
+    for e in experts[experts >= 0].unique().tolist():
         magnitude[experts == e] = rows[experts == e].abs() @ expert_weight(e).abs().T
     weight_of_pair = 1.0 if routed is None else routed.abs()[:, None]
     unit = {torch.float32: 0.0, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}[x.dtype]

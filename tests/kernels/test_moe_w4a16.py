@@ -16,7 +16,8 @@ from breccia_sglang.kernels.gemm.reference import w4a16_weight
 from breccia_sglang.kernels.gemm.routed_blocks import INTERPRETER_CONFIG
 
 from .pool import DEVICE, captured, on_device, replays
-from .routed import E, TOP_K, assert_matches_moe_reference, blocks_by_loop, routing, stale_blocks
+from .routed import (E, TOP_K, assert_matches_moe_reference, blocks_by_loop, routing, stale_blocks,
+                     with_remote_pairs)
 from .test_w4a16 import make_weight
 
 X_DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE != "cpu" else [])
@@ -92,6 +93,26 @@ def test_blocks_past_the_routed_count_are_never_run():
     out = moe_w4a16_matmul(x, packed, scales, None, stale, INTERPRETER_CONFIG, group=32, codes="int4",
                            pairs_per_x_row=TOP_K)
     assert_matches_reference(out, x, packed, scales, None, topk_ids, 32, "int4", TOP_K, None)
+
+
+@pytest.mark.parametrize("pairs_per_x_row", [TOP_K, 1])
+def test_pairs_of_another_ranks_experts_give_zero_rows(pairs_per_x_row):
+    # Expert parallelism: SGLang's dispatcher marks the pairs of other ranks' experts -1, and its
+    # align op puts them in blocks tagged -1 inside the routed count (routed.blocks_by_loop). Run
+    # as an expert, such a block would read expert -1's codes out of bounds; skipped, its rows
+    # would keep whatever the output buffer held.
+    gen = torch.Generator().manual_seed(11)
+    packed, scales, zeros = (t if t is None else on_device(t) for t in
+                             stacked_weight("uint4", 32, torch.float16, torch.float32, 40, 96, gen))
+    topk_ids = with_remote_pairs(routing(7, gen))
+    x = on_device(torch.randn(7 * TOP_K // pairs_per_x_row, 96, generator=gen).to(torch.float16))
+    routed = on_device(torch.rand(7 * TOP_K, generator=gen)) if pairs_per_x_row == 1 else None
+    config = choose_moe_config(7 * TOP_K, E, x)
+    out = moe_w4a16_matmul(x, packed, scales, zeros, blocks_by_loop(topk_ids, config.block_m), config, group=32,
+                           codes="uint4", pairs_per_x_row=pairs_per_x_row, routed_weights=routed)
+    assert_matches_reference(out, x, packed, scales, zeros, topk_ids, 32, "uint4", pairs_per_x_row, routed)
+    remote = topk_ids.flatten() < 0
+    assert 0 < remote.sum() < remote.numel() and (out.cpu()[remote] == 0).all()
 
 
 def test_no_routed_pairs_give_an_empty_output():

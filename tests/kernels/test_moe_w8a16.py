@@ -17,7 +17,8 @@ from breccia_sglang.kernels.gemm.reference import w8a16_weight
 from breccia_sglang.kernels.gemm.routed_blocks import INTERPRETER_CONFIG
 
 from .pool import DEVICE, captured, on_device, replays
-from .routed import E, TOP_K, assert_matches_moe_reference, blocks_by_loop, routing, stale_blocks
+from .routed import (E, TOP_K, assert_matches_moe_reference, blocks_by_loop, routing, stale_blocks,
+                     with_remote_pairs)
 from .test_w8a16 import make_weight
 
 # bf16 tl.dot is wrong under the interpreter; compiled on a GPU it is checked too.
@@ -103,6 +104,22 @@ def test_blocks_past_the_routed_count_are_never_run():
     stale = stale_blocks(blocks_by_loop(topk_ids, INTERPRETER_CONFIG.block_m), stale_expert=4)
     out = moe_w8a16_matmul(x, weight, scales, stale, INTERPRETER_CONFIG, group=32, pairs_per_x_row=TOP_K)
     assert_matches_reference(out, x, weight, scales, topk_ids, 32, TOP_K, None)
+
+
+@pytest.mark.parametrize("pairs_per_x_row", [TOP_K, 1])
+def test_pairs_of_another_ranks_experts_give_zero_rows(pairs_per_x_row):
+    # Expert parallelism (test_moe_w4a16's test of the same name says why this could fail).
+    gen = torch.Generator().manual_seed(11)
+    weight, scales = (on_device(t) for t in stacked_weight(32, "e8m0", 40, 96, gen))
+    topk_ids = with_remote_pairs(routing(7, gen))
+    x = on_device(torch.randn(7 * TOP_K // pairs_per_x_row, 96, generator=gen).to(torch.float16))
+    routed = on_device(torch.rand(7 * TOP_K, generator=gen)) if pairs_per_x_row == 1 else None
+    config = choose_moe_w8a16_config(7 * TOP_K, E, x)
+    out = moe_w8a16_matmul(x, weight, scales, blocks_by_loop(topk_ids, config.block_m), config, group=32,
+                           pairs_per_x_row=pairs_per_x_row, routed_weights=routed)
+    assert_matches_reference(out, x, weight, scales, topk_ids, 32, pairs_per_x_row, routed)
+    remote = topk_ids.flatten() < 0
+    assert 0 < remote.sum() < remote.numel() and (out.cpu()[remote] == 0).all()
 
 
 def test_no_routed_pairs_give_an_empty_output():

@@ -37,6 +37,10 @@ def _moe_w4a16_kernel(
     if pid_m * BLOCK_M >= tl.load(padded_ptr):  # past the real blocks: this call routed fewer pairs
         return
     expert, pair, n, m_ok, n_ok = routed_rows(pid_m, pid_n, pairs_ptr, experts_ptr, num_pairs, N, BLOCK_M, BLOCK_N)
+    if expert < 0:  # pairs of another rank's experts (expert parallelism): they add nothing
+        store_routed(tl.zeros((BLOCK_M, BLOCK_N), tl.float32), out_ptr, routed_ptr, pair, n, m_ok, n_ok, stride_om,
+                     False)
+        return
     n64 = n.to(tl.int64)
     acc = w4a16_tile_sum(x_ptr + (pair // PAIRS_PER_X_ROW).to(tl.int64)[:, None] * stride_xm, m_ok,
                          packed_ptr + expert * stride_pe + n64 * stride_pn,

@@ -51,11 +51,11 @@ def moe_reference(x: torch.Tensor, expert_weight: Callable[[int], torch.Tensor],
     """What the MoE weight-only kernels compute, (tokens * top_k, n) fp32: for each pair p
     (token t, its k-th expert e = topk_ids[t, k]), x[p // pairs_per_x_row] in fp32 times
     ``expert_weight(e)`` (expert e's (n, K) fp32 dequantized weight), times routed_weights[p]
-    when given. One expert at a time, plainly."""
+    when given; zero for e = -1 (another rank's expert). One expert at a time, plainly."""
     experts = topk_ids.flatten().to(torch.int64)
     rows = x.to(torch.float32)[torch.arange(experts.numel()) // pairs_per_x_row]
-    out = torch.empty((experts.numel(), n), dtype=torch.float32)
-    for e in experts.unique().tolist():
+    out = torch.zeros((experts.numel(), n), dtype=torch.float32)
+    for e in experts[experts >= 0].unique().tolist():
         mine = experts == e
         out[mine] = rows[mine] @ expert_weight(e).T
     return out if routed_weights is None else out * routed_weights.to(torch.float32)[:, None]

@@ -6,7 +6,8 @@ The pairs arrive grouped by expert in blocks of BLOCK_M rows, the layout of SGLa
 (token * top_k + k), each expert's run padded to whole blocks with the out-of-range index
 ``num_pairs``; ``block_experts[b]`` is block b's expert; ``padded_count[0]`` is how many rows
 hold real blocks. The grid covers the upper bound of blocks and the programs past the count
-exit at once, so nothing waits on the host and a CUDA graph captures a launch.
+exit at once, so nothing waits on the host and a CUDA graph captures a launch. A real block
+tagged -1 holds pairs routed to another rank's expert (expert parallelism): its rows are zeros.
 
 A program computes one (BLOCK_M pairs, BLOCK_N outputs) tile through its dense kernel's K loop:
 it gathers its pairs' activation rows (row ``pair // top_k`` of the hidden states for gate/up,
@@ -37,7 +38,7 @@ class RoutedBlocks:
     ``block_m`` rows (SGLang's ``moe_align_block_size`` contract, see the module docstring)."""
 
     sorted_pairs: torch.Tensor  # (capacity,) int32: pair indices, num_pairs where padding
-    block_experts: torch.Tensor  # (capacity / block_m,) int32: each block's expert
+    block_experts: torch.Tensor  # (capacity / block_m,) int32: each block's expert, -1: none here
     padded_count: torch.Tensor  # (1,) int32: rows of real blocks, a multiple of block_m
     num_pairs: int  # tokens * top_k
     block_m: int
