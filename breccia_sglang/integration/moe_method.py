@@ -37,8 +37,9 @@ class BrecciaMoEMethod(FusedMoEMethodBase):
             raise BrecciaCheckpointError(
                 f"{self.experts.prefix}: the model has {num_experts} experts on this rank, the checkpoint "
                 f"{self.experts.num_experts} breccia experts (expert parallelism is not supported)")
-        spec = MoESpec.for_experts(self.experts.prefix, self.experts.first, num_experts, hidden_size,
-                                   intermediate_size_per_partition, params_dtype)
+        intermediate = loaded_intermediate_size(layer, self.experts, intermediate_size_per_partition)
+        spec = MoESpec.for_experts(self.experts.prefix, self.experts.first, num_experts, hidden_size, intermediate,
+                                   params_dtype)
         self.kernel = choose_moe_kernel(spec)()
         self.num_experts = num_experts
         self.kernel.create_weights(layer, spec, counting_loads(extra_weight_attrs["weight_loader"]))
@@ -80,3 +81,24 @@ class BrecciaMoEMethod(FusedMoEMethodBase):
                     f"{self.experts.prefix}.{name}: {loads} of {expected} expert tensors were loaded from the "
                     f"checkpoint ({self.experts.num_experts} experts under {self.experts.prefix}); the model did "
                     "not consume the rest, so experts would run on zeros")
+
+
+def loaded_intermediate_size(layer, experts, intermediate_size_per_partition: int) -> int:
+    """The expert intermediate columns SGLang's FusedMoE loader fills on this rank.
+
+    On CPU, SGLang pads the model's expert intermediate size for tensor parallelism (its model
+    runner calls ``adjust_config_with_unaligned_cpu_tp`` for device "cpu": 96 at tp=2 becomes
+    128, 64 a rank), but FusedMoE loads into that padding only when ``SGLANG_USE_CPU_ENGINE=1``
+    (``use_padded_loading``), which our CPU platform runs without. Its loader then narrows each
+    checkpoint tensor by (checkpoint size) / tp: 48 code columns a rank, but only 3 / 2 = 1 of
+    the 3 32-wide scale columns, so block scales would no longer line up with their codes.
+    Sized by what is loaded, the layer is the one a GPU gets, and a shard that splits a block is
+    refused by name as it is there."""
+    if getattr(layer, "use_padded_loading", False):
+        return intermediate_size_per_partition
+    total, tp = experts.first.data.shape[0], getattr(layer, "moe_tp_size", 1)
+    if total % tp:
+        raise BrecciaCheckpointError(
+            f"{experts.prefix}: the experts' intermediate size {total} does not divide by the expert tensor "
+            f"parallel size {tp}")
+    return total // tp

@@ -111,3 +111,19 @@ def test_tensor_parallel_experts_serve_hfs_tokens(tiny_moe, tmp_path):
     reference, gaps = hf_argmax_tokens(dequantized_hf_checkpoint(tiny_moe, tmp_path / "ckpt", tmp_path / "hf"), PROMPT,
                                        NEW_TOKENS)
     assert_same_greedy_tokens(result["results"][0]["output_ids"], reference, gaps, NEAR_TIE, at_least=6)
+
+
+def test_tensor_parallel_experts_whose_shard_splits_a_block_are_refused_by_name(tiny_moe, tmp_path):
+    # On CPU, SGLang pads the expert intermediate for tp (96 -> 128, 64 a rank) but loads the
+    # checkpoint in 48-column shards, so a 32-wide block straddles the ranks. Before the layer
+    # was sized by what the loader fills, this served with misplaced scales and wrong tokens.
+    experts = (make_recipe("int4", group_size=32, symmetric=False),) + (make_recipe("nvfp4"),) * 2
+    quantize(tiny_moe, tmp_path / "ckpt", make_recipe("fp8"), experts)
+    spec = {"env": {"SGLANG_CPU_OMP_THREADS_BIND": "0|1"},
+            "engine": {"model_path": str(tmp_path / "ckpt"), "device": "cpu", "max_total_tokens": 1024, "tp_size": 2,
+                       "quantization": "breccia", "skip_tokenizer_init": True, "log_level": "error"},
+            "requests": []}
+    with pytest.raises(RuntimeError) as failure:  # the failed scheduler takes the engine process down
+        run_engine(spec, tmp_path)
+    assert "model.layers.0.mlp.experts: no kernel can serve this layer" in str(failure.value)
+    assert "emulated: w2: K=48 splits a 32-wide scale block" in str(failure.value)
