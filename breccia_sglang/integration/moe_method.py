@@ -5,6 +5,12 @@ It declares the layer's stacked expert parameters through the chosen MoE kernel
 them: each expert's gate and up projections into ``w13_*`` and its down projection into
 ``w2_*``, so a tensor the model skipped is an error that names the layer, not an expert running
 on zeros. The log names the kernel, once per (recipe, kernel).
+
+Expert parallelism (``--ep-size``): each rank holds E / ep_size experts, its local ids 0..L-1,
+and SGLang's dispatcher hands the kernel those ids, with -1 for a pair whose expert lives on
+another rank; the kernels give such pairs no output, and FusedMoE's all-reduce sums the ranks.
+The models still call the loader with every checkpoint expert (FusedMoE drops the other ranks'),
+so the load count is checked against the checkpoint's E on every rank.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import logging
 
 from sglang.srt.layers.quantization.base_config import FusedMoEMethodBase
 
-from ..errors import BrecciaCheckpointError
+from ..errors import BrecciaCheckpointError, BrecciaConfigError
 from .moe import MoESpec, choose_moe_kernel
 from .sglang_params import counting_loads
 
@@ -33,10 +39,18 @@ class BrecciaMoEMethod(FusedMoEMethodBase):
 
     def create_weights(self, layer, num_experts: int, hidden_size: int, intermediate_size_per_partition: int,
                        params_dtype, **extra_weight_attrs):
-        if num_experts != self.experts.num_experts:
+        from sglang.srt.layers.moe.utils import get_moe_a2a_backend
+
+        a2a = get_moe_a2a_backend()
+        if not a2a.is_none():  # DeepEP and the like hand the kernel their own dispatch formats
+            raise BrecciaConfigError(
+                f"{self.experts.prefix}: breccia experts run with SGLang's standard dispatcher only; "
+                f"--moe-a2a-backend {a2a.value} is not supported (leave it unset; --ep-size works without it)")
+        ep_size = getattr(layer, "moe_ep_size", 1)
+        if num_experts * ep_size != self.experts.num_experts:
             raise BrecciaCheckpointError(
-                f"{self.experts.prefix}: the model has {num_experts} experts on this rank, the checkpoint "
-                f"{self.experts.num_experts} breccia experts (expert parallelism is not supported)")
+                f"{self.experts.prefix}: the model has {num_experts} experts on each of {ep_size} expert-parallel "
+                f"rank(s), the checkpoint {self.experts.num_experts} breccia experts")
         intermediate = loaded_intermediate_size(layer, self.experts, intermediate_size_per_partition)
         spec = MoESpec.for_experts(self.experts.prefix, self.experts.first, num_experts, hidden_size, intermediate,
                                    params_dtype)
@@ -48,8 +62,9 @@ class BrecciaMoEMethod(FusedMoEMethodBase):
         label = self.experts.first.label
         if (f"experts {label}", self.kernel.name) not in self.announced:
             self.announced.add((f"experts {label}", self.kernel.name))
-            logger.info("breccia-sglang: MoE experts (%s, %d per layer) run kernel %s", label, num_experts,
-                        self.kernel.name)
+            per_rank = f", {num_experts} on each of {ep_size} expert-parallel ranks" if ep_size > 1 else ""
+            logger.info("breccia-sglang: MoE experts (%s, %d per layer%s) run kernel %s", label,
+                        self.experts.num_experts, per_rank, self.kernel.name)
 
     def create_moe_runner(self, layer, moe_runner_config):
         self.moe_runner_config = moe_runner_config
@@ -74,7 +89,7 @@ class BrecciaMoEMethod(FusedMoEMethodBase):
 
     def _check_everything_loaded(self, layer) -> None:
         for name, param in layer.named_parameters(recurse=False):
-            expected = LOADS_PER_EXPERT[name.split("_", 1)[0]] * self.num_experts
+            expected = LOADS_PER_EXPERT[name.split("_", 1)[0]] * self.experts.num_experts  # every rank: all E
             loads = getattr(param, "breccia_loads", 0)
             if loads != expected:
                 raise BrecciaCheckpointError(

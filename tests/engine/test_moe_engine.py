@@ -113,6 +113,29 @@ def test_tensor_parallel_experts_serve_hfs_tokens(tiny_moe, tmp_path):
     assert_same_greedy_tokens(result["results"][0]["output_ids"], reference, gaps, NEAR_TIE, at_least=6)
 
 
+def test_expert_parallel_ranks_serve_hfs_tokens_in_blocks_tensor_parallelism_would_split(tiny_moe, tmp_path):
+    # ep=2 over tp=2 (gloo): each rank holds 3 whole experts (moe_tp_size 1), so 32-wide blocks
+    # serve here, where tp=2 alone cuts the 96-wide intermediate into 48-column shards that split
+    # them (refused: the next test). SGLang's dispatcher hands each rank -1 for the pairs of the
+    # other rank's experts, which must add nothing; FusedMoE's all-reduce sums the two ranks.
+    experts = (make_recipe("int4", group_size=32, symmetric=False), make_recipe("fp8-block", block_k=32),
+               make_recipe("mxfp8"))
+    quantize(tiny_moe, tmp_path / "ckpt", make_recipe("fp8"), experts)
+    spec = {"env": {"BRECCIA_SGLANG_FP8_KV": "0", "SGLANG_CPU_OMP_THREADS_BIND": "0|1"},
+            "engine": {"model_path": str(tmp_path / "ckpt"), "device": "cpu", "max_total_tokens": 1024, "tp_size": 2,
+                       "ep_size": 2, "quantization": "breccia", "skip_tokenizer_init": True, "log_level": "info"},
+            "requests": [{"input_ids": PROMPT,
+                          "sampling_params": {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}}]}
+    result = run_engine(spec, tmp_path)
+    assert result["ok"], result
+    reference, gaps = hf_argmax_tokens(dequantized_hf_checkpoint(tiny_moe, tmp_path / "ckpt", tmp_path / "hf"), PROMPT,
+                                       NEW_TOKENS)
+    assert_same_greedy_tokens(result["results"][0]["output_ids"], reference, gaps, NEAR_TIE, at_least=6)
+    announced = re.findall(r"MoE experts \((.+?), 6 per layer, 3 on each of 2 expert-parallel ranks\) run kernel",
+                           result["stderr"])
+    assert {label.split("(")[0] for label in announced} == {r.name for r in experts}
+
+
 def test_tensor_parallel_experts_whose_shard_splits_a_block_are_refused_by_name(tiny_moe, tmp_path):
     # On CPU, SGLang pads the expert intermediate for tp (96 -> 128, 64 a rank) but loads the
     # checkpoint in 48-column shards, so a 32-wide block straddles the ranks. Before the layer

@@ -106,3 +106,22 @@ def test_inspect_lists_each_moe_layer_once_with_its_kernel_here_and_on_a_gpu(tin
         assert (rows["model.layers.0.mlp.experts"][-1], rows["model.layers.1.mlp.experts"][-1]) == kernels
         assert ".experts.0.gate_proj" not in report  # one row per MoE layer, not per expert
         assert report.rstrip().endswith("OK")
+
+
+def test_an_all_to_all_moe_backend_is_refused_naming_the_flag(monkeypatch, tiny_moe, tmp_path):
+    # DeepEP and the other all-to-all backends hand the MoE kernel their own dispatch formats;
+    # breccia's kernels take SGLang's standard dispatcher (--ep-size works through it).
+    from sglang.srt.layers.moe import utils as moe_utils
+    from sglang.srt.layers.moe.utils import MoeA2ABackend
+
+    from breccia_sglang.errors import BrecciaConfigError
+    from breccia_sglang.format.experts import expert_weights
+    from breccia_sglang.format.reader import BrecciaCheckpoint
+    from breccia_sglang.integration.moe_method import BrecciaMoEMethod
+
+    quantize_checkpoint(tiny_moe, tmp_path / "ckpt", make_recipe("fp8"), progress=False)
+    experts = expert_weights(BrecciaCheckpoint.open(tmp_path / "ckpt").entries, "model.layers.0.mlp.experts")
+    monkeypatch.setattr(moe_utils.get_flags().moe, "a2a_backend", MoeA2ABackend.DEEPEP)
+    with pytest.raises(BrecciaConfigError, match=r"model\.layers\.0\.mlp\.experts: .*--moe-a2a-backend deepep"):
+        BrecciaMoEMethod(experts).create_weights(torch.nn.Module(), 6, 64, 96, torch.bfloat16,
+                                                 weight_loader=None)

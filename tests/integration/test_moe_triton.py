@@ -218,3 +218,35 @@ def test_the_emulated_moe_without_host_syncs_equals_sglangs_native_loop(monkeypa
         packed = StandardTopKOutputPacked(topk_weights, topk_ids, None, torch.zeros_like(topk_ids))
         assert torch.equal(every_expert_moe(experts, x, packed, config), dense)
 
+
+def test_the_emulated_moe_gives_the_pairs_of_other_ranks_experts_nothing():
+    # Expert parallelism: each rank sums its own experts' pairs, FusedMoE's all-reduce the ranks.
+    # On CPU the pairs marked -1 go to zero-width experts inside SGLang's native loop; on CUDA
+    # the every-expert path never matches -1. Both must equal the layer without those pairs.
+    from sglang.srt.layers.moe.moe_runner import MoeRunnerConfig
+    from sglang.srt.layers.moe.token_dispatcher.standard import StandardDispatchOutput
+    from sglang.srt.layers.moe.topk import StandardTopKOutput
+
+    from breccia_sglang.integration.moe.emulated import EmulatedMoEKernel, _ExpertLayer, every_expert_moe
+
+    gen = torch.Generator().manual_seed(13)
+    prepared, layer, experts, _ = prepared_layer(EmulatedMoEKernel, make_recipe("fp8-block", block_k=32), 64, 96, gen)
+    config = MoeRunnerConfig(activation="silu")
+    prepared.create_moe_runner(layer, config)
+    x = torch.randn(7, 64, generator=gen)
+    topk_ids = routing(7, gen)
+    topk_ids[0] = -1  # a token with both its experts elsewhere
+    topk_ids[::3, 1] = -1
+    topk_weights = torch.rand(7, TOP_K, generator=gen)
+    served = prepared.apply(layer, StandardDispatchOutput(x, None, StandardTopKOutput(topk_weights, topk_ids, None)))
+    mine = topk_ids >= 0
+    expected = torch.zeros(7, 64)
+    for t, k in mine.nonzero().tolist():
+        gate, up = (experts["w13"][int(topk_ids[t, k])] @ x[t]).chunk(2)
+        expected[t] += topk_weights[t, k] * (experts["w2"][int(topk_ids[t, k])] @ (torch.nn.functional.silu(gate) * up))
+    # fp32 throughout, summed in another order; token 0 gets exactly nothing.
+    assert torch.allclose(served.hidden_states, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(served.hidden_states[0], torch.zeros(64))
+    dense = every_expert_moe(_ExpertLayer(layer, prepared.spec, x.dtype, prepared.nan_free, prepared.small_scales),
+                             x, (topk_weights, topk_ids, None), config)
+    assert torch.allclose(dense, expected, rtol=1e-5, atol=1e-6)

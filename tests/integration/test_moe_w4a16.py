@@ -82,6 +82,21 @@ def test_the_moe_layer_matches_fp32_on_breccias_dequantized_experts(recipe, acti
     assert ((out.float() - without_second).abs() > bound).any()
 
 
+def test_the_pairs_of_other_ranks_experts_add_nothing():
+    # Expert parallelism: SGLang's dispatcher hands -1 for a pair whose expert is on another rank;
+    # the layer is then the one without those pairs (FusedMoE's all-reduce adds the other ranks').
+    gen = torch.Generator().manual_seed(10)
+    kernel, layer, experts = prepared(make_recipe("int4", group_size=32, symmetric=False), "silu", gen)
+    x = torch.randn(7, 128, generator=gen).to(torch.float16)
+    topk_ids, topk_weights = routing(7, gen), torch.rand(7, TOP_K, generator=gen)
+    topk_ids[0], topk_ids[::3, 1] = -1, -1
+    out = kernel.apply(layer, dispatched(x, topk_weights, topk_ids)).hidden_states
+    mine = topk_ids >= 0
+    ref, bound = layer_in_fp32(experts, x, topk_weights * mine, topk_ids.clamp_min(0), F.silu)
+    assert ((out.float() - ref).abs() <= bound).all(), (out.float() - ref).abs().max().item()
+    assert torch.equal(out[0], torch.zeros(128, dtype=torch.float16))  # both its experts elsewhere
+
+
 def test_an_empty_batch_gives_an_empty_output():
     # SGLang runs idle batches (data-parallel attention ranks with no request) through the layer.
     kernel, layer, _ = prepared(make_recipe("nvfp4"), "silu", torch.Generator().manual_seed(2))

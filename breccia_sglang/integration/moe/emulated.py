@@ -7,6 +7,12 @@ weights stay quantized in memory and only routed experts are ever expanded, one 
 It runs on any device and every recipe the dense emulated kernel serves: it is the reference
 the fused kernels are compared against. On CUDA, where that loop's host sync would break CUDA
 graphs, ``every_expert_moe`` computes the same layer with every expert on every token.
+
+Under expert parallelism a pair routed to another rank's expert arrives as id -1, which SGLang's
+loop cannot index. Choice k of a token goes to dropped expert L + k instead (L local experts;
+one per choice, because the loop counts a token once per expert), whose weights are zero-width:
+its up projection gives no columns and its down projection turns them into exact zeros, so
+such a pair adds nothing and costs no GEMM work.
 """
 
 from __future__ import annotations
@@ -42,13 +48,33 @@ class _DequantizedExperts:
                              shard_widths=widths, nan_free=self.nan_free, small_scales=self.small_scales)
 
 
-class _ExpertLayer:
-    """What ``moe_forward_native`` reads of a FusedMoE layer, with the experts dequantized on read."""
+class _WithDropped:
+    """``experts[e]`` for a local expert, a zero-width weight for a dropped one (``e >= local``)."""
 
-    def __init__(self, layer, spec: MoESpec, dtype: torch.dtype, nan_free: bool, small_scales: bool):
-        self.num_experts = layer.num_experts
-        self.w13_weight = _DequantizedExperts(stored_experts(layer, "w13"), spec, dtype, nan_free, small_scales)
-        self.w2_weight = _DequantizedExperts(stored_experts(layer, "w2"), spec, dtype, nan_free, small_scales)
+    def __init__(self, experts: _DequantizedExperts, local: int, empty: torch.Tensor):
+        self.experts, self.local, self.empty = experts, local, empty
+
+    def __getitem__(self, e: int) -> torch.Tensor:
+        return self.empty if e >= self.local else self.experts[e]
+
+
+class _ExpertLayer:
+    """What ``moe_forward_native`` reads of a FusedMoE layer: this rank's experts, dequantized on
+    read, then ``dropped_slots`` dropped experts (the module docstring)."""
+
+    def __init__(self, layer, spec: MoESpec, dtype: torch.dtype, nan_free: bool, small_scales: bool,
+                 dropped_slots: int = 0):
+        self.local_experts = spec.num_experts
+        self.num_experts = self.local_experts + dropped_slots
+        w13, w2 = (_DequantizedExperts(stored_experts(layer, w), spec, dtype, nan_free, small_scales) for w in WEIGHTS)
+        device, h = w13.stored.data.device, spec.hidden_size
+        self.w13_weight = _WithDropped(w13, self.local_experts, torch.empty((0, h), dtype=dtype, device=device))
+        self.w2_weight = _WithDropped(w2, self.local_experts, torch.empty((h, 0), dtype=dtype, device=device))
+
+    def dropped_to_slots(self, topk_ids: torch.Tensor) -> torch.Tensor:
+        """-1 (another rank's expert) in choice k -> dropped expert local + k."""
+        slots = self.local_experts + torch.arange(topk_ids.shape[1], device=topk_ids.device, dtype=topk_ids.dtype)
+        return torch.where(topk_ids < 0, slots, topk_ids)
 
 
 class EmulatedMoEKernel:
@@ -84,12 +110,15 @@ class EmulatedMoEKernel:
     def apply(self, layer, dispatch_output):
         from sglang.srt.layers.moe.fused_moe_native import moe_forward_native
 
-        x, config = dispatch_output.hidden_states, self.moe_runner_config
-        experts = _ExpertLayer(layer, self.spec, x.dtype, self.nan_free, self.small_scales)
+        x, config, topk = dispatch_output.hidden_states, self.moe_runner_config, dispatch_output.topk_output
         if not x.is_cuda:  # SGLang's own CPU MoE loop (it counts tokens per expert on the host)
-            return routed_output(moe_forward_native(experts, x, dispatch_output.topk_output, config), x, config)
+            experts = _ExpertLayer(layer, self.spec, x.dtype, self.nan_free, self.small_scales,
+                                   dropped_slots=topk.topk_ids.shape[1])
+            topk = topk._replace(topk_ids=experts.dropped_to_slots(topk.topk_ids))
+            return routed_output(moe_forward_native(experts, x, topk, config), x, config)
         # On CUDA: no host sync (CUDA graphs capture this)
-        return routed_output(every_expert_moe(experts, x, dispatch_output.topk_output, config), x, config)
+        experts = _ExpertLayer(layer, self.spec, x.dtype, self.nan_free, self.small_scales)
+        return routed_output(every_expert_moe(experts, x, topk, config), x, config)
 
 
 def every_expert_moe(experts, x: torch.Tensor, topk_output, config) -> torch.Tensor:
@@ -105,7 +134,7 @@ def every_expert_moe(experts, x: torch.Tensor, topk_output, config) -> torch.Ten
     topk_weights, topk_ids = topk_output[:2]  # StandardTopKOutput, or its Packed variant's four fields
     act = F.silu if config.activation == "silu" else F.gelu
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-    for e in range(experts.num_experts):
+    for e in range(experts.local_experts):  # a pair routed to another rank (-1) matches none
         gate_up = F.linear(x, experts.w13_weight[e])
         gate, up = gate_up.chunk(2, dim=-1)
         routed = (topk_weights * (topk_ids == e)).sum(dim=-1, dtype=torch.float32)  # (M,): 0 if not chosen
