@@ -100,7 +100,7 @@ wants kernels && step 70 kernels "$PYTHON" -m pytest -q -p no:cacheprovider "${p
     tests/integration/test_gemm_blockscale.py
 wants moe && step 65 moe "$PYTHON" benchmarks/bench_moe.py "${smoke[@]}" --out "$OUT/moe.json"
 # decode rewrites its JSON after every (batch, context): a run cut short keeps its cases and tiles.
-# On a GPU, 3 contexts (as the H200's first table) leave time for the 8 tile candidates.
+# On a GPU, 3 contexts (as the H200's first table) leave time for the 9 tile candidates.
 decode_cases=(); [ "$DEVICE" = cuda ] && decode_cases=(--context 4096 16384 32768)
 wants decode && step 70 decode "$PYTHON" benchmarks/bench_decode.py "${smoke[@]}" "${decode_cases[@]}" --tune --out "$OUT/decode.json"
 # `extra`: a one-off script ($EXTRA, e.g. a probe carried in a git-ignored folder) in this environment.

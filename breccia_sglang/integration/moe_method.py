@@ -53,7 +53,7 @@ class BrecciaMoEMethod(FusedMoEMethodBase):
                 f"rank(s), the checkpoint {self.experts.num_experts} breccia experts")
         intermediate = loaded_intermediate_size(layer, self.experts, intermediate_size_per_partition)
         spec = MoESpec.for_experts(self.experts.prefix, self.experts.first, num_experts, hidden_size, intermediate,
-                                   params_dtype)
+                                   params_dtype, expert_parallel=ep_size)
         self.kernel = choose_moe_kernel(spec)()
         self.num_experts = num_experts
         self.kernel.create_weights(layer, spec, counting_loads(extra_weight_attrs["weight_loader"]))

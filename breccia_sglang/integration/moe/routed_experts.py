@@ -48,7 +48,7 @@ class RoutedExpertsKernel:
 
     def apply(self, layer, dispatch_output):
         x, topk = dispatch_output.hidden_states, dispatch_output.topk_output
-        config = self.choose_config(topk.topk_ids.numel(), self.spec.num_experts, x)
+        config = self.choose_config(topk.topk_ids.numel(), self.spec.model_experts, x)  # rows an expert gets
         blocks = routed_blocks(topk.topk_ids, config.block_m, self.spec.num_experts, self.sglang_aligns)
         gemm = self.expert_gemm(stored_experts(layer, "w13"), stored_experts(layer, "w2"), blocks, config)
         out = experts_layer(x, topk.topk_weights, gemm, activation=self.moe_runner_config.activation)

@@ -14,15 +14,23 @@ from ..gemm.base import LinearSpec, Target
 
 @dataclass(frozen=True)
 class MoESpec(LinearSpec):
-    num_experts: int = 1
+    num_experts: int = 1  # on this rank
+    expert_parallel: int = 1  # ranks sharing the layer's experts (--ep-size)
 
     @classmethod
     def for_experts(cls, prefix, entry, num_experts: int, hidden_size: int, intermediate_size_per_partition: int,
-                    params_dtype, target: Target | None = None) -> "MoESpec":
+                    params_dtype, target: Target | None = None, expert_parallel: int = 1) -> "MoESpec":
         """The spec of MoE layer ``prefix`` whose experts are stored like ``entry``."""
         gate_up = LinearSpec.for_entry(prefix, entry, hidden_size, (intermediate_size_per_partition,) * 2,
                                        params_dtype, target)
-        return cls(**vars(gate_up), num_experts=num_experts)
+        return cls(**vars(gate_up), num_experts=num_experts, expert_parallel=expert_parallel)
+
+    @property
+    def model_experts(self) -> int:
+        """The layer's experts on all ranks. A rank gets about 1 / expert_parallel of the routed
+        pairs for its 1 / expert_parallel of the experts, so pairs / model_experts is what each
+        of its experts gets on average."""
+        return self.num_experts * self.expert_parallel
 
     @property
     def hidden_size(self) -> int:
