@@ -94,43 +94,43 @@ def test_the_resident_bytes_count_the_experts(served):
     assert held < (0.6 if experts[0].name in ("current", "delayed") else 0.45) * bf16
 
 
+def serve_on_two_ranks(tiny_moe, tmp_path, experts, **engine) -> dict:
+    """The tiny MoE with these expert recipes (attention in FP8), served at tp=2 over gloo, one
+    core a rank; ``engine`` adds to (or replaces) the engine's arguments."""
+    quantize(tiny_moe, tmp_path / "ckpt", make_recipe("fp8"), experts)
+    spec = {"env": {"BRECCIA_SGLANG_FP8_KV": "0", "SGLANG_CPU_OMP_THREADS_BIND": "0|1"},
+            "engine": {"model_path": str(tmp_path / "ckpt"), "device": "cpu", "max_total_tokens": 1024, "tp_size": 2,
+                       "quantization": "breccia", "skip_tokenizer_init": True, "log_level": "error", **engine},
+            "requests": [{"input_ids": PROMPT,
+                          "sampling_params": {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}}]}
+    return run_engine(spec, tmp_path)
+
+
+def assert_serves_hfs_tokens(result, tiny_moe, tmp_path) -> None:
+    assert result["ok"], result
+    reference, gaps = hf_argmax_tokens(dequantized_hf_checkpoint(tiny_moe, tmp_path / "ckpt", tmp_path / "hf"), PROMPT,
+                                       NEW_TOKENS)
+    assert_same_greedy_tokens(result["results"][0]["output_ids"], reference, gaps, NEAR_TIE, at_least=6)
+
+
 def test_tensor_parallel_experts_serve_hfs_tokens(tiny_moe, tmp_path):
-    # tp=2 over gloo: each rank holds half of every expert's intermediate (96 -> 48), so the
-    # down projection's K blocks, groups and zero points are narrowed by SGLang's FusedMoE loader.
+    # tp=2: each rank holds half of every expert's intermediate (96 -> 48), so the down
+    # projection's K blocks, groups and zero points are narrowed by SGLang's FusedMoE loader.
     # 48 takes 16-wide blocks only: zero-point INT4 in layer 0, block FP8 in 1, MXFP8 needs 32.
     experts = (make_recipe("int4", group_size=16, symmetric=False), make_recipe("fp8-block", block_k=16),
                make_recipe("nvfp4"))
-    quantize(tiny_moe, tmp_path / "ckpt", make_recipe("fp8"), experts)
-    spec = {"env": {"BRECCIA_SGLANG_FP8_KV": "0", "SGLANG_CPU_OMP_THREADS_BIND": "0|1"},
-            "engine": {"model_path": str(tmp_path / "ckpt"), "device": "cpu", "max_total_tokens": 1024, "tp_size": 2,
-                       "quantization": "breccia", "skip_tokenizer_init": True, "log_level": "error"},
-            "requests": [{"input_ids": PROMPT,
-                          "sampling_params": {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}}]}
-    result = run_engine(spec, tmp_path)
-    assert result["ok"], result
-    reference, gaps = hf_argmax_tokens(dequantized_hf_checkpoint(tiny_moe, tmp_path / "ckpt", tmp_path / "hf"), PROMPT,
-                                       NEW_TOKENS)
-    assert_same_greedy_tokens(result["results"][0]["output_ids"], reference, gaps, NEAR_TIE, at_least=6)
+    assert_serves_hfs_tokens(serve_on_two_ranks(tiny_moe, tmp_path, experts), tiny_moe, tmp_path)
 
 
 def test_expert_parallel_ranks_serve_hfs_tokens_in_blocks_tensor_parallelism_would_split(tiny_moe, tmp_path):
-    # ep=2 over tp=2 (gloo): each rank holds 3 whole experts (moe_tp_size 1), so 32-wide blocks
-    # serve here, where tp=2 alone cuts the 96-wide intermediate into 48-column shards that split
-    # them (refused: the next test). SGLang's dispatcher hands each rank -1 for the pairs of the
-    # other rank's experts, which must add nothing; FusedMoE's all-reduce sums the two ranks.
+    # ep=2 over tp=2: each rank holds 3 whole experts (moe_tp_size 1), so 32-wide blocks serve
+    # here, where tp=2 alone cuts the 96-wide intermediate into 48-column shards that split them
+    # (refused: the next test). SGLang's dispatcher hands each rank -1 for the pairs of the other
+    # rank's experts, which must add nothing; FusedMoE's all-reduce sums the two ranks.
     experts = (make_recipe("int4", group_size=32, symmetric=False), make_recipe("fp8-block", block_k=32),
                make_recipe("mxfp8"))
-    quantize(tiny_moe, tmp_path / "ckpt", make_recipe("fp8"), experts)
-    spec = {"env": {"BRECCIA_SGLANG_FP8_KV": "0", "SGLANG_CPU_OMP_THREADS_BIND": "0|1"},
-            "engine": {"model_path": str(tmp_path / "ckpt"), "device": "cpu", "max_total_tokens": 1024, "tp_size": 2,
-                       "ep_size": 2, "quantization": "breccia", "skip_tokenizer_init": True, "log_level": "info"},
-            "requests": [{"input_ids": PROMPT,
-                          "sampling_params": {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}}]}
-    result = run_engine(spec, tmp_path)
-    assert result["ok"], result
-    reference, gaps = hf_argmax_tokens(dequantized_hf_checkpoint(tiny_moe, tmp_path / "ckpt", tmp_path / "hf"), PROMPT,
-                                       NEW_TOKENS)
-    assert_same_greedy_tokens(result["results"][0]["output_ids"], reference, gaps, NEAR_TIE, at_least=6)
+    result = serve_on_two_ranks(tiny_moe, tmp_path, experts, ep_size=2, log_level="info")
+    assert_serves_hfs_tokens(result, tiny_moe, tmp_path)
     announced = re.findall(r"MoE experts \((.+?), 6 per layer, 3 on each of 2 expert-parallel ranks\) run kernel",
                            result["stderr"])
     assert {label.split("(")[0] for label in announced} == {r.name for r in experts}
@@ -141,12 +141,7 @@ def test_tensor_parallel_experts_whose_shard_splits_a_block_are_refused_by_name(
     # checkpoint in 48-column shards, so a 32-wide block straddles the ranks. Before the layer
     # was sized by what the loader fills, this served with misplaced scales and wrong tokens.
     experts = (make_recipe("int4", group_size=32, symmetric=False),) + (make_recipe("nvfp4"),) * 2
-    quantize(tiny_moe, tmp_path / "ckpt", make_recipe("fp8"), experts)
-    spec = {"env": {"SGLANG_CPU_OMP_THREADS_BIND": "0|1"},
-            "engine": {"model_path": str(tmp_path / "ckpt"), "device": "cpu", "max_total_tokens": 1024, "tp_size": 2,
-                       "quantization": "breccia", "skip_tokenizer_init": True, "log_level": "error"},
-            "requests": []}
     with pytest.raises(RuntimeError) as failure:  # the failed scheduler takes the engine process down
-        run_engine(spec, tmp_path)
+        serve_on_two_ranks(tiny_moe, tmp_path, experts)
     assert "model.layers.0.mlp.experts: no kernel can serve this layer" in str(failure.value)
     assert "emulated: w2: K=48 splits a 32-wide scale block" in str(failure.value)
