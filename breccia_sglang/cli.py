@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from . import names
-from .errors import BrecciaCheckpointError
+from .errors import BrecciaCheckpointError, BrecciaConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,11 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu", metavar="NAME",
                    help="a GPU model as CUDA names it (e.g. 'NVIDIA H200'): also show the batch sizes each FP8 "
                         "kernel hands to another there, from that model's tuned file (with --capability)")
+    p.add_argument("--tp", type=int, default=1, metavar="N",
+                   help="show each layer as one of N tensor-parallel ranks holds it (SGLang's --tp), and which "
+                        "shards no kernel can serve (a block split across ranks)")
+    p.add_argument("--ep-size", type=int, default=1, metavar="N",
+                   help="with --tp: split each MoE layer's experts over N ranks (SGLang's --ep-size) instead of "
+                        "their intermediate size")
 
     args = parser.parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except BrecciaCheckpointError as exc:
+    except (BrecciaCheckpointError, BrecciaConfigError) as exc:
         print(f"breccia-sglang: error: {exc}", file=sys.stderr)
         return 2
 
@@ -114,10 +120,12 @@ def _quantize(args) -> int:
 
 
 def _inspect(args) -> int:
-    from .integration.inspect_report import inspect_checkpoint
+    from .integration.inspect_report import OK, inspect_checkpoint
 
-    print(inspect_checkpoint(args.checkpoint, args.capability, dtype=args.dtype, gpu=args.gpu))
-    return 0
+    report = inspect_checkpoint(args.checkpoint, args.capability, dtype=args.dtype, gpu=args.gpu, tp=args.tp,
+                                ep=args.ep_size)
+    print(report)
+    return 0 if report.endswith(OK) else 2  # a layer no kernel can serve stops the server: say so
 
 
 def _print_convert_report(dst, report) -> None:

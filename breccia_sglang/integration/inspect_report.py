@@ -1,61 +1,133 @@
 """``breccia-sglang inspect``: what a checkpoint holds and which SGLang kernel would run each
 layer on this machine, or on a GPU of a given compute capability (``--capability 90``) that is
-not here (the kernel choice is SGLang-facing, so the report lives here)."""
+not here (the kernel choice is SGLang-facing, so the report lives here).
+
+With ``--tp`` / ``--ep-size`` each layer is shown as one rank would hold it, sharded as SGLang
+shards it on a GPU: a MoE layer's experts split over the expert-parallel ranks and their
+intermediate over the rest (tp / ep), and the row-parallel linears of the model families served
+(``o_proj``, ``down_proj``) split along K. A shard that would split a scale block has no kernel,
+as at server start, where it would stop the server after loading; here every such layer is
+listed at once. Column-parallel linears are shown whole: their split (along N) never cuts a
+1 x B block.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from .. import names
+from ..errors import BrecciaConfigError
 from ..format import BrecciaCheckpoint
 from ..format.experts import expert_weights, moe_prefixes
 from .gemm import LinearSpec, Target, choose_kernel
 from .gemm.batch_routes import describe_routes
-from .moe import MoESpec, choose_moe_kernel
+from .gemm.registry import kernel_report
+from .moe import MoESpec, choose_moe_kernel, moe_kernel_report
+
+ROW_PARALLEL = ("o_proj", "down_proj")  # SGLang's RowParallelLinear in Llama / Qwen / Mistral / DeepSeek
+OK = "OK"
 
 
-def inspect_checkpoint(path, capability: int | None = None, dtype: str = "bfloat16", gpu: str | None = None) -> str:
+@dataclass(frozen=True)
+class Parallel:
+    """SGLang's --tp and --ep-size: experts split over ``ep`` ranks, the rest of a MoE layer over
+    tp / ep (SGLang's moe_tp_size), dense row-parallel K over ``tp``."""
+
+    tp: int = 1
+    ep: int = 1
+
+    def __post_init__(self):
+        if self.tp < 1 or self.ep < 1 or self.tp % self.ep:
+            raise BrecciaConfigError(f"--tp {self.tp} --ep-size {self.ep}: both at least 1, and --ep-size must "
+                                     "divide --tp (SGLang splits the rest of each MoE layer over tp / ep)")
+
+    @property
+    def moe_tp(self) -> int:
+        return self.tp // self.ep
+
+    def __str__(self) -> str:
+        return f"--tp {self.tp}" + (f" --ep-size {self.ep}" if self.ep > 1 else "")
+
+
+def inspect_checkpoint(path, capability: int | None = None, dtype: str = "bfloat16", gpu: str | None = None,
+                       tp: int = 1, ep: int = 1) -> str:
     """Validate ``path`` exactly as loading does and describe it, one line per tensor (one per
     MoE layer for its experts), with the kernel it would get here, or on an NVIDIA GPU of ``capability`` (e.g. 90 for sm_90), for
     activations in ``dtype`` (SGLang's --dtype: FP4 Marlin, for one, takes only float16). With
     ``gpu``, a GPU model's name as CUDA gives it ("NVIDIA H200"), each FP8 kernel's batch routes
-    on that model too (decode- and prefill-sized batches its tuned file hands to other kernels)."""
+    on that model too (decode- and prefill-sized batches its tuned file hands to other kernels).
+    With ``tp`` / ``ep`` (>1), each layer as one rank holds it (the module docstring). The last
+    line ends in ``OK``, or counts the layers no kernel can serve, each shown ``refused: why``."""
+    parallel = Parallel(tp, ep)
     ckpt = BrecciaCheckpoint.open(path)
     ckpt.check_scale_values()
     target = Target.here() if capability is None else Target.gpu(capability)
     where = f"this machine ({target})" if capability is None else f"sm_{capability}"
     where += f" ({gpu}'s batch routes)" if gpu else ""
+    where += f", a rank of {parallel}" if parallel.tp > 1 else ""
     rows = [("tensor", "recipe/layout", "shape", "bytes", f"kernel on {where}, {dtype}")]
     experts = [expert_weights(ckpt.entries, prefix) for prefix in moe_prefixes(ckpt.entries)]
     in_experts = {e.name for layer in experts for e in layer.all()}
     for name, entry in sorted(ckpt.entries.items()):
         if name in in_experts:
             continue
-        out_features, in_features = entry.data.shape[-2], entry.data.shape[-1]
-        spec = LinearSpec.for_entry(name, entry, in_features, (out_features,), getattr(torch, dtype), target)
-        kernel = choose_kernel(spec)
-        routes = describe_routes(kernel, spec, gpu) if gpu else ""
-        rows.append((name, entry.label, "x".join(map(str, entry.data.shape)), _size(entry.nbytes), kernel.name + routes))
-    rows += [_moe_row(layer, getattr(torch, dtype), target) for layer in experts]
+        rows.append(_linear_row(name, entry, getattr(torch, dtype), target, gpu, parallel))
+    rows += [_moe_row(layer, getattr(torch, dtype), target, parallel) for layer in experts]
     plain_bytes = sum(t.nbytes for t in ckpt.plain.values())
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     quant_bytes = sum(e.nbytes for e in ckpt.entries.values())
+    refused = sum(r[-1].startswith("refused") for r in rows)
+    verdict = OK if not refused else f"{refused} layer(s) refused (no kernel for this shard, shown above)"
     lines.append(
         f"{len(ckpt.entries)} breccia tensors ({_size(quant_bytes)}), {len(ckpt.plain)} high-precision "
-        f"tensors ({_size(plain_bytes)}) in {len(ckpt.files)} file(s): OK"
+        f"tensors ({_size(plain_bytes)}) in {len(ckpt.files)} file(s): {verdict}"
     )
     return "\n".join(lines)
 
 
-def _moe_row(layer, dtype, target) -> tuple:
+def _linear_row(name, entry, dtype, target, gpu, parallel: Parallel) -> tuple:
+    out_features, in_features = entry.data.shape[-2], entry.data.shape[-1]
+    shape = "x".join(map(str, entry.data.shape))
+    k = in_features
+    if parallel.tp > 1 and name.removesuffix(".weight").endswith(ROW_PARALLEL):
+        shape += f" (K/{parallel.tp} a rank)"
+        if in_features % parallel.tp:
+            return name, entry.label, shape, _size(entry.nbytes), f"refused: K={in_features} does not divide by {parallel}"
+        k = in_features // parallel.tp
+    spec = LinearSpec.for_entry(name, entry, k, (out_features,), dtype, target)
+    cell = _kernel_cell(spec, choose_kernel, kernel_report)
+    if gpu and not cell.startswith("refused"):
+        cell += describe_routes(choose_kernel(spec), spec, gpu)
+    return name, entry.label, shape, _size(entry.nbytes), cell
+
+
+def _moe_row(layer, dtype, target, parallel: Parallel) -> tuple:
     """One row per MoE layer: its experts run as one fused kernel. Shape: experts x (gate/up
-    rows, hidden) + (hidden, expert intermediate)."""
+    rows, hidden) + (hidden, expert intermediate), as a rank holds them."""
     first = layer.entries[min(layer.entries)]
     inter, hidden = first["w1"].data.shape
-    spec = MoESpec.for_experts(layer.prefix, layer.first, layer.num_experts, hidden, inter, dtype, target)
-    shape = f"{layer.num_experts}x({2 * inter}x{hidden}+{hidden}x{inter})"
-    return (f"{layer.prefix} (MoE)", layer.first.label, shape, _size(sum(e.nbytes for e in layer.all())),
-            choose_moe_kernel(spec).name)
+    size = _size(sum(e.nbytes for e in layer.all()))
+    label = (f"{layer.prefix} (MoE)", layer.first.label)
+    if layer.num_experts % parallel.ep or inter % parallel.moe_tp:
+        why = (f"{layer.num_experts} experts do not divide by --ep-size {parallel.ep}" if layer.num_experts % parallel.ep
+               else f"the experts' intermediate size {inter} does not divide by tp / ep = {parallel.moe_tp}")
+        return *label, f"{layer.num_experts}x({2 * inter}x{hidden}+{hidden}x{inter})", size, f"refused: {why}"
+    experts, inter = layer.num_experts // parallel.ep, inter // parallel.moe_tp
+    spec = MoESpec.for_experts(layer.prefix, layer.first, experts, hidden, inter, dtype, target,
+                               expert_parallel=parallel.ep)
+    shape = f"{experts}x({2 * inter}x{hidden}+{hidden}x{inter})"
+    return *label, shape, size, _kernel_cell(spec, choose_moe_kernel, moe_kernel_report)
+
+
+def _kernel_cell(spec, choose, report) -> str:
+    """The kernel ``choose`` gives ``spec``, or ``refused: `` and why the last-resort kernel
+    (emulated, which serves every layer it can hold) cannot."""
+    if any(why is None for _, why in report(spec)):
+        return choose(spec).name
+    return f"refused: {dict(report(spec))[names.GEMM_EMULATED]}"
 
 
 def _size(n: int) -> str:
