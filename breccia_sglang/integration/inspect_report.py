@@ -8,7 +8,8 @@ intermediate over the rest (tp / ep), and the row-parallel linears of the model 
 (``o_proj``, ``down_proj``) split along K. A shard that would split a scale block has no kernel,
 as at server start, where it would stop the server after loading; here every such layer is
 listed at once. Column-parallel linears are shown whole: their split (along N) never cuts a
-1 x B block.
+1 x B block. (On CPU, SGLang pads a dense MLP's intermediate size per rank, 96 -> 2 x 64 at
+tp=2, so a CPU server takes some down_proj splits that a GPU, and this report, refuse.)
 """
 
 from __future__ import annotations
