@@ -55,7 +55,6 @@ class BrecciaMoEMethod(FusedMoEMethodBase):
         spec = MoESpec.for_experts(self.experts.prefix, self.experts.first, num_experts, hidden_size, intermediate,
                                    params_dtype, expert_parallel=ep_size)
         self.kernel = choose_moe_kernel(spec)()
-        self.num_experts = num_experts
         self.kernel.create_weights(layer, spec, counting_loads(extra_weight_attrs["weight_loader"]))
         layer.breccia_kernel = self.kernel.name
         layer.breccia_elements = num_experts * sum(n * k for n, k in spec.projections().values())  # this rank's
