@@ -99,9 +99,9 @@ def _linear_row(name, entry, dtype, target, gpu, parallel: Parallel) -> tuple:
             return name, entry.label, shape, _size(entry.nbytes), f"refused: K={in_features} does not divide by {parallel}"
         k = in_features // parallel.tp
     spec = LinearSpec.for_entry(name, entry, k, (out_features,), dtype, target)
-    cell = _kernel_cell(spec, choose_kernel, kernel_report)
-    if gpu and not cell.startswith("refused"):
-        cell += describe_routes(choose_kernel(spec), spec, gpu)
+    kernel, cell = _choice(spec, choose_kernel, kernel_report)
+    if gpu and kernel:
+        cell += describe_routes(kernel, spec, gpu)
     return name, entry.label, shape, _size(entry.nbytes), cell
 
 
@@ -120,15 +120,17 @@ def _moe_row(layer, dtype, target, parallel: Parallel) -> tuple:
     spec = MoESpec.for_experts(layer.prefix, layer.first, experts, hidden, inter, dtype, target,
                                expert_parallel=parallel.ep)
     shape = f"{experts}x({2 * inter}x{hidden}+{hidden}x{inter})"
-    return *label, shape, size, _kernel_cell(spec, choose_moe_kernel, moe_kernel_report)
+    return *label, shape, size, _choice(spec, choose_moe_kernel, moe_kernel_report)[1]
 
 
-def _kernel_cell(spec, choose, report) -> str:
-    """The kernel ``choose`` gives ``spec``, or ``refused: `` and why the last-resort kernel
-    (emulated, which serves every layer it can hold) cannot."""
-    if any(why is None for _, why in report(spec)):
-        return choose(spec).name
-    return f"refused: {dict(report(spec))[names.GEMM_EMULATED]}"
+def _choice(spec, choose, report) -> tuple:
+    """(the kernel ``choose`` gives ``spec``, its name), or (None, ``refused: `` and why the
+    last-resort kernel, emulated, which serves every layer it can hold, cannot)."""
+    reasons = dict(report(spec))
+    if all(reasons.values()):
+        return None, f"refused: {reasons[names.GEMM_EMULATED]}"
+    kernel = choose(spec)
+    return kernel, kernel.name
 
 
 def _size(n: int) -> str:

@@ -88,7 +88,7 @@ def test_tensor_parallel_shards_data_scales_and_zero_points_consistently(tiny_ll
     # MLP (merged qkv / gate_up: each shard keeps its own scale); TP_OVERRIDES the rest. One
     # engine for the three recipes: each recipe's own tp=2 engine took ~35 s of the suite.
     checkpoint = tmp_path / "ckpt"
-    overrides = tuple((pattern, make_recipe(**dict(params))) for pattern, params in TP_OVERRIDES)
+    overrides = tuple((pattern, make_recipe(**params)) for pattern, params in TP_OVERRIDES)
     quantize_checkpoint(tiny_llama, checkpoint, make_recipe("fp8"), overrides=overrides, progress=False)
     labels = {name: st.recipe.name for name, st in breccia_tensors(checkpoint).items()}
     assert {labels["model.layers.0.self_attn.o_proj.weight"], labels["model.layers.1.mlp.down_proj.weight"],

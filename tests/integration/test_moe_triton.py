@@ -229,21 +229,19 @@ def test_the_emulated_moe_gives_the_pairs_of_other_ranks_experts_nothing():
 
     from breccia_sglang.integration.moe.emulated import EmulatedMoEKernel, _ExpertLayer, every_expert_moe
 
+    from ..kernels.routed import with_remote_pairs
+    from .test_moe_w4a16 import layer_in_fp32
+
     gen = torch.Generator().manual_seed(13)
     prepared, layer, experts, _ = prepared_layer(EmulatedMoEKernel, make_recipe("fp8-block", block_k=32), 64, 96, gen)
     config = MoeRunnerConfig(activation="silu")
     prepared.create_moe_runner(layer, config)
     x = torch.randn(7, 64, generator=gen)
-    topk_ids = routing(7, gen)
-    topk_ids[0] = -1  # a token with both its experts elsewhere
-    topk_ids[::3, 1] = -1
+    topk_ids = with_remote_pairs(routing(7, gen))  # token 0 has both its experts elsewhere
     topk_weights = torch.rand(7, TOP_K, generator=gen)
     served = prepared.apply(layer, StandardDispatchOutput(x, None, StandardTopKOutput(topk_weights, topk_ids, None)))
-    mine = topk_ids >= 0
-    expected = torch.zeros(7, 64)
-    for t, k in mine.nonzero().tolist():
-        gate, up = (experts["w13"][int(topk_ids[t, k])] @ x[t]).chunk(2)
-        expected[t] += topk_weights[t, k] * (experts["w2"][int(topk_ids[t, k])] @ (torch.nn.functional.silu(gate) * up))
+    expected, _ = layer_in_fp32(experts, x, topk_weights * (topk_ids >= 0), topk_ids.clamp_min(0),
+                                torch.nn.functional.silu)
     # fp32 throughout, summed in another order; token 0 gets exactly nothing.
     assert torch.allclose(served.hidden_states, expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(served.hidden_states[0], torch.zeros(64))

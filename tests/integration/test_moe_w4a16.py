@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from breccia_sglang.format import make_recipe
 from breccia_sglang.integration.moe.triton_w4a16 import TritonMoEW4A16Kernel
 
+from ..kernels.routed import with_remote_pairs
 from .test_moe_triton import TOP_K, prepared_layer, routing
 
 RECIPES = [make_recipe("nvfp4"), make_recipe("int4", group_size=32),
@@ -88,8 +89,7 @@ def test_the_pairs_of_other_ranks_experts_add_nothing():
     gen = torch.Generator().manual_seed(10)
     kernel, layer, experts = prepared(make_recipe("int4", group_size=32, symmetric=False), "silu", gen)
     x = torch.randn(7, 128, generator=gen).to(torch.float16)
-    topk_ids, topk_weights = routing(7, gen), torch.rand(7, TOP_K, generator=gen)
-    topk_ids[0], topk_ids[::3, 1] = -1, -1
+    topk_ids, topk_weights = with_remote_pairs(routing(7, gen)), torch.rand(7, TOP_K, generator=gen)
     out = kernel.apply(layer, dispatched(x, topk_weights, topk_ids)).hidden_states
     mine = topk_ids >= 0
     ref, bound = layer_in_fp32(experts, x, topk_weights * mine, topk_ids.clamp_min(0), F.silu)
