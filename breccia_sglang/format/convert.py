@@ -9,6 +9,8 @@ Into breccia (``convert_to_breccia``):
   tensor (``Float8CurrentScaling``) or per channel (``Float8BlockScaling(block_k=K)``, one scale
   per row). Static ``input_scale`` tensors are dropped (breccia-sglang quantizes activations
   dynamically) and reported.
+- ``awq`` / ``gptq``: AutoAWQ and GPTQ INT4 (``int4_sources.py``): codes, zero points and
+  scales moved into breccia's INT4 exactly; act-order GPTQ and other bit widths are refused.
 Out of breccia (``export_sglang_fp8``): SGLang's native FP8 layout (``quant_method: fp8``):
 per-tensor ``weight_scale``, or 128 x 128 ``weight_scale_inv`` when every 128 rows share their
 scales (as after ``deepseek-fp8``). Codes and scales are copied bit for bit both ways; what a
@@ -25,14 +27,17 @@ import breccia
 import torch
 from breccia.bridges import from_deepseek_v3, load_safetensors
 from safetensors import safe_open
+from tqdm import tqdm
 
 from .. import names
 from ..errors import BrecciaCheckpointError
+from .int4_sources import (INT4_SOURCE_FORMATS, QUANTIZED_SUFFIXES, awq_to_breccia, check_int4_config,
+                           gptq_to_breccia)
 from .reader import BrecciaCheckpoint, weight_files
 from .recipe_json import describe
 from .writer import ShardWriter, atomic_output_dir, check_paths, write_metadata_files
 
-SOURCE_FORMATS = ("deepseek-fp8", "compressed-tensors-fp8")
+SOURCE_FORMATS = ("deepseek-fp8", "compressed-tensors-fp8") + INT4_SOURCE_FORMATS
 FP8 = torch.float8_e4m3fn
 
 
@@ -65,30 +70,82 @@ class _Tensors:
         return self.handles[file].get_tensor(name)
 
 
-def convert_to_breccia(src, dst, source_format: str, *, overwrite: bool = False) -> ConvertReport:
+def convert_to_breccia(src, dst, source_format: str, *, overwrite: bool = False,
+                       progress: bool = True) -> ConvertReport:
     if source_format not in SOURCE_FORMATS:
         raise ValueError(f"unknown source format {source_format!r}; choose from {', '.join(SOURCE_FORMATS)}")
     src, dst = check_paths(src, dst, overwrite)
     quant_config = json.loads((src / "config.json").read_text()).get("quantization_config") or {}
+    if source_format in INT4_SOURCE_FORMATS:
+        check_int4_config(source_format, quant_config, str(src / "config.json"))
     tensors, report = _Tensors(src), ConvertReport()
-    to_breccia = _deepseek_entry if source_format == "deepseek-fp8" else _compressed_tensors_entry
+    convert_one = {"deepseek-fp8": _fp8_tensor(_deepseek_entry),
+                   "compressed-tensors-fp8": _fp8_tensor(_compressed_tensors_entry)}.get(source_format, _int4_tensor)
     with atomic_output_dir(dst) as tmp:
         writer = ShardWriter(tmp)
-        for name in tensors.file_of:
-            if name.endswith((".weight_scale_inv", ".weight_scale")):
-                continue  # consumed with its weight below
-            if name.endswith(".input_scale"):
-                report.dropped.append((name, "static activation scale; activations are quantized dynamically"))
-                continue
-            tensor = tensors[name]
-            if name.endswith(".weight") and tensor.dtype == FP8:
-                to_breccia(name, tensor, tensors, quant_config, writer, report)
-            else:
-                writer.add_plain(name, tensor)
-                report.copied += 1
+        for name in tqdm(list(tensors.file_of), desc="convert", unit="tensor", disable=not progress):
+            convert_one(name, tensors, quant_config, writer, report)
         writer.finish()
         write_metadata_files(src, tmp, {"quant_method": names.QUANT_METHOD, "converted_from": source_format})
+    if source_format in INT4_SOURCE_FORMATS and report.converted:
+        report.notes.append(INT4_ON_DISK_NOTE)
     return report
+
+
+def _fp8_tensor(to_breccia):
+    """One tensor of an FP8 checkpoint: FP8 weights through ``to_breccia``, the rest copied."""
+
+    def convert_one(name, tensors, quant_config, writer, report):
+        if name.endswith((".weight_scale_inv", ".weight_scale")):
+            return  # consumed with its weight
+        if name.endswith(".input_scale"):
+            report.dropped.append((name, "static activation scale; activations are quantized dynamically"))
+            return
+        tensor = tensors[name]
+        if name.endswith(".weight") and tensor.dtype == FP8:
+            to_breccia(name, tensor, tensors, quant_config, writer, report)
+        else:
+            writer.add_plain(name, tensor)
+            report.copied += 1
+
+    return convert_one
+
+
+# breccia stores INT4 codes one per byte; the loader packs them two per byte again.
+INT4_ON_DISK_NOTE = ("breccia stores INT4 codes one per byte, so the converted weights take about twice the "
+                     "source's bytes on disk; served, they are packed two per byte again")
+
+
+def _int4_tensor(name, tensors, quant_config, writer, report):
+    """One tensor of an AWQ / GPTQ checkpoint: ``P.qweight`` with its parts becomes breccia's
+    ``P.weight``; the parts are consumed with it; everything else (embeddings, norms, layers
+    left unquantized, biases) is copied."""
+    if not name.endswith(QUANTIZED_SUFFIXES):
+        writer.add_plain(name, tensors[name])
+        report.copied += 1
+        return
+    if not name.endswith(".qweight"):
+        return  # consumed with its qweight
+    prefix, where = name.removesuffix(".qweight"), tensors.file_of[name]
+
+    def part(suffix, required=True):
+        if prefix + suffix in tensors:
+            return tensors[prefix + suffix]
+        if required:
+            raise BrecciaCheckpointError(f"{where}: {name!r} has no {prefix + suffix!r}")
+        return None
+
+    try:
+        if quant_config["quant_method"] == "awq":
+            scaled = awq_to_breccia(prefix, tensors[name], part(".qzeros"), part(".scales"))
+        else:
+            scaled = gptq_to_breccia(prefix, tensors[name], part(".qzeros", required=False), part(".scales"),
+                                     part(".g_idx", required=False), sym=quant_config.get("sym", True),
+                                     v2=quant_config.get("checkpoint_format") == "gptq_v2")
+    except BrecciaCheckpointError as exc:
+        raise BrecciaCheckpointError(f"{where}: {exc}") from None
+    writer.add_scaled(prefix + ".weight", scaled)
+    report.converted.append((prefix + ".weight", describe(scaled.recipe, scaled.layout)))
 
 
 def _scale_for(name, suffix, tensors):

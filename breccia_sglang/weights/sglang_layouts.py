@@ -45,11 +45,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..format.int4_sources import AWQ_PACK_ORDER
 from .packing import pack_low_first, unpack_low_first
 
-# AWQ's nibble order: nibble p of an int32 word holds column 8c + AWQ_PACK_ORDER[p]
-# (SGLang's awq_triton unpacks with its inverse, [0, 4, 1, 5, 2, 6, 3, 7]).
-AWQ_PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 NVFP4_BLOCK = 16
 
 
