@@ -37,12 +37,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="per-layer recipe, e.g. '*.mlp.*=int4' (first match wins; same recipe options)")
     p.add_argument("--overwrite", action="store_true")
 
-    p = sub.add_parser("convert", help="convert a DeepSeek-V3 or compressed-tensors FP8, AWQ or GPTQ "
-                                        "INT4 checkpoint to breccia")
+    p = sub.add_parser("convert", help="convert a DeepSeek-V3 or compressed-tensors FP8, or an AWQ, GPTQ or "
+                                        "compressed-tensors INT4 checkpoint to breccia")
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--from", dest="source_format", required=True,
-                   choices=["deepseek-fp8", "compressed-tensors-fp8", "awq", "gptq"])
+                   choices=["deepseek-fp8", "compressed-tensors-fp8", "awq", "gptq", "compressed-tensors-int4"])
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("export-sglang-fp8", help="write a breccia FP8 checkpoint in SGLang's native FP8 layout")

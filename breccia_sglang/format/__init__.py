@@ -8,7 +8,7 @@
 - ``writer.py``: shards, index and an output directory that appears only when complete.
 - ``quantize.py``: a breccia checkpoint from a Hugging Face one, through ``breccia.cast``.
 - ``convert.py``: DeepSeek-V3 and compressed-tensors FP8 into breccia, and back to SGLang's FP8.
-- ``int4_sources.py``: AutoAWQ and GPTQ INT4 weights as breccia INT4, exactly (for ``convert``).
+- ``int4_sources.py``: AutoAWQ, GPTQ and compressed-tensors INT4 weights as breccia INT4, exactly (for ``convert``).
 """
 
 from .reader import BrecciaCheckpoint, BrecciaEntry, StoredTensor

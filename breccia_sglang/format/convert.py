@@ -9,8 +9,9 @@ Into breccia (``convert_to_breccia``):
   tensor (``Float8CurrentScaling``) or per channel (``Float8BlockScaling(block_k=K)``, one scale
   per row). Static ``input_scale`` tensors are dropped (breccia-sglang quantizes activations
   dynamically) and reported.
-- ``awq`` / ``gptq``: AutoAWQ and GPTQ INT4 (``int4_sources.py``): codes, zero points and
-  scales moved into breccia's INT4 exactly; act-order GPTQ and other bit widths are refused.
+- ``awq`` / ``gptq`` / ``compressed-tensors-int4``: AutoAWQ, GPTQ and llm-compressor W4A16
+  (``int4_sources.py``): codes, zero points and scales moved into breccia's INT4 exactly;
+  act-order, other bit widths and quantized activations are refused.
 Out of breccia (``export_sglang_fp8``): SGLang's native FP8 layout (``quant_method: fp8``):
 per-tensor ``weight_scale``, or 128 x 128 ``weight_scale_inv`` when every 128 rows share their
 scales (as after ``deepseek-fp8``). Codes and scales are copied bit for bit both ways; what a
@@ -31,8 +32,7 @@ from tqdm import tqdm
 
 from .. import names
 from ..errors import BrecciaCheckpointError
-from .int4_sources import (INT4_SOURCE_FORMATS, QUANTIZED_SUFFIXES, awq_to_breccia, check_int4_config,
-                           gptq_to_breccia)
+from .int4_sources import INT4_SOURCE_FORMATS, INT4_SOURCES, check_int4_config
 from .reader import BrecciaCheckpoint, weight_files
 from .recipe_json import describe
 from .writer import ShardWriter, atomic_output_dir, check_paths, write_metadata_files
@@ -80,7 +80,8 @@ def convert_to_breccia(src, dst, source_format: str, *, overwrite: bool = False,
         check_int4_config(source_format, quant_config, str(src / "config.json"))
     tensors, report = _Tensors(src), ConvertReport()
     convert_one = {"deepseek-fp8": _fp8_tensor(_deepseek_entry),
-                   "compressed-tensors-fp8": _fp8_tensor(_compressed_tensors_entry)}.get(source_format, _int4_tensor)
+                   "compressed-tensors-fp8": _fp8_tensor(_compressed_tensors_entry)}.get(source_format)
+    convert_one = convert_one or _int4_tensor(INT4_SOURCES[source_format])
     with atomic_output_dir(dst) as tmp:
         writer = ShardWriter(tmp)
         for name in tqdm(list(tensors.file_of), desc="convert", unit="tensor", disable=not progress):
@@ -116,36 +117,40 @@ INT4_ON_DISK_NOTE = ("breccia stores INT4 codes one per byte, so the converted w
                      "source's bytes on disk; served, they are packed two per byte again")
 
 
-def _int4_tensor(name, tensors, quant_config, writer, report):
-    """One tensor of an AWQ / GPTQ checkpoint: ``P.qweight`` with its parts becomes breccia's
-    ``P.weight``; the parts are consumed with it; everything else (embeddings, norms, layers
-    left unquantized, biases) is copied."""
-    if not name.endswith(QUANTIZED_SUFFIXES):
-        writer.add_plain(name, tensors[name])
-        report.copied += 1
-        return
-    if not name.endswith(".qweight"):
-        return  # consumed with its qweight
-    prefix, where = name.removesuffix(".qweight"), tensors.file_of[name]
+def _int4_tensor(source):
+    """One tensor of an INT4 checkpoint (``source``: an ``Int4Source``): a layer's codes tensor
+    and its parts become breccia's ``P.weight``; everything else (embeddings, norms, layers left
+    unquantized, biases) is copied. A part with no codes tensor beside it is refused, not dropped."""
 
-    def part(suffix, required=True):
-        if prefix + suffix in tensors:
-            return tensors[prefix + suffix]
-        if required:
-            raise BrecciaCheckpointError(f"{where}: {name!r} has no {prefix + suffix!r}")
-        return None
+    def convert_one(name, tensors, quant_config, writer, report):
+        part_of = next((suffix for suffix in source.parts if name.endswith(suffix)), None)
+        if part_of is not None:
+            owner = name.removesuffix(part_of) + source.codes
+            if owner not in tensors:
+                raise BrecciaCheckpointError(f"{tensors.file_of[name]}: {name!r} has no {owner!r} beside it; "
+                                             "a mixed checkpoint does not convert")
+            return  # consumed with its codes tensor
+        if not name.endswith(source.codes):
+            writer.add_plain(name, tensors[name])
+            report.copied += 1
+            return
+        prefix, where = name.removesuffix(source.codes), tensors.file_of[name]
 
-    try:
-        if quant_config["quant_method"] == "awq":
-            scaled = awq_to_breccia(prefix, tensors[name], part(".qzeros"), part(".scales"))
-        else:
-            scaled = gptq_to_breccia(prefix, tensors[name], part(".qzeros", required=False), part(".scales"),
-                                     part(".g_idx", required=False), sym=quant_config.get("sym", True),
-                                     v2=quant_config.get("checkpoint_format") == "gptq_v2")
-    except BrecciaCheckpointError as exc:
-        raise BrecciaCheckpointError(f"{where}: {exc}") from None
-    writer.add_scaled(prefix + ".weight", scaled)
-    report.converted.append((prefix + ".weight", describe(scaled.recipe, scaled.layout)))
+        def part(suffix, required=True):
+            if prefix + suffix in tensors:
+                return tensors[prefix + suffix]
+            if required:
+                raise BrecciaCheckpointError(f"{where}: {name!r} has no {prefix + suffix!r}")
+            return None
+
+        try:
+            scaled = source.to_breccia(prefix, part, quant_config)
+        except BrecciaCheckpointError as exc:
+            raise BrecciaCheckpointError(f"{where}: {exc}") from None
+        writer.add_scaled(prefix + ".weight", scaled)
+        report.converted.append((prefix + ".weight", describe(scaled.recipe, scaled.layout)))
+
+    return convert_one
 
 
 def _scale_for(name, suffix, tensors):
