@@ -8,6 +8,7 @@
 - ``writer.py``: shards, index and an output directory that appears only when complete.
 - ``quantize.py``: a breccia checkpoint from a Hugging Face one, through ``breccia.cast``.
 - ``convert.py``: DeepSeek-V3 and compressed-tensors FP8 into breccia, and back to SGLang's FP8.
+- ``sources.py``: which ``convert --from`` reads a checkpoint, named when one is not breccia's.
 - ``int4_sources.py``: AutoAWQ, GPTQ and compressed-tensors INT4 weights as breccia INT4, exactly (for ``convert``).
 """
 

@@ -81,7 +81,24 @@ def test_unknown_or_malformed_recipe_json(tmp_path, config, message):
 
 def test_checkpoint_without_breccia_tensors(tmp_path):
     _write(tmp_path, {"model.norm.weight": torch.ones(4)}, {})
-    with pytest.raises(BrecciaCheckpointError, match="no breccia tensors found"):
+    with pytest.raises(BrecciaCheckpointError, match=r"no breccia tensors found.*breccia-sglang quantize SRC DST"):
+        BrecciaCheckpoint.open(tmp_path)
+
+
+@pytest.mark.parametrize("quant_config, source", [
+    ({"quant_method": "awq", "bits": 4}, "awq"),
+    ({"quant_method": "gptq", "bits": 4}, "gptq"),
+    ({"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups": {"g": {}}},
+     "compressed-tensors-int4"),
+    ({"quant_method": "compressed-tensors", "config_groups": {"g": {"format": "float-quantized"}}},
+     "compressed-tensors-fp8"),
+    ({"quant_method": "fp8", "weight_block_size": [128, 128]}, "deepseek-fp8"),
+])
+def test_a_checkpoint_in_a_format_convert_reads_is_met_with_the_command(tmp_path, quant_config, source):
+    _write(tmp_path, {"model.norm.weight": torch.ones(4)}, {})
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": quant_config}))
+    with pytest.raises(BrecciaCheckpointError, match=rf"no breccia tensors found.*convert it with `breccia-sglang "
+                                                     rf"convert {tmp_path} DST --from {source}`"):
         BrecciaCheckpoint.open(tmp_path)
 
 
