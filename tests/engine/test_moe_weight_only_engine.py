@@ -61,8 +61,11 @@ def test_our_moe_kernel_serves_the_emulated_kernels_tokens(runs, tiny_moe, tmp_p
     reference, gaps = hf_argmax_tokens(dequantized_hf_checkpoint(tiny_moe, checkpoint, tmp_path / "hf"), PROMPT,
                                        NEW_TOKENS)
     assert len(served) == NEW_TOKENS
-    assert_same_greedy_tokens(served, emulated, gaps, NEAR_TIE, at_least=6)
+    # Both are held to HF's tokens, so they agree with each other up to HF's first near-tie, and
+    # at it each may take either tied token: at step 7 (a gap of 5e-5) one host's run served
+    # HF's first choice and the emulated kernel its second, both right.
     assert_same_greedy_tokens(served, reference, gaps, NEAR_TIE, at_least=6)
+    assert_same_greedy_tokens(emulated, reference, gaps, NEAR_TIE, at_least=6)
 
 
 def test_the_log_names_the_kernel_for_every_expert_recipe(runs):
