@@ -134,19 +134,19 @@ def _int4_tensor(source):
             writer.add_plain(name, tensors[name])
             report.copied += 1
             return
-        prefix, where = name.removesuffix(source.codes), tensors.file_of[name]
+        prefix = name.removesuffix(source.codes)
 
         def part(suffix, required=True):
             if prefix + suffix in tensors:
                 return tensors[prefix + suffix]
             if required:
-                raise BrecciaCheckpointError(f"{where}: {name!r} has no {prefix + suffix!r}")
+                raise BrecciaCheckpointError(f"{name!r} has no {prefix + suffix!r}")
             return None
 
         try:
             scaled = source.to_breccia(prefix, part, quant_config)
-        except BrecciaCheckpointError as exc:
-            raise BrecciaCheckpointError(f"{where}: {exc}") from None
+        except BrecciaCheckpointError as exc:  # every refusal names the file it read
+            raise BrecciaCheckpointError(f"{tensors.file_of[name]}: {exc}") from None
         writer.add_scaled(prefix + ".weight", scaled)
         report.converted.append((prefix + ".weight", describe(scaled.recipe, scaled.layout)))
 

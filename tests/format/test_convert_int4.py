@@ -304,7 +304,7 @@ def without(checkpoint, name):
 
 def test_a_qweight_without_its_scales_is_refused_naming_the_file(tiny_awq, tmp_path):
     src = without(tiny_awq, "model.layers.1.mlp.up_proj.scales")
-    with pytest.raises(BrecciaCheckpointError, match=r"model\.safetensors: 'model\.layers\.1\.mlp\.up_proj\.qweight' "
+    with pytest.raises(BrecciaCheckpointError, match=r"^model\.safetensors: 'model\.layers\.1\.mlp\.up_proj\.qweight' "
                                                      r"has no 'model\.layers\.1\.mlp\.up_proj\.scales'"):
         convert_to_breccia(src, tmp_path / "breccia", "awq", progress=False)
 
