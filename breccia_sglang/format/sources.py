@@ -23,6 +23,6 @@ def how_to_get_breccia(directory, quant_config: dict) -> str:
     """The command to suggest for a checkpoint that holds no breccia tensors."""
     source = source_format_of(quant_config)
     if source is not None:
-        return (f"this is a {quant_config['quant_method']} checkpoint: convert it with "
+        return (f"its config.json says quant_method {quant_config['quant_method']!r}: convert it with "
                 f"`breccia-sglang convert {directory} DST --from {source}`")
     return "e.g. `breccia-sglang quantize SRC DST --recipe fp8`"
