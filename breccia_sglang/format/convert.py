@@ -1,14 +1,10 @@
 """Converters between breccia checkpoints and the FP8 formats people already have.
 
 Into breccia (``convert_to_breccia``):
-- ``deepseek-fp8``: DeepSeek-V3 style, ``X.weight`` F8_E4M3 + ``X.weight_scale_inv`` fp32 with
-  one scale per 128 x 128 block (``weight_block_size`` in config.json), edge blocks partial.
-  breccia's own DeepSeek bridge assumes 1 x 128 blocks; we expand each block scale over its
-  rows, which is exact, and hand the result to ``breccia.bridges.from_deepseek_v3``.
-- ``compressed-tensors-fp8``: llm-compressor ``float-quantized`` FP8, ``X.weight_scale`` per
-  tensor (``Float8CurrentScaling``) or per channel (``Float8BlockScaling(block_k=K)``, one scale
-  per row). Static ``input_scale`` tensors are dropped (breccia-sglang quantizes activations
-  dynamically) and reported.
+- ``fp8`` / ``deepseek-fp8`` / ``compressed-tensors-fp8`` / ``modelopt-fp8``: SGLang's native FP8,
+  DeepSeek-V3's block FP8, llm-compressor's and NVIDIA ModelOpt's FP8 (``fp8_sources.py``):
+  codes and scales copied; a block-FP8 weight whose K is not whole blocks is stored dequantized;
+  static activation and KV-cache scales are dropped. All reported.
 - ``awq`` / ``gptq`` / ``compressed-tensors-int4``: AutoAWQ, GPTQ and llm-compressor W4A16
   (``int4_sources.py``): codes, zero points and scales moved into breccia's INT4 exactly;
   act-order, other bit widths and quantized activations are refused.
@@ -26,18 +22,20 @@ from pathlib import Path
 
 import breccia
 import torch
-from breccia.bridges import from_deepseek_v3, load_safetensors
+from breccia.bridges import load_safetensors
 from safetensors import safe_open
 from tqdm import tqdm
 
 from .. import names
 from ..errors import BrecciaCheckpointError
+from .fp8_sources import DROPPED_SCALES, FP8_SOURCE_FORMATS, WEIGHT_SCALES, check_fp8_config, fp8_weight
 from .int4_sources import INT4_SOURCE_FORMATS, INT4_SOURCES, check_int4_config
 from .reader import BrecciaCheckpoint, weight_files
+from .sources import SOURCE_QUANT_CONFIG_FILES, quantization_config_of
 from .recipe_json import describe
 from .writer import ShardWriter, atomic_output_dir, check_paths, write_metadata_files
 
-SOURCE_FORMATS = ("deepseek-fp8", "compressed-tensors-fp8") + INT4_SOURCE_FORMATS
+SOURCE_FORMATS = FP8_SOURCE_FORMATS + INT4_SOURCE_FORMATS
 FP8 = torch.float8_e4m3fn
 
 
@@ -75,39 +73,61 @@ def convert_to_breccia(src, dst, source_format: str, *, overwrite: bool = False,
     if source_format not in SOURCE_FORMATS:
         raise ValueError(f"unknown source format {source_format!r}; choose from {', '.join(SOURCE_FORMATS)}")
     src, dst = check_paths(src, dst, overwrite)
-    quant_config = json.loads((src / "config.json").read_text()).get("quantization_config") or {}
-    if source_format in INT4_SOURCE_FORMATS:
-        check_int4_config(source_format, quant_config, str(src / "config.json"))
+    quant_config = quantization_config_of(src)
+    check_config = check_int4_config if source_format in INT4_SOURCE_FORMATS else check_fp8_config
+    check_config(source_format, quant_config, str(src / "config.json"))
     tensors, report = _Tensors(src), ConvertReport()
-    convert_one = {"deepseek-fp8": _fp8_tensor(_deepseek_entry),
-                   "compressed-tensors-fp8": _fp8_tensor(_compressed_tensors_entry)}.get(source_format)
-    convert_one = convert_one or _int4_tensor(INT4_SOURCES[source_format])
+    if source_format in INT4_SOURCE_FORMATS:
+        convert_one = _int4_tensor(INT4_SOURCES[source_format])
+    else:
+        convert_one = _fp8_tensor(fp8_weight(source_format))
     with atomic_output_dir(dst) as tmp:
         writer = ShardWriter(tmp)
         for name in tqdm(list(tensors.file_of), desc="convert", unit="tensor", disable=not progress):
             convert_one(name, tensors, quant_config, writer, report)
         writer.finish()
-        write_metadata_files(src, tmp, {"quant_method": names.QUANT_METHOD, "converted_from": source_format})
+        write_metadata_files(src, tmp, {"quant_method": names.QUANT_METHOD, "converted_from": source_format},
+                             skip=SOURCE_QUANT_CONFIG_FILES)
+    report.dropped += [(file, "the source's quantization config; config.json now says breccia")
+                       for file in SOURCE_QUANT_CONFIG_FILES if (src / file).is_file()]
     if source_format in INT4_SOURCE_FORMATS and report.converted:
         report.notes.append(INT4_ON_DISK_NOTE)
     return report
 
 
 def _fp8_tensor(to_breccia):
-    """One tensor of an FP8 checkpoint: FP8 weights through ``to_breccia``, the rest copied."""
+    """One tensor of an FP8 checkpoint: FP8 weights through ``to_breccia`` (``fp8_sources``),
+    static scales dropped, everything else copied."""
 
     def convert_one(name, tensors, quant_config, writer, report):
-        if name.endswith((".weight_scale_inv", ".weight_scale")):
+        if name.endswith(WEIGHT_SCALES):
             return  # consumed with its weight
-        if name.endswith(".input_scale"):
-            report.dropped.append((name, "static activation scale; activations are quantized dynamically"))
+        dropped = next((why for suffix, why in DROPPED_SCALES.items() if name.endswith(suffix)), None)
+        if dropped is not None:
+            report.dropped.append((name, dropped))
             return
         tensor = tensors[name]
-        if name.endswith(".weight") and tensor.dtype == FP8:
-            to_breccia(name, tensor, tensors, quant_config, writer, report)
-        else:
+        if not (name.endswith(".weight") and tensor.dtype == FP8):
             writer.add_plain(name, tensor)
             report.copied += 1
+            return
+
+        def scale_of(suffix):
+            scale_name = name.removesuffix(".weight") + suffix
+            if scale_name not in tensors:
+                raise BrecciaCheckpointError(f"FP8 tensor {name!r} has no {scale_name!r}")
+            return tensors[scale_name].to(torch.float32)
+
+        try:
+            converted, label = to_breccia(name, tensor, scale_of, quant_config)
+        except BrecciaCheckpointError as exc:  # every refusal names the file it read
+            raise BrecciaCheckpointError(f"{tensors.file_of[name]}: {exc}") from None
+        if isinstance(converted, torch.Tensor):
+            writer.add_plain(name, converted)
+            report.kept.append((name, label))
+        else:
+            writer.add_scaled(name, converted)
+            report.converted.append((name, label))
 
     return convert_one
 
@@ -151,50 +171,6 @@ def _int4_tensor(source):
         report.converted.append((prefix + ".weight", describe(scaled.recipe, scaled.layout)))
 
     return convert_one
-
-
-def _scale_for(name, suffix, tensors):
-    scale_name = name.removesuffix(".weight") + suffix
-    if scale_name not in tensors:
-        raise BrecciaCheckpointError(f"{tensors.file_of[name]}: FP8 tensor {name!r} has no {scale_name!r}")
-    return tensors[scale_name].to(torch.float32)
-
-
-def _deepseek_entry(name, data, tensors, quant_config, writer, report):
-    bn, bk = quant_config.get("weight_block_size", [128, 128])
-    rows, k = data.shape
-    block_scales = _scale_for(name, ".weight_scale_inv", tensors)  # (ceil(rows/bn), ceil(k/bk))
-    if k % bk:
-        # breccia's layouts need whole K blocks; keep this weight exactly dequantized.
-        row_scales = block_scales.repeat_interleave(bn, 0)[:rows].repeat_interleave(bk, 1)[:, :k]
-        writer.add_plain(name, (data.to(torch.float32) * row_scales).to(torch.bfloat16))
-        report.kept.append((name, f"K={k} is not a multiple of {bk}: stored dequantized (bf16)"))
-        return
-    # A (bn x bk) block scale is the scale of each of its rows: exact as one scale per row
-    # and K block, which is breccia's PerBlockK(bk).
-    scaled = from_deepseek_v3(data, block_scales.repeat_interleave(bn, 0)[:rows].contiguous(), block_k=bk)
-    writer.add_scaled(name, scaled)
-    report.converted.append((name, f"block(E4M3,k={bk}) from {bn}x{bk} blocks"))
-
-
-def _compressed_tensors_entry(name, data, tensors, quant_config, writer, report):
-    scale = _scale_for(name, ".weight_scale", tensors)
-    rows, k = data.shape
-    if scale.numel() == 1:
-        scaled = breccia.from_buffer(data, scale.reshape(()), breccia.Float8CurrentScaling(), breccia.PerTensor())
-        label = "current(E4M3)/per_tensor"
-    elif tuple(scale.shape) in ((rows, 1), (rows,)):
-        # One scale per output channel is one K block as wide as the row.
-        scaled = breccia.from_buffer(data, scale.reshape(rows, 1), breccia.Float8BlockScaling(block_k=k),
-                                     breccia.PerBlockK(k))
-        label = f"block(E4M3,k={k}) per channel"
-    else:
-        raise BrecciaCheckpointError(
-            f"{tensors.file_of[name]}: {name!r} has weight_scale shape {list(scale.shape)}; only per-tensor and "
-            "per-channel FP8 (compressed-tensors strategies 'tensor' and 'channel') convert"
-        )
-    writer.add_scaled(name, scaled)
-    report.converted.append((name, label))
 
 
 def export_sglang_fp8(src, dst, *, block_n: int = 128, overwrite: bool = False) -> ConvertReport:

@@ -23,7 +23,7 @@ from safetensors import safe_open
 from .. import names
 from ..errors import BrecciaCheckpointError
 from .recipe_json import describe, parse_config
-from .sources import how_to_get_breccia
+from .sources import how_to_get_breccia, quantization_config_of
 from .values import check_part_values
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -106,7 +106,7 @@ class BrecciaCheckpoint:
             raise BrecciaCheckpointError(
                 f"{directory}: no breccia tensors found (no '<name>.config' metadata in "
                 f"{len(files)} safetensors file(s)); {names.FLAG} needs a checkpoint "
-                f"written by breccia; {how_to_get_breccia(directory, _quantization_config(directory))}"
+                f"written by breccia; {how_to_get_breccia(directory, quantization_config_of(directory))}"
             )
         return cls(directory, entries, plain, files)
 
@@ -265,10 +265,3 @@ _DTYPE_BYTES = {
     "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
     "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1,
 }
-
-
-def _quantization_config(directory: Path) -> dict:
-    try:
-        return json.loads((directory / "config.json").read_text()).get("quantization_config") or {}
-    except (OSError, ValueError, AttributeError):  # no config.json, or not a JSON object: no hint
-        return {}

@@ -1,21 +1,40 @@
-"""Which ``breccia-sglang convert --from`` reads a checkpoint, from its ``quantization_config``,
+"""Which ``breccia-sglang convert --from`` reads a checkpoint, from its quantization config,
 so that a checkpoint in another format is met with the command that brings it over."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Files that describe a source checkpoint's quantization beside (or instead of) config.json's
+# ``quantization_config``: ModelOpt's, GPTQ's and AutoAWQ's. A converted checkpoint leaves them
+# behind: config.json then says breccia, and a stale file would contradict it.
+SOURCE_QUANT_CONFIG_FILES = ("hf_quant_config.json", "quantize_config.json", "quant_config.json")
+
+
+def quantization_config_of(directory) -> dict:
+    """config.json's ``quantization_config``; without one, ModelOpt's ``hf_quant_config.json``
+    (its ``quantization`` section, as SGLang reads it). {} when neither says anything."""
+    directory = Path(directory)
+    config = _json_object(directory / "config.json").get("quantization_config")
+    if isinstance(config, dict) and config:
+        return config
+    section = _json_object(directory / "hf_quant_config.json").get("quantization")
+    return {"quant_method": "modelopt", **section} if isinstance(section, dict) else {}
 
 
 def source_format_of(quant_config: dict) -> str | None:
     """The ``--from`` for a checkpoint quantized as ``quant_config`` says, or None."""
     method = quant_config.get("quant_method")
-    if method in ("awq", "gptq"):
+    if method in ("awq", "gptq", "fp8"):
         return method
     if method == "compressed-tensors":
         forms = {group.get("format") or quant_config.get("format")
                  for group in (quant_config.get("config_groups") or {}).values()}
         return {"pack-quantized": "compressed-tensors-int4",
                 "float-quantized": "compressed-tensors-fp8"}.get(forms.pop()) if len(forms) == 1 else None
-    if method == "fp8" and quant_config.get("weight_block_size"):
-        return "deepseek-fp8"
+    if method in ("modelopt", None) and quant_config.get("quant_algo") == "FP8":
+        return "modelopt-fp8"
     return None
 
 
@@ -23,6 +42,15 @@ def how_to_get_breccia(directory, quant_config: dict) -> str:
     """The command to suggest for a checkpoint that holds no breccia tensors."""
     source = source_format_of(quant_config)
     if source is not None:
-        return (f"its config.json says quant_method {quant_config['quant_method']!r}: convert it with "
-                f"`breccia-sglang convert {directory} DST --from {source}`")
+        said = (f"quant_method {quant_config['quant_method']!r}" if quant_config.get("quant_method") != "modelopt"
+                else f"ModelOpt quant_algo {quant_config['quant_algo']!r}")
+        return f"its quantization config says {said}: convert it with `breccia-sglang convert {directory} DST --from {source}`"
     return "e.g. `breccia-sglang quantize SRC DST --recipe fp8`"
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):  # missing or not JSON: it says nothing
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -111,11 +111,12 @@ def _nbytes(t) -> int:
     return 0 if t is None else t.numel() * t.element_size()
 
 
-def write_metadata_files(src: Path, out: Path, quantization_config: dict | None) -> None:
+def write_metadata_files(src: Path, out: Path, quantization_config: dict | None, skip: tuple[str, ...] = ()) -> None:
     """Copy everything that is not weights (tokenizer, chat template, generation config, ...)
-    and write config.json with ``quantization_config`` (removed when None)."""
+    but the files named in ``skip``, and write config.json with ``quantization_config``
+    (removed when None)."""
     for path in src.iterdir():
-        if path.is_file() and not path.name.endswith(".safetensors") and path.name != INDEX_FILE:
+        if path.is_file() and not path.name.endswith(".safetensors") and path.name not in (INDEX_FILE, *skip):
             shutil.copy2(path, out / path.name)
     config = json.loads((src / "config.json").read_text())
     config.pop("quantization_config", None)

@@ -92,13 +92,34 @@ def test_checkpoint_without_breccia_tensors(tmp_path):
      "compressed-tensors-int4"),
     ({"quant_method": "compressed-tensors", "config_groups": {"g": {"format": "float-quantized"}}},
      "compressed-tensors-fp8"),
-    ({"quant_method": "fp8", "weight_block_size": [128, 128]}, "deepseek-fp8"),
+    ({"quant_method": "fp8", "weight_block_size": [128, 128]}, "fp8"),
+    ({"quant_method": "fp8", "activation_scheme": "static"}, "fp8"),
+    ({"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": "FP8"}, "modelopt-fp8"),
 ])
 def test_a_checkpoint_in_a_format_convert_reads_is_met_with_the_command(tmp_path, quant_config, source):
     _write(tmp_path, {"model.norm.weight": torch.ones(4)}, {})
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": quant_config}))
     with pytest.raises(BrecciaCheckpointError, match=rf"no breccia tensors found.*convert it with `breccia-sglang "
                                                      rf"convert {tmp_path} DST --from {source}`"):
+        BrecciaCheckpoint.open(tmp_path)
+
+
+def test_a_modelopt_checkpoint_described_by_hf_quant_config_json_is_met_with_the_command(tmp_path):
+    # Older ModelOpt exports (nvidia/Llama-3.1-8B-Instruct-FP8) leave config.json without a
+    # quantization_config and describe it in hf_quant_config.json, which SGLang also reads.
+    _write(tmp_path, {"model.norm.weight": torch.ones(4)}, {})
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (tmp_path / "hf_quant_config.json").write_text(json.dumps({"quantization": {"quant_algo": "FP8"}}))
+    with pytest.raises(BrecciaCheckpointError, match=r"says ModelOpt quant_algo 'FP8': convert it with "
+                                                     rf"`breccia-sglang convert {tmp_path} DST --from modelopt-fp8`"):
+        BrecciaCheckpoint.open(tmp_path)
+
+
+def test_a_modelopt_nvfp4_checkpoint_is_not_offered_a_conversion(tmp_path):
+    _write(tmp_path, {"model.norm.weight": torch.ones(4)}, {})
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "modelopt",
+                                                                              "quant_algo": "NVFP4"}}))
+    with pytest.raises(BrecciaCheckpointError, match=r"no breccia tensors found.*breccia-sglang quantize SRC DST"):
         BrecciaCheckpoint.open(tmp_path)
 
 

@@ -183,3 +183,135 @@ def test_compressed_tensors_fp8_experts_convert_bit_exactly_and_routers_stay(tin
         assert torch.equal(converted[name].data.view(torch.uint8), before[name].view(torch.uint8)), name
         assert torch.equal(converted[name].scale.flatten(), before[name.removesuffix(".weight") + ".weight_scale"].flatten())
     assert not any(".mlp.gate." in n for n in converted) and len(report.converted) == len(converted)
+
+
+# --- ModelOpt FP8 and SGLang's native FP8 (--from modelopt-fp8, --from fp8) ---------------------
+
+# hf_quant_config.json's "quantization" section; config.json's flat form names the excluded
+# modules "ignore" (as SGLang's ModelOptFp8Config reads them).
+MODELOPT_FP8 = {"quant_algo": "FP8", "kv_cache_quant_algo": "FP8", "exclude_modules": ["lm_head"]}
+
+
+def _modelopt_scales(t):
+    scale = t.abs().amax() / 448  # ModelOpt stores a 0-d fp32 weight_scale per linear
+    return ".weight_scale", scale, scale
+
+
+def _modelopt_fp8(tiny_llama, dst, form):
+    """tiny_llama as ModelOpt exports FP8: a 0-d weight_scale and input_scale per linear, and
+    k_scale / v_scale under k_proj / v_proj; described in config.json (newer exports) or in
+    hf_quant_config.json (older ones, config.json then has no quantization_config)."""
+    static = {f"model.layers.{i}.self_attn.{name}": torch.tensor(0.05)
+              for i in range(2) for name in ("k_proj.k_scale", "v_proj.v_scale")}
+    static.update({name.removesuffix(".weight") + ".input_scale": torch.tensor(0.02)
+                   for name, t in stored_tensors(tiny_llama).items() if _is_linear(name, t)})
+    flat = {"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": "FP8", "ignore": ["lm_head"]}
+    src = _fp8_checkpoint(tiny_llama, dst, _modelopt_scales, flat, static)
+    if form == "hf_quant_config.json":
+        config = json.loads((src / "config.json").read_text())
+        del config["quantization_config"]
+        (src / "config.json").write_text(json.dumps(config))
+        (src / form).write_text(json.dumps({"producer": {"name": "modelopt"}, "quantization": MODELOPT_FP8}))
+    return src, sorted(static)
+
+
+@pytest.mark.parametrize("form", ["config.json", "hf_quant_config.json"])
+def test_modelopt_fp8_converts_bit_exactly_and_drops_its_static_scales(tiny_llama, tmp_path, form):
+    from sglang.srt.layers.quantization.modelopt_quant import ModelOptFp8Config
+
+    src, static = _modelopt_fp8(tiny_llama, tmp_path / "modelopt", form)
+    # The oracle for the fixture: SGLang reads it as a ModelOpt FP8 checkpoint with FP8 KV scales.
+    described = (json.loads((src / form).read_text()) if form != "config.json"
+                 else json.loads((src / "config.json").read_text())["quantization_config"])
+    sglang_view = ModelOptFp8Config.from_config(described)
+    assert sglang_view.kv_cache_quant_algo == "FP8" and sglang_view.exclude_modules == ["lm_head"]
+
+    report = convert_to_breccia(src, tmp_path / "breccia", "modelopt-fp8")
+    before, converted = stored_tensors(src), breccia_tensors(tmp_path / "breccia")
+    assert len(converted) == len(report.converted) == 14 and report.kept == []
+    for name, st in converted.items():
+        scale = before[name.removesuffix(".weight") + ".weight_scale"]
+        assert st.recipe == breccia.Float8CurrentScaling() and st.layout == breccia.PerTensor()
+        assert torch.equal(st.data.view(torch.uint8), before[name].view(torch.uint8)), name
+        assert torch.equal(st.scale, scale)
+    dropped = dict(report.dropped)
+    assert sorted(n for n in dropped if n.endswith("_scale")) == static
+    assert all("per token" in dropped[n] for n in static if n.endswith("input_scale"))
+    assert all("(token, KV head)" in dropped[n] for n in static if n.endswith(("k_scale", "v_scale")))
+    # The source's description is not carried over: config.json now says breccia.
+    assert ("hf_quant_config.json" in dropped) == (form == "hf_quant_config.json")
+    assert not (tmp_path / "breccia" / "hf_quant_config.json").exists()
+    config = json.loads((tmp_path / "breccia" / "config.json").read_text())["quantization_config"]
+    assert config == {"quant_method": "breccia", "converted_from": "modelopt-fp8"}
+    assert not set(stored_tensors(tmp_path / "breccia")) & set(static)
+
+
+def test_modelopt_fp8_converts_through_the_cli_which_lists_what_it_dropped(tiny_llama, tmp_path, capsys):
+    from breccia_sglang.cli import main
+
+    src, static = _modelopt_fp8(tiny_llama, tmp_path / "modelopt", "hf_quant_config.json")
+    assert main(["convert", str(src), str(tmp_path / "breccia"), "--from", "modelopt-fp8"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"{tmp_path / 'breccia'}: 14 weights converted, 7 tensors copied"
+    dropped = [line.split(": ")[1] for line in printed if line.startswith("  dropped: ")]
+    assert sorted(dropped) == sorted(static + ["hf_quant_config.json"])
+    assert main(["inspect", str(tmp_path / "breccia")]) == 0
+
+
+@pytest.mark.parametrize("algo, why", [
+    ("NVFP4", r"quant_algo is 'NVFP4'; only 'FP8' \(per-tensor scales\) converts: its per-tensor weight_scale_2"),
+    ("W4A8_AWQ", r"quant_algo is 'W4A8_AWQ'; only 'FP8' \(per-tensor scales\) converts$"),
+])
+def test_modelopt_other_than_fp8_is_refused_naming_its_quant_algo(tiny_llama, tmp_path, algo, why):
+    config = {"quant_method": "modelopt", "quant_algo": algo}
+    src = _fp8_checkpoint(tiny_llama, tmp_path / "modelopt", _modelopt_scales, config)
+    with pytest.raises(BrecciaCheckpointError, match=rf"config\.json: ModelOpt {why}"):
+        convert_to_breccia(src, tmp_path / "breccia", "modelopt-fp8")
+    assert not (tmp_path / "breccia").exists()
+
+
+@pytest.mark.parametrize("source_format, config, why", [
+    ("fp8", CT_CONFIG, r"--from fp8 needs quantization_config.quant_method 'fp8', found 'compressed-tensors'"),
+    ("deepseek-fp8", {"quant_method": "fp8"}, r"needs quantization_config.weight_block_size .* --from fp8"),
+    ("modelopt-fp8", {"quant_method": "fp8"}, r"needs a ModelOpt quantization config .* found quant_method 'fp8'"),
+    ("compressed-tensors-fp8", {"quant_method": "fp8"}, r"needs .*'compressed-tensors', found 'fp8'"),
+])
+def test_a_source_format_that_is_not_the_checkpoints_is_refused(tiny_llama, tmp_path, source_format, config, why):
+    src = _fp8_checkpoint(tiny_llama, tmp_path / "src", _per_tensor, config)
+    with pytest.raises(BrecciaCheckpointError, match=why):
+        convert_to_breccia(src, tmp_path / "breccia", source_format)
+
+
+def test_per_tensor_breccia_to_sglang_native_fp8_and_back_is_the_same_checkpoint(tiny_llama, tmp_path):
+    # --from fp8 is export-sglang-fp8's inverse: every weight comes back with its codes, scale,
+    # recipe and layout.
+    src = _fp8_checkpoint(tiny_llama, tmp_path / "ct", _per_tensor, CT_CONFIG)
+    convert_to_breccia(src, tmp_path / "breccia", "compressed-tensors-fp8")
+    export_sglang_fp8(tmp_path / "breccia", tmp_path / "native")
+    report = convert_to_breccia(tmp_path / "native", tmp_path / "again", "fp8")
+    first, again = breccia_tensors(tmp_path / "breccia"), breccia_tensors(tmp_path / "again")
+    assert len(report.converted) == len(again) == 14 and set(first) == set(again)
+    for name, st in first.items():
+        assert (again[name].recipe, again[name].layout) == (st.recipe, st.layout), name
+        assert torch.equal(again[name].data.view(torch.uint8), st.data.view(torch.uint8)), name
+        assert torch.equal(again[name].scale, st.scale), name
+    assert stored_tensors(tmp_path / "again").keys() == stored_tensors(tmp_path / "breccia").keys()
+
+
+def test_block_fp8_converts_the_same_from_fp8_as_from_deepseek_fp8(deepseek_fp8, tmp_path):
+    convert_to_breccia(deepseek_fp8, tmp_path / "deepseek", "deepseek-fp8")
+    convert_to_breccia(deepseek_fp8, tmp_path / "fp8", "fp8")
+    by_deepseek, by_fp8 = stored_tensors(tmp_path / "deepseek"), stored_tensors(tmp_path / "fp8")
+    assert by_deepseek.keys() == by_fp8.keys()
+    assert all(torch.equal(by_fp8[n].view(torch.uint8), t.view(torch.uint8)) for n, t in by_deepseek.items())
+
+
+@pytest.mark.engine
+def test_a_converted_modelopt_checkpoint_serves_like_hf(tiny_llama, tmp_path):
+    from ..engine.test_recipes_engine import _hf_greedy, _serve
+
+    src, _ = _modelopt_fp8(tiny_llama, tmp_path / "modelopt", "hf_quant_config.json")
+    convert_to_breccia(src, tmp_path / "breccia", "modelopt-fp8")
+    result = _serve(tmp_path / "breccia", tmp_path)
+    assert result["ok"], result
+    assert result["results"][0]["output_ids"] == _hf_greedy(tiny_llama, tmp_path / "breccia")
