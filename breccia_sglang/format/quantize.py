@@ -22,9 +22,11 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from .. import names
+from ..errors import BrecciaCheckpointError
 from .reader import weight_files
 from .recipe_json import describe
 from .recipes import PER_TENSOR_FP8, layout_of
+from .sources import quantization_config_of, why_not_quantize
 from .writer import ShardWriter, atomic_output_dir, check_paths, write_metadata_files
 
 # Embeddings and the LM head stay high precision by default: SGLang serves them through
@@ -66,6 +68,9 @@ def quantize_checkpoint(
     gate/up as one GEMM, so give each merged group one recipe (loading says so otherwise).
     """
     src, dst = check_paths(src, dst, overwrite)
+    refusal = why_not_quantize(src, quantization_config_of(src))
+    if refusal is not None:
+        raise BrecciaCheckpointError(f"{src}: quantize reads a BF16 / FP16 / FP32 checkpoint, but {refusal}")
     files = weight_files(src)
     report = QuantizeReport(recipe_label=describe(recipe, layout_of(recipe)))
     with atomic_output_dir(dst) as tmp:
@@ -75,6 +80,10 @@ def quantize_checkpoint(
             with safe_open(str(src / file), framework="pt") as f:
                 for name in f.keys():
                     tensor = f.get_tensor(name)
+                    if _is_linear_weight(name, tensor) and tensor.element_size() == 1:  # FP8 codes
+                        raise BrecciaCheckpointError(
+                            f"{src / file}: {name!r} is {tensor.dtype}, quantized already; quantize reads "
+                            "high-precision weights (an FP8 checkpoint converts: breccia-sglang convert --help)")
                     report.bytes_in += tensor.numel() * tensor.element_size()
                     chosen = next((r for pattern, r in overrides if fnmatch.fnmatch(name, pattern)), recipe)
                     _quantize_one(name, tensor, chosen, keep, writer, report)

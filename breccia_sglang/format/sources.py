@@ -48,6 +48,21 @@ def how_to_get_breccia(directory, quant_config: dict) -> str:
     return "e.g. `breccia-sglang quantize SRC DST --recipe fp8`"
 
 
+def why_not_quantize(directory, quant_config: dict) -> str | None:
+    """Why ``breccia-sglang quantize`` must not read this checkpoint (it is quantized already:
+    its codes would be quantized again without their scales), with what to do; None if it may."""
+    method = quant_config.get("quant_method") or ("modelopt" if quant_config.get("quant_algo") else None)
+    if method is None:
+        return None
+    if method == "breccia":
+        return "it is a breccia checkpoint already: serve it with --breccia-format, or quantize its original"
+    source = source_format_of(quant_config)
+    if source is not None:
+        return f"it is quantized already ({how_to_get_breccia(directory, quant_config)})"
+    return (f"it is quantized already (quant_method {method!r}), and convert does not read that format: "
+            "quantize its BF16 / FP16 original instead")
+
+
 def _json_object(path: Path) -> dict:
     try:
         value = json.loads(path.read_text())

@@ -162,3 +162,49 @@ def test_an_int4_weight_no_group_fits_stays_high_precision_and_is_reported(tmp_p
     assert [name for name, _ in report.quantized] == ["b.weight"]  # 128 keeps its asked-for group
     assert report.regrouped == []
     assert [name for name, _ in report.kept] == ["a.weight"] and "40" in report.kept[0][1]
+
+
+# An already-quantized checkpoint would be quantized again from its codes without their scales:
+# a model that loads and talks nonsense. quantize refuses it, and says what to run instead.
+
+def _quantized_copy(tiny_llama, dst, quant_config, extra_files=()):
+    from .test_convert import _fp8_checkpoint, _per_tensor
+
+    src = _fp8_checkpoint(tiny_llama, dst, _per_tensor, quant_config)
+    for name, text in extra_files:
+        (src / name).write_text(text)
+    return src
+
+
+@pytest.mark.parametrize("quant_config, extra_files, says", [
+    ({"quant_method": "modelopt", "quant_algo": "FP8"}, (), r"convert {src} DST --from modelopt-fp8`"),
+    ({}, [("hf_quant_config.json", '{"quantization": {"quant_algo": "FP8"}}')], r"convert {src} DST --from modelopt-fp8`"),
+    ({"quant_method": "fp8"}, (), r"convert {src} DST --from fp8`"),
+    ({"quant_method": "bitsandbytes"}, (), r"quant_method 'bitsandbytes'\), and convert does not read that format"),
+    ({"quant_method": "breccia"}, (), r"a breccia checkpoint already: serve it with --breccia-format"),
+])
+def test_a_quantized_checkpoint_is_refused_with_what_to_run_instead(tiny_llama, tmp_path, quant_config,
+                                                                    extra_files, says):
+    src = _quantized_copy(tiny_llama, tmp_path / "src", quant_config, extra_files)
+    if not quant_config:
+        config = json.loads((src / "config.json").read_text())
+        del config["quantization_config"]
+        (src / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BrecciaCheckpointError, match=rf"{src}: quantize reads a BF16 / FP16 / FP32 checkpoint, but "
+                                                     rf".*{says.format(src=src)}"):
+        quantize_checkpoint(src, tmp_path / "out", make_recipe("fp8"), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_fp8_weights_without_a_quantization_config_are_refused_by_name(tiny_llama, tmp_path):
+    src = _quantized_copy(tiny_llama, tmp_path / "src", {})
+    config = json.loads((src / "config.json").read_text())
+    del config["quantization_config"]
+    (src / "config.json").write_text(json.dumps(config))
+    done = subprocess.run([sys.executable, "-m", "breccia_sglang.cli", "quantize", str(src), str(tmp_path / "out"),
+                           "--recipe", "fp8"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert (f"breccia-sglang: error: {src / 'model.safetensors'}: 'model.layers.0.mlp.down_proj.weight' is "
+            "torch.float8_e4m3fn, quantized already") in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
