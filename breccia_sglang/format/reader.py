@@ -108,6 +108,7 @@ class BrecciaCheckpoint:
                 f"{len(files)} safetensors file(s)); {names.FLAG} needs a checkpoint "
                 f"written by breccia; {how_to_get_breccia(directory, quantization_config_of(directory))}"
             )
+        _refuse_foreign_fp8(plain)
         return cls(directory, entries, plain, files)
 
     def entry_for_module(self, prefix: str) -> BrecciaEntry | None:
@@ -249,6 +250,18 @@ def _refuse_orphan_parts(plain: dict) -> None:
             raise BrecciaCheckpointError(
                 f"{tensor.file}: tensor {name!r} looks like breccia data but the metadata has "
                 f"no '{base}.config' (recipe/layout); the checkpoint is incomplete"
+            )
+
+
+def _refuse_foreign_fp8(plain: dict) -> None:
+    # SGLang would copy FP8 codes into a high-precision parameter as values, without their
+    # scale: a model that loads and is wrong. Such a tensor belongs to another format.
+    for name, tensor in plain.items():
+        if tensor.dtype in ("F8_E4M3", "F8_E5M2"):
+            raise BrecciaCheckpointError(
+                f"{tensor.file}: {name!r} is {tensor.dtype} but not a breccia tensor (no recipe in the "
+                "metadata), so its codes would load without their scales; a checkpoint in another FP8 "
+                "format converts whole (breccia-sglang convert --help), it does not mix with breccia"
             )
 
 

@@ -97,7 +97,9 @@ def test_checkpoint_without_breccia_tensors(tmp_path):
     ({"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": "FP8"}, "modelopt-fp8"),
 ])
 def test_a_checkpoint_in_a_format_convert_reads_is_met_with_the_command(tmp_path, quant_config, source):
-    _write(tmp_path, {"model.norm.weight": torch.ones(4)}, {})
+    # Its FP8 codes are not breccia tensors either; the command to run is the more useful answer.
+    _write(tmp_path, {"model.norm.weight": torch.ones(4), "model.layers.0.mlp.up_proj.weight":
+                      torch.ones(4, 4).to(torch.float8_e4m3fn)}, {})
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": quant_config}))
     with pytest.raises(BrecciaCheckpointError, match=rf"no breccia tensors found.*convert it with `breccia-sglang "
                                                      rf"convert {tmp_path} DST --from {source}`"):
@@ -127,6 +129,18 @@ def test_data_without_config_is_not_silently_skipped(tmp_path):
     tensors, _ = _good_parts()
     with pytest.raises(BrecciaCheckpointError, match=rf"'{NAME}.data' looks like breccia data .* no '{NAME}.config'"):
         BrecciaCheckpoint.open(_write(tmp_path, tensors, {}), require_breccia=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_codes_beside_breccia_tensors_but_not_breccia_are_refused(tmp_path, dtype):
+    # A weight left in another FP8 format (a checkpoint half converted, or two merged) would
+    # load its codes as values without their scale.
+    tensors, meta = _good_parts()
+    tensors["model.layers.0.mlp.up_proj.weight"] = torch.randn(8, 16).to(dtype)
+    tensors["model.layers.0.mlp.up_proj.weight_scale"] = torch.tensor(0.01)
+    with pytest.raises(BrecciaCheckpointError, match=r"model.safetensors: 'model.layers.0.mlp.up_proj.weight' is "
+                                                     r"F8_E(4M3|5M2) but not a breccia tensor .* without their scales"):
+        BrecciaCheckpoint.open(_write(tmp_path, tensors, meta))
 
 
 def test_fp8_data_stored_as_float32_is_refused(tmp_path):
