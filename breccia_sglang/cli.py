@@ -39,13 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("convert", help="convert an FP8 (SGLang / vLLM native, DeepSeek-V3, compressed-tensors, "
-                                        "ModelOpt) or INT4 (AWQ, GPTQ, compressed-tensors) checkpoint to breccia")
+                                        "ModelOpt, FBGEMM) or INT4 (AWQ, GPTQ, compressed-tensors) checkpoint to breccia")
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--from", dest="source_format", required=True,
                    choices=SOURCE_FORMATS,
                    help="fp8: quant_method fp8, per-tensor or block (what export-sglang-fp8 writes); deepseek-fp8: "
-                        "its block form; modelopt-fp8: ModelOpt quant_algo FP8; compressed-tensors-fp8 / -int4: "
+                        "its block form; modelopt-fp8: ModelOpt quant_algo FP8; fbgemm-fp8: fbgemm_fp8 (per channel); "
+                        "compressed-tensors-fp8 / -int4: "
                         "llm-compressor float-quantized / pack-quantized; awq: AutoAWQ gemm; gptq: desc_act false")
     p.add_argument("--overwrite", action="store_true")
 

@@ -8,9 +8,12 @@ multiplier beside it (weight = code x scale):
   ``P.weight_scale_inv`` per bn x bk block.
 - ``deepseek-fp8``: that block form (DeepSeek-V3's checkpoints), the name it has always had here.
 - ``compressed-tensors-fp8``: llm-compressor's ``float-quantized``, ``P.weight_scale`` per tensor
-  (strategy "tensor") or per output channel ("channel").
+  (strategy "tensor"), per output channel ("channel") or per ``block_structure`` block ("block").
 - ``modelopt-fp8``: NVIDIA ModelOpt's ``quant_algo: FP8`` (in config.json's
   ``quantization_config``, or the older ``hf_quant_config.json``), ``P.weight_scale`` per tensor.
+- ``fbgemm-fp8``: FBGEMM's (``quant_method: fbgemm_fp8``, Meta's Llama 3.1 405B FP8),
+  ``P.weight_scale`` per output channel; SGLang 0.5.23 has no loader for it, so converting is how
+  SGLang serves it.
 
 Per tensor is breccia's ``Float8CurrentScaling``; per channel one K block as wide as the row;
 a bn x bk block scale is the scale of each of its rows, so one scale per row and K block
@@ -31,13 +34,14 @@ from breccia.bridges import from_deepseek_v3
 from ..errors import BrecciaCheckpointError
 
 FP8 = torch.float8_e4m3fn
-FP8_SOURCE_FORMATS = ("fp8", "deepseek-fp8", "compressed-tensors-fp8", "modelopt-fp8")
+FP8_SOURCE_FORMATS = ("fp8", "deepseek-fp8", "compressed-tensors-fp8", "modelopt-fp8", "fbgemm-fp8")
 
 # Scale tensors a converter consumes with their weight.
 WEIGHT_SCALES = (".weight_scale_inv", ".weight_scale")
 # Static scales the server does not need, with why (matched on the name's last component).
 DROPPED_SCALES = {
     ".input_scale": "static activation scale; activations are quantized dynamically, per token",
+    ".input_scale_ub": "static bound on activation scales; activations are quantized dynamically, per token",
     ".k_scale": "static KV-cache scale; the breccia FP8 KV cache scales every (token, KV head)",
     ".v_scale": "static KV-cache scale; the breccia FP8 KV cache scales every (token, KV head)",
     ".kv_scale": "static KV-cache scale; the breccia FP8 KV cache scales every (token, KV head)",
@@ -61,10 +65,15 @@ def check_fp8_config(source_format: str, quant_config: dict, where: str) -> None
             raise BrecciaCheckpointError(f"{where}: ModelOpt quant_algo is {algo!r}; only 'FP8' (per-tensor "
                                          f"scales) converts{MODELOPT_REFUSALS.get(algo, '')}")
         return
-    expected = "compressed-tensors" if source_format == "compressed-tensors-fp8" else "fp8"
+    expected = {"compressed-tensors-fp8": "compressed-tensors", "fbgemm-fp8": "fbgemm_fp8"}.get(source_format, "fp8")
     if method != expected:
         raise BrecciaCheckpointError(f"{where}: --from {source_format} needs quantization_config.quant_method "
                                      f"{expected!r}, found {method!r}")
+    if source_format == "compressed-tensors-fp8":
+        try:
+            compressed_tensors_block(quant_config)
+        except BrecciaCheckpointError as exc:
+            raise BrecciaCheckpointError(f"{where}: {exc}") from None
     if source_format == "deepseek-fp8" and not quant_config.get("weight_block_size"):
         raise BrecciaCheckpointError(f"{where}: --from deepseek-fp8 needs quantization_config.weight_block_size "
                                      "(block scales); a per-tensor FP8 checkpoint converts with --from fp8")
@@ -94,8 +103,13 @@ def native_fp8(name: str, data: torch.Tensor, scale_of: ScaleOf, quant_config: d
 
 def block_scaled(name: str, data: torch.Tensor, scale_of: ScaleOf, quant_config: dict) -> Converted:
     bn, bk = quant_config.get("weight_block_size", [128, 128])
+    return _from_blocks(data, scale_of(".weight_scale_inv"), bn, bk)
+
+
+def _from_blocks(data: torch.Tensor, block_scales: torch.Tensor, bn: int, bk: int) -> Converted:
+    """(rows, k) codes with one scale per bn x bk block, (ceil(rows / bn), ceil(k / bk)), edge
+    blocks partial."""
     rows, k = data.shape
-    block_scales = scale_of(".weight_scale_inv")  # (ceil(rows / bn), ceil(k / bk))
     row_scales = block_scales.repeat_interleave(bn, 0)[:rows]
     if k % bk:
         # breccia's layouts need whole K blocks; keep this weight exactly dequantized.
@@ -108,6 +122,9 @@ def block_scaled(name: str, data: torch.Tensor, scale_of: ScaleOf, quant_config:
 def scaled_per_tensor_or_channel(name: str, data: torch.Tensor, scale_of: ScaleOf, quant_config: dict) -> Converted:
     scale = scale_of(".weight_scale")
     rows, k = data.shape
+    block = compressed_tensors_block(quant_config)
+    if block is not None and scale.ndim == 2 and tuple(scale.shape) == (-(-rows // block[0]), -(-k // block[1])):
+        return _from_blocks(data, scale, *block)
     if scale.numel() == 1:
         scaled = breccia.from_buffer(data, scale.reshape(()), breccia.Float8CurrentScaling(), breccia.PerTensor())
         return scaled, "current(E4M3)/per_tensor"
@@ -118,3 +135,20 @@ def scaled_per_tensor_or_channel(name: str, data: torch.Tensor, scale_of: ScaleO
         return scaled, f"block(E4M3,k={k}) per channel"
     raise BrecciaCheckpointError(f"{name!r} has weight_scale shape {list(scale.shape)}; only per-tensor and "
                                  "per-channel FP8 scales convert")
+
+
+def compressed_tensors_block(quant_config: dict) -> tuple[int, int] | None:
+    """The [rows, K] of compressed-tensors' "block" strategy, if a config group uses it."""
+    blocks = set()
+    for name, group in (quant_config.get("config_groups") or {}).items():
+        weights = group.get("weights") or {}
+        if weights.get("strategy") == "block":
+            structure = weights.get("block_structure")
+            if not (isinstance(structure, list) and len(structure) == 2):
+                raise BrecciaCheckpointError(f"quantization_config.config_groups.{name}.weights.block_structure is "
+                                             f"{structure!r}; the block strategy needs [rows, K]")
+            blocks.add(tuple(structure))
+    if len(blocks) > 1:
+        raise BrecciaCheckpointError(f"config groups use different block_structure {sorted(blocks)}; "
+                                     "one block shape per checkpoint converts")
+    return blocks.pop() if blocks else None

@@ -33,6 +33,8 @@ def source_format_of(quant_config: dict) -> str | None:
                  for group in (quant_config.get("config_groups") or {}).values()}
         return {"pack-quantized": "compressed-tensors-int4",
                 "float-quantized": "compressed-tensors-fp8"}.get(forms.pop()) if len(forms) == 1 else None
+    if method == "fbgemm_fp8":
+        return "fbgemm-fp8"
     if method in ("modelopt", None) and quant_config.get("quant_algo") == "FP8":
         return "modelopt-fp8"
     return None

@@ -95,6 +95,7 @@ def test_checkpoint_without_breccia_tensors(tmp_path):
     ({"quant_method": "fp8", "weight_block_size": [128, 128]}, "fp8"),
     ({"quant_method": "fp8", "activation_scheme": "static"}, "fp8"),
     ({"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": "FP8"}, "modelopt-fp8"),
+    ({"quant_method": "fbgemm_fp8", "activation_scale_ub": 1200.0}, "fbgemm-fp8"),
 ])
 def test_a_checkpoint_in_a_format_convert_reads_is_met_with_the_command(tmp_path, quant_config, source):
     # Its FP8 codes are not breccia tensors either; the command to run is the more useful answer.

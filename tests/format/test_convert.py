@@ -275,11 +275,64 @@ def test_modelopt_other_than_fp8_is_refused_naming_its_quant_algo(tiny_llama, tm
     ("deepseek-fp8", {"quant_method": "fp8"}, r"needs quantization_config.weight_block_size .* --from fp8"),
     ("modelopt-fp8", {"quant_method": "fp8"}, r"needs a ModelOpt quantization config .* found quant_method 'fp8'"),
     ("compressed-tensors-fp8", {"quant_method": "fp8"}, r"needs .*'compressed-tensors', found 'fp8'"),
+    ("fbgemm-fp8", CT_CONFIG, r"needs quantization_config.quant_method 'fbgemm_fp8', found 'compressed-tensors'"),
 ])
 def test_a_source_format_that_is_not_the_checkpoints_is_refused(tiny_llama, tmp_path, source_format, config, why):
     src = _fp8_checkpoint(tiny_llama, tmp_path / "src", _per_tensor, config)
     with pytest.raises(BrecciaCheckpointError, match=why):
         convert_to_breccia(src, tmp_path / "breccia", source_format)
+
+
+CT_BLOCK_CONFIG = {"quant_method": "compressed-tensors", "format": "float-quantized",
+                   "config_groups": {"group_0": {"targets": ["Linear"], "weights": {
+                       "num_bits": 8, "type": "float", "strategy": "block", "block_structure": BLOCK,
+                       "symmetric": True, "dynamic": False}}}}
+
+
+def test_compressed_tensors_block_fp8_converts_as_the_same_blocks_from_deepseek_do(tiny_llama, tmp_path):
+    from sglang.srt.layers.quantization.compressed_tensors.compressed_tensors import CompressedTensorsConfig
+
+    # The oracle for the fixture: SGLang reads its block structure as the weight block size.
+    assert CompressedTensorsConfig.from_config(CT_BLOCK_CONFIG).weight_block_size == BLOCK
+
+    def ct_block_scales(t):
+        _, scale, expanded = _deepseek_scales(t)
+        return ".weight_scale", scale, expanded
+
+    src = _fp8_checkpoint(tiny_llama, tmp_path / "ct", ct_block_scales, CT_BLOCK_CONFIG)
+    report = convert_to_breccia(src, tmp_path / "breccia", "compressed-tensors-fp8")
+    assert len(report.converted) == 14 and report.kept == []
+    before = stored_tensors(src)
+    for name, st in breccia_tensors(tmp_path / "breccia").items():
+        data, block_scale = before[name], before[name.removesuffix(".weight") + ".weight_scale"]
+        assert st.layout == breccia.PerBlockK(BLOCK[1]) and torch.equal(st.data.view(torch.uint8), data.view(torch.uint8))
+        assert torch.equal(breccia.dequantize(st), data.to(torch.float32) * _block_expand(block_scale, *data.shape, *BLOCK))
+
+
+def test_compressed_tensors_block_without_its_structure_is_refused_naming_the_field(tiny_llama, tmp_path):
+    config = json.loads(json.dumps(CT_BLOCK_CONFIG))
+    del config["config_groups"]["group_0"]["weights"]["block_structure"]
+    src = _fp8_checkpoint(tiny_llama, tmp_path / "ct", _per_tensor, config)
+    with pytest.raises(BrecciaCheckpointError, match=r"config.json: quantization_config.config_groups.group_0.weights"
+                                                     r".block_structure is None; the block strategy needs \[rows, K\]"):
+        convert_to_breccia(src, tmp_path / "breccia", "compressed-tensors-fp8")
+
+
+def test_fbgemm_fp8_converts_per_channel_and_drops_its_activation_bound(tiny_llama, tmp_path):
+    # FBGEMM FP8 (Meta's Llama 3.1 405B FP8): one fp32 scale per output channel, (N, 1), and a
+    # 0-d input_scale_ub per linear; SGLang 0.5.23 has no loader for it.
+    config = {"quant_method": "fbgemm_fp8", "activation_scale_ub": 1200.0, "modules_to_not_convert": ["lm_head"]}
+    bounds = {name.removesuffix(".weight") + ".input_scale_ub": torch.tensor(1200.0)
+              for name, t in stored_tensors(tiny_llama).items() if _is_linear(name, t)}
+    src = _fp8_checkpoint(tiny_llama, tmp_path / "fbgemm", _per_channel, config, bounds)
+    report = convert_to_breccia(src, tmp_path / "breccia", "fbgemm-fp8")
+    assert len(report.converted) == 14 and sorted(n for n, _ in report.dropped) == sorted(bounds)
+    before = stored_tensors(src)
+    for name, st in breccia_tensors(tmp_path / "breccia").items():
+        scale = before[name.removesuffix(".weight") + ".weight_scale"]
+        assert st.layout == breccia.PerBlockK(before[name].shape[1]), name  # per channel: one block per row
+        assert torch.equal(st.data.view(torch.uint8), before[name].view(torch.uint8))
+        assert torch.equal(breccia.dequantize(st), before[name].to(torch.float32) * scale)
 
 
 def test_per_tensor_breccia_to_sglang_native_fp8_and_back_is_the_same_checkpoint(tiny_llama, tmp_path):
