@@ -31,7 +31,7 @@ from ..errors import BrecciaCheckpointError
 from .fp8_sources import DROPPED_SCALES, FP8_SOURCE_FORMATS, WEIGHT_SCALES, check_fp8_config, fp8_weight
 from .int4_sources import INT4_SOURCE_FORMATS, INT4_SOURCES, check_int4_config
 from .reader import BrecciaCheckpoint, weight_files
-from .sources import SOURCE_QUANT_CONFIG_FILES, quantization_config_of
+from .sources import SOURCE_QUANT_CONFIG_FILES, described_quantization
 from .recipe_json import describe
 from .writer import ShardWriter, atomic_output_dir, check_paths, write_metadata_files
 
@@ -73,9 +73,9 @@ def convert_to_breccia(src, dst, source_format: str, *, overwrite: bool = False,
     if source_format not in SOURCE_FORMATS:
         raise ValueError(f"unknown source format {source_format!r}; choose from {', '.join(SOURCE_FORMATS)}")
     src, dst = check_paths(src, dst, overwrite)
-    quant_config = quantization_config_of(src)
+    quant_config, described_in = described_quantization(src)
     check_config = check_int4_config if source_format in INT4_SOURCE_FORMATS else check_fp8_config
-    check_config(source_format, quant_config, str(src / "config.json"))
+    check_config(source_format, quant_config, str(described_in))
     tensors, report = _Tensors(src), ConvertReport()
     if source_format in INT4_SOURCE_FORMATS:
         convert_one = _int4_tensor(INT4_SOURCES[source_format])

@@ -33,12 +33,11 @@ from breccia.bridges import from_deepseek_v3
 
 from ..errors import BrecciaCheckpointError
 
-FP8 = torch.float8_e4m3fn
 FP8_SOURCE_FORMATS = ("fp8", "deepseek-fp8", "compressed-tensors-fp8", "modelopt-fp8", "fbgemm-fp8")
 
 # Scale tensors a converter consumes with their weight.
 WEIGHT_SCALES = (".weight_scale_inv", ".weight_scale")
-# Static scales the server does not need, with why (matched on the name's last component).
+# Static scales the server does not need, with why (matched on how the tensor's name ends).
 DROPPED_SCALES = {
     ".input_scale": "static activation scale; activations are quantized dynamically, per token",
     ".input_scale_ub": "static bound on activation scales; activations are quantized dynamically, per token",

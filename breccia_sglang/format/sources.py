@@ -15,12 +15,19 @@ SOURCE_QUANT_CONFIG_FILES = ("hf_quant_config.json", "quantize_config.json", "qu
 def quantization_config_of(directory) -> dict:
     """config.json's ``quantization_config``; without one, ModelOpt's ``hf_quant_config.json``
     (its ``quantization`` section, as SGLang reads it). {} when neither says anything."""
+    return described_quantization(directory)[0]
+
+
+def described_quantization(directory) -> tuple[dict, Path]:
+    """``quantization_config_of(directory)`` and the file it comes from (config.json if none)."""
     directory = Path(directory)
     config = _json_object(directory / "config.json").get("quantization_config")
     if isinstance(config, dict) and config:
-        return config
+        return config, directory / "config.json"
     section = _json_object(directory / "hf_quant_config.json").get("quantization")
-    return {"quant_method": "modelopt", **section} if isinstance(section, dict) else {}
+    if isinstance(section, dict):
+        return {"quant_method": "modelopt", **section}, directory / "hf_quant_config.json"
+    return {}, directory / "config.json"
 
 
 def source_format_of(quant_config: dict) -> str | None:

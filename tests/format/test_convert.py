@@ -270,6 +270,13 @@ def test_modelopt_other_than_fp8_is_refused_naming_its_quant_algo(tiny_llama, tm
     assert not (tmp_path / "breccia").exists()
 
 
+def test_a_refusal_names_hf_quant_config_json_when_that_is_where_the_config_is(tiny_llama, tmp_path):
+    src, _ = _modelopt_fp8(tiny_llama, tmp_path / "modelopt", "hf_quant_config.json")
+    (src / "hf_quant_config.json").write_text(json.dumps({"quantization": {"quant_algo": "NVFP4"}}))
+    with pytest.raises(BrecciaCheckpointError, match=r"modelopt/hf_quant_config\.json: ModelOpt quant_algo is 'NVFP4'"):
+        convert_to_breccia(src, tmp_path / "breccia", "modelopt-fp8")
+
+
 @pytest.mark.parametrize("source_format, config, why", [
     ("fp8", CT_CONFIG, r"--from fp8 needs quantization_config.quant_method 'fp8', found 'compressed-tensors'"),
     ("deepseek-fp8", {"quant_method": "fp8"}, r"needs quantization_config.weight_block_size .* --from fp8"),
