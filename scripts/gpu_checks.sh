@@ -43,6 +43,9 @@
 #    on BF16 and per-tensor FP8 KV, side by side, and ours with every candidate tile config (keys a
 #    step, warps, pipeline stages: kernels/attention/decode_tiles.py); decode.json's "tiles" is the
 #    winner, and the file itself is the tuned table to ship as kernels/attention/tuned/decode_<GPU>.json.
+# The machine's own Triton compiles every kernel (3.6 on the H200 lent so far, not the 3.8 users
+# get with SGLang 0.5.23): read decode and extend times with benchmarks/RESULTS.md's "Triton 3.6
+# against Triton 3.8" (scripts/triton_compat.sh reproduces it here). run.log's first lines say which.
 # Files in $OUT: run.log (everything printed, env first), a JSON per step and the two tuned
 # tables (block_fp8_<GPU>.json, weight_only_<GPU>.json): 8, the most the tool brings back, so a
 # new step must write into one of these. The last lines printed are the targets.
