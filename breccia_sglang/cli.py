@@ -42,9 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                                         "ModelOpt, FBGEMM) or INT4 (AWQ, GPTQ, compressed-tensors) checkpoint to breccia")
     p.add_argument("src")
     p.add_argument("dst")
-    p.add_argument("--from", dest="source_format", required=True,
-                   choices=SOURCE_FORMATS,
-                   help="fp8: quant_method fp8, per-tensor or block (what export-sglang-fp8 writes); deepseek-fp8: "
+    p.add_argument("--from", dest="source_format", choices=SOURCE_FORMATS,
+                   help="the source's format (default: the one its quantization config names). fp8: quant_method fp8, per-tensor or block (what export-sglang-fp8 writes); deepseek-fp8: "
                         "its block form; modelopt-fp8: ModelOpt quant_algo FP8; fbgemm-fp8: fbgemm_fp8 (per channel); "
                         "compressed-tensors-fp8 / -int4: "
                         "llm-compressor float-quantized / pack-quantized; awq: AutoAWQ gemm; gptq: desc_act false")
@@ -147,7 +146,10 @@ def _print_convert_report(dst, report) -> None:
 def _convert(args) -> int:
     from .format.convert import convert_to_breccia
 
-    _print_convert_report(args.dst, convert_to_breccia(args.src, args.dst, args.source_format, overwrite=args.overwrite))
+    report = convert_to_breccia(args.src, args.dst, args.source_format, overwrite=args.overwrite)
+    if args.source_format is None:
+        print(f"{args.src}: read as --from {report.source_format}, as its quantization config says")
+    _print_convert_report(args.dst, report)
     return 0
 
 

@@ -31,7 +31,7 @@ from ..errors import BrecciaCheckpointError
 from .fp8_sources import DROPPED_SCALES, FP8_SOURCE_FORMATS, WEIGHT_SCALES, check_fp8_config, fp8_weight
 from .int4_sources import INT4_SOURCE_FORMATS, INT4_SOURCES, check_int4_config
 from .reader import BrecciaCheckpoint, weight_files
-from .sources import SOURCE_QUANT_CONFIG_FILES, described_quantization
+from .sources import SOURCE_QUANT_CONFIG_FILES, described_quantization, source_format_of
 from .recipe_json import describe
 from .writer import ShardWriter, atomic_output_dir, check_paths, write_metadata_files
 
@@ -41,6 +41,7 @@ FP8 = torch.float8_e4m3fn
 
 @dataclass
 class ConvertReport:
+    source_format: str | None = None  # the --from it read the source as
     converted: list = field(default_factory=list)  # (name, label)
     kept: list = field(default_factory=list)  # (name, reason): stored high precision
     dropped: list = field(default_factory=list)  # (name, reason): not needed by the target
@@ -68,15 +69,23 @@ class _Tensors:
         return self.handles[file].get_tensor(name)
 
 
-def convert_to_breccia(src, dst, source_format: str, *, overwrite: bool = False,
+def convert_to_breccia(src, dst, source_format: str | None = None, *, overwrite: bool = False,
                        progress: bool = True) -> ConvertReport:
-    if source_format not in SOURCE_FORMATS:
+    """Convert checkpoint ``src`` (in ``source_format``; None: the one its quantization config
+    names, ``sources.source_format_of``) into a breccia checkpoint ``dst``."""
+    if source_format is not None and source_format not in SOURCE_FORMATS:
         raise ValueError(f"unknown source format {source_format!r}; choose from {', '.join(SOURCE_FORMATS)}")
     src, dst = check_paths(src, dst, overwrite)
     quant_config, described_in = described_quantization(src)
+    if source_format is None:
+        source_format = source_format_of(quant_config)
+        if source_format is None:
+            said = f"quant_method {quant_config['quant_method']!r}" if quant_config.get("quant_method") else "nothing"
+            raise BrecciaCheckpointError(f"{described_in}: its quantization config says {said}, which names no format "
+                                         f"convert reads; pass --from ({', '.join(SOURCE_FORMATS)})")
     check_config = check_int4_config if source_format in INT4_SOURCE_FORMATS else check_fp8_config
     check_config(source_format, quant_config, str(described_in))
-    tensors, report = _Tensors(src), ConvertReport()
+    tensors, report = _Tensors(src), ConvertReport(source_format)
     if source_format in INT4_SOURCE_FORMATS:
         convert_one = _int4_tensor(INT4_SOURCES[source_format])
     else:

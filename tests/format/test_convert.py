@@ -250,9 +250,10 @@ def test_modelopt_fp8_converts_through_the_cli_which_lists_what_it_dropped(tiny_
     from breccia_sglang.cli import main
 
     src, static = _modelopt_fp8(tiny_llama, tmp_path / "modelopt", "hf_quant_config.json")
-    assert main(["convert", str(src), str(tmp_path / "breccia"), "--from", "modelopt-fp8"]) == 0
+    assert main(["convert", str(src), str(tmp_path / "breccia")]) == 0  # --from as hf_quant_config.json says
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == f"{tmp_path / 'breccia'}: 14 weights converted, 7 tensors copied"
+    assert printed[0] == f"{src}: read as --from modelopt-fp8, as its quantization config says"
+    assert printed[1] == f"{tmp_path / 'breccia'}: 14 weights converted, 7 tensors copied"
     dropped = [line.split(": ")[1] for line in printed if line.startswith("  dropped: ")]
     assert sorted(dropped) == sorted(static + ["hf_quant_config.json"])
     assert main(["inspect", str(tmp_path / "breccia")]) == 0
@@ -267,6 +268,15 @@ def test_modelopt_other_than_fp8_is_refused_naming_its_quant_algo(tiny_llama, tm
     src = _fp8_checkpoint(tiny_llama, tmp_path / "modelopt", _modelopt_scales, config)
     with pytest.raises(BrecciaCheckpointError, match=rf"config\.json: ModelOpt {why}"):
         convert_to_breccia(src, tmp_path / "breccia", "modelopt-fp8")
+    assert not (tmp_path / "breccia").exists()
+
+
+@pytest.mark.parametrize("quant_config, says", [({}, "nothing"), ({"quant_method": "bitsandbytes"}, "quant_method 'bitsandbytes'")])
+def test_without_from_a_config_that_names_no_format_is_refused_listing_them(tiny_llama, tmp_path, quant_config, says):
+    src = _fp8_checkpoint(tiny_llama, tmp_path / "src", _per_tensor, quant_config)
+    with pytest.raises(BrecciaCheckpointError, match=rf"src/config\.json: its quantization config says {says}, which "
+                                                     r"names no format convert reads; pass --from \(fp8, deepseek-fp8, "):
+        convert_to_breccia(src, tmp_path / "breccia")
     assert not (tmp_path / "breccia").exists()
 
 
