@@ -7,6 +7,8 @@ and how many K elements share one scale.
 
 from __future__ import annotations
 
+import dataclasses
+
 import breccia
 import torch
 from breccia.layouts import PerBlockK, PerBlockMN
@@ -62,3 +64,16 @@ def layout_of(recipe):
     """The layout ``breccia.cast`` produces for ``recipe`` (for labels): cast one block of zeros."""
     width = next((getattr(recipe, a) for a in ("block_k", "group_size", "block_size") if hasattr(recipe, a)), 1)
     return breccia.cast(torch.zeros(1, width), recipe).layout
+
+
+def per_row_on_shard(recipe, layout, full_k: int, shard_k: int):
+    """(recipe, layout) of a K shard of a weight, for tensor parallelism.
+
+    One scale per row (a block, or INT4 group, as wide as the whole K: compressed-tensors'
+    "channel" strategy, FBGEMM, GPTQ's group -1) scales every K column alike, so a shard of K
+    keeps it whole: its block is the shard's K. Any other layout is returned as it is (a shard
+    that splits one of its blocks is refused by the kernels, by name)."""
+    if not (isinstance(layout, PerBlockK) and layout.block_size == full_k and shard_k < full_k):
+        return recipe, layout
+    width = next(field for field in ("block_k", "group_size") if hasattr(recipe, field))
+    return dataclasses.replace(recipe, **{width: shard_k}), PerBlockK(shard_k)

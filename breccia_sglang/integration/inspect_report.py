@@ -98,7 +98,7 @@ def _linear_row(name, entry, dtype, target, gpu, parallel: Parallel) -> tuple:
         if in_features % parallel.tp:
             return name, entry.label, shape, _size(entry.nbytes), f"refused: K={in_features} does not divide by {parallel}"
         k = in_features // parallel.tp
-    spec = LinearSpec.for_entry(name, entry, k, (out_features,), dtype, target)
+    spec = LinearSpec.for_entry(name, entry, k, (out_features,), dtype, target, row_parallel=k < in_features)
     kernel, cell = _choice(spec, choose_kernel, kernel_report)
     if gpu and kernel:
         cell += describe_routes(kernel, spec, gpu)

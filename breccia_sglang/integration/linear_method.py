@@ -15,7 +15,7 @@ from sglang.srt.layers.quantization.base_config import LinearMethodBase
 
 from ..errors import BrecciaCheckpointError
 from .gemm import LinearSpec, choose_kernel
-from .sglang_params import counting_loads, fp8_param_config
+from .sglang_params import counting_loads, fp8_param_config, per_row_scales_whole
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +47,14 @@ class BrecciaLinearMethod(LinearMethodBase):
         params_dtype,
         **extra_weight_attrs,
     ):
+        row_parallel = input_size_per_partition < input_size
         spec = LinearSpec.for_entry(self.prefix, self.entries[0], input_size_per_partition,
-                                    output_partition_sizes, params_dtype)
+                                    output_partition_sizes, params_dtype, row_parallel=row_parallel)
         self.kernel = choose_kernel(spec)()
         self.expected_loads = len(output_partition_sizes)
         loader = counting_loads(extra_weight_attrs["weight_loader"])
+        if spec.layout != self.entries[0].layout:  # one scale per row, kept whole on this K shard
+            loader = per_row_scales_whole(loader, layer, ranks=input_size // input_size_per_partition)
         self.kernel.create_weights(layer, spec, loader)
         layer.breccia_kernel = self.kernel.name
         layer.breccia_prefix = self.prefix  # kernels name the layer in their errors

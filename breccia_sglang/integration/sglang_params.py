@@ -127,6 +127,20 @@ def counting_loads(weight_loader: Callable) -> Callable:
     return load
 
 
+def per_row_scales_whole(weight_loader: Callable, layer, ranks: int) -> Callable:
+    """``weight_loader`` for a row-parallel layer with one scale (and zero point) per row
+    (``recipes.per_row_on_shard``): SGLang's loader narrows every parameter along K to this
+    rank's share, which would leave a (N, 1) scale empty on all ranks but the first, so that
+    scale reaches it repeated once per rank: each rank's share is the whole, exactly."""
+    @functools.wraps(weight_loader)
+    def load(param, loaded_weight, *args, **kwargs):
+        if param is getattr(layer, SCALE_PARAM, None) or param is getattr(layer, "weight_zero_point", None):
+            loaded_weight = loaded_weight.expand(loaded_weight.shape[0], ranks)
+        return weight_loader(param, loaded_weight, *args, **kwargs)
+
+    return load
+
+
 def replace_param(layer, name: str, tensor: torch.Tensor | None) -> None:
     """Swap parameter ``name`` for ``tensor`` (None: drop it), freeing the loaded one: a kernel
     that converts its weights once after loading keeps one copy, not two."""

@@ -99,14 +99,21 @@ def test_tensor_parallel_shards_data_scales_and_zero_points_consistently(tiny_ll
     assert result["results"][0]["output_ids"] == _hf_greedy(tiny_llama, checkpoint)
 
 
-def test_a_shard_that_would_split_a_scale_block_is_refused(tiny_llama, tmp_path):
-    # int4 groups of 64: o_proj's K = 64 splits into two shards of 32 under tp=2. (down_proj
-    # would not: SGLang pads the MLP's intermediate size per rank, 48 -> 64.)
-    checkpoint = _quantize(tiny_llama, tmp_path, dict(name="int4", group_size=64))
-    with pytest.raises(RuntimeError) as failure:  # the failed scheduler takes the engine process down
-        _serve(checkpoint, tmp_path, tp_size=2)
-    assert "self_attn.o_proj: no kernel can serve this layer" in str(failure.value)
-    assert "K=32 splits a 64-wide scale block" in str(failure.value)
+def test_one_scale_per_row_stays_whole_on_each_rank_of_a_split_k(tiny_llama, tmp_path):
+    # One scale per row (compressed-tensors' "channel", FBGEMM, GPTQ group -1) scales every K
+    # column alike, so a row-parallel shard keeps it whole. Before, o_proj's 64-wide INT4 groups
+    # and down_proj's 96-wide FP8 blocks were refused at tp=2 as blocks split in two. (A block
+    # that is not the whole K still is: inspect --tp and the MoE engine test show that refusal.)
+    checkpoint = tmp_path / "ckpt"
+    overrides = (("*.self_attn.*", make_recipe("int4", group_size=64, symmetric=False)),  # K = 64: per row
+                 ("*.mlp.down_proj.*", make_recipe("fp8-block", block_k=96)))  # K = 96: per row
+    quantize_checkpoint(tiny_llama, checkpoint, make_recipe("fp8"), overrides=overrides, progress=False)
+    scaled = breccia_tensors(checkpoint)
+    for name in ("model.layers.0.self_attn.o_proj.weight", "model.layers.1.mlp.down_proj.weight"):
+        assert tuple(scaled[name].scale.shape) == (64, 1), name  # one scale per row
+    result = _serve(checkpoint, tmp_path, tp_size=2)
+    assert result["ok"], result
+    assert result["results"][0]["output_ids"] == _hf_greedy(tiny_llama, checkpoint)
 
 
 def test_a_checkpoint_mixing_recipes_per_layer_serves_like_hf(tiny_llama, tmp_path):

@@ -15,6 +15,8 @@ import torch
 from breccia.bridges import save_safetensors
 
 from breccia_sglang import names
+from breccia_sglang.format import make_recipe
+from breccia_sglang.format.quantize import quantize_checkpoint
 from breccia_sglang.integration.inspect_report import inspect_checkpoint
 
 from .test_gemm_choice import EXPECTED, RECIPES
@@ -114,3 +116,19 @@ def test_the_command_takes_the_gpu_model_and_the_variables(tmp_path):
     assert done.returncode == 0, done.stderr
     assert kernel_columns(done.stdout) == {"sglang-fp8-linear (M <= 16: triton-w8a16; M >= 1024: dequantized + "
                                            "dense GEMM)"}
+
+
+def test_one_scale_per_row_is_whole_on_each_rank_and_a_split_block_is_refused(tiny_llama, tmp_path):
+    # o_proj's K = 64. Blocks as wide as K are one scale per row: each of --tp 2's 32-column
+    # shards keeps it (test_recipes_engine serves that). 32-wide blocks at --tp 4 leave 16
+    # columns a rank, half a block: refused, by name.
+    per_row, blocks = tmp_path / "per_row", tmp_path / "blocks"
+    quantize_checkpoint(tiny_llama, per_row, make_recipe("fp8-block", block_k=64), progress=False)
+    quantize_checkpoint(tiny_llama, blocks, make_recipe("fp8-block", block_k=32), progress=False)
+
+    def o_proj(report):
+        return next(line for line in report.splitlines() if line.startswith("model.layers.0.self_attn.o_proj"))
+
+    assert o_proj(inspect_checkpoint(per_row, 90, tp=2)).endswith("triton-block-fp8")
+    assert o_proj(inspect_checkpoint(per_row, 80, tp=2)).endswith("triton-w8a16")
+    assert o_proj(inspect_checkpoint(blocks, 90, tp=4)).endswith("refused: K=16 splits a 32-wide scale block")

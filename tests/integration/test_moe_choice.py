@@ -113,10 +113,11 @@ def test_inspect_lists_each_moe_layer_once_with_its_kernel_here_and_on_a_gpu(tin
 
 def test_inspect_shows_each_layer_as_a_rank_holds_it_and_every_shard_no_kernel_serves(tiny_moe, tmp_path):
     # The tiny MoE's experts (6, intermediate 96) in 32-wide INT4 groups, attention in 64-wide
-    # FP8 blocks. At --tp 2 a rank holds 48 expert columns and o_proj's K = 32: both split a
-    # block, so the server would stop after loading (test_moe_engine's refused-shard test); with
-    # --ep-size 2 a rank holds 3 whole experts and serves them (its expert-parallel test), while
-    # o_proj's split stays. Every refusal is listed, and the command exits 2.
+    # FP8 blocks. At --tp 2 a rank holds 48 expert columns: that splits a group, so the server
+    # would stop after loading (test_moe_engine's refused-shard test); with --ep-size 2 a rank
+    # holds 3 whole experts and serves them (its expert-parallel test). o_proj's 64-wide blocks
+    # are its whole K, one scale per row, which a rank's 32 columns keep whole. Every refusal is
+    # listed, and the command exits 2.
     checkpoint = tmp_path / "ckpt"
     quantize_checkpoint(tiny_moe, checkpoint, make_recipe("fp8-block", block_k=64),
                         overrides=(("model.layers.*.mlp.experts.*", make_recipe("int4", group_size=32)),),
@@ -129,17 +130,16 @@ def test_inspect_shows_each_layer_as_a_rank_holds_it_and_every_shard_no_kernel_s
     assert all("refused" not in row for row in whole.values())
     tp = inspect_checkpoint(checkpoint, 90, tp=2)
     assert "a rank of --tp 2" in tp.splitlines()[0]
-    assert tp.rstrip().endswith("6 layer(s) refused (no kernel for this shard, shown above)")  # 3 MoE, 3 o_proj
+    assert tp.rstrip().endswith("3 layer(s) refused (no kernel for this shard, shown above)")  # the 3 MoE layers
     for i in range(3):
         assert rows(tp)[f"model.layers.{i}.mlp.experts"].endswith("refused: w2: K=48 splits a 32-wide scale block")
         assert "6x(96x64+64x48)" in rows(tp)[f"model.layers.{i}.mlp.experts"]
-        assert rows(tp)[f"model.layers.{i}.self_attn.o_proj.weight"].endswith(
-            "refused: K=32 splits a 64-wide scale block")
+        assert rows(tp)[f"model.layers.{i}.self_attn.o_proj.weight"].endswith("triton-block-fp8")  # 1x32 a rank
         assert "refused" not in rows(tp)[f"model.layers.{i}.self_attn.q_proj.weight"]  # column-parallel: whole K
     ep = rows(inspect_checkpoint(checkpoint, 90, tp=2, ep=2))
     assert "3x(192x64+64x96)" in ep["model.layers.0.mlp.experts"]  # whole experts: intermediate 96
     assert ep["model.layers.0.mlp.experts"].endswith("triton-moe-w4a16")
-    assert "refused" in ep["model.layers.0.self_attn.o_proj.weight"]
+    assert "refused" not in ep["model.layers.0.self_attn.o_proj.weight"]
     assert rows(inspect_checkpoint(checkpoint, 90, tp=4, ep=4))["model.layers.0.mlp.experts"].endswith(
         "refused: 6 experts do not divide by --ep-size 4")
     done = subprocess.run([sys.executable, "-m", "breccia_sglang.cli", "inspect", str(checkpoint), "--tp", "2"],

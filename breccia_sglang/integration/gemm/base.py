@@ -17,7 +17,7 @@ from breccia.recipes import Float8BlockScaling
 
 from ... import names
 from ...format.reader import TORCH_DTYPES
-from ...format.recipes import block_width
+from ...format.recipes import block_width, per_row_on_shard
 
 
 @dataclass(frozen=True)
@@ -64,11 +64,16 @@ class LinearSpec:
 
     @classmethod
     def for_entry(cls, prefix, entry, input_size_per_partition, output_partition_sizes, params_dtype,
-                  target: Target | None = None):
+                  target: Target | None = None, row_parallel: bool = False):
         """The spec of a layer served from checkpoint ``entry`` (a BrecciaEntry) on ``target``
-        (default: this machine, with this process's environment)."""
+        (default: this machine, with this process's environment). ``row_parallel``: a dense
+        layer whose K is split over ranks, so one scale per row becomes the shard's
+        (``per_row_on_shard``; ``sglang_params.per_row_scales_whole`` loads it)."""
         target = target or Target.here()
-        return cls(prefix, entry.recipe, entry.layout, input_size_per_partition, tuple(output_partition_sizes),
+        recipe, layout = entry.recipe, entry.layout
+        if row_parallel:
+            recipe, layout = per_row_on_shard(recipe, layout, entry.data.shape[1], input_size_per_partition)
+        return cls(prefix, recipe, layout, input_size_per_partition, tuple(output_partition_sizes),
                    params_dtype, target.device_type, target.capability, TORCH_DTYPES[entry.scale.dtype],
                    entry.zero_point is not None, forced=os.environ.get(names.ENV_GEMM) or None,
                    interpreted=os.environ.get("TRITON_INTERPRET") == "1" and not target.simulated,
