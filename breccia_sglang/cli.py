@@ -43,10 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--from", dest="source_format", choices=SOURCE_FORMATS,
-                   help="the source's format (default: the one its quantization config names). fp8: quant_method fp8, per-tensor or block (what export-sglang-fp8 writes); deepseek-fp8: "
-                        "its block form; modelopt-fp8: ModelOpt quant_algo FP8; fbgemm-fp8: fbgemm_fp8 (per channel); "
-                        "compressed-tensors-fp8 / -int4: "
-                        "llm-compressor float-quantized / pack-quantized; awq: AutoAWQ gemm; gptq: desc_act false")
+                   help="the source's format (default: the one its quantization config names). fp8: "
+                        "quant_method fp8, per-tensor or block (what export-sglang-fp8 writes); deepseek-fp8: "
+                        "its block form; modelopt-fp8: ModelOpt quant_algo FP8; fbgemm-fp8: fbgemm_fp8 (per "
+                        "channel); compressed-tensors-fp8 / -int4: llm-compressor float-quantized / "
+                        "pack-quantized; awq: AutoAWQ gemm; gptq: desc_act false")
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("export-sglang-fp8", help="write a breccia FP8 checkpoint in SGLang's native FP8 layout")

@@ -1,8 +1,9 @@
 """Converters between breccia checkpoints and the FP8 formats people already have.
 
 Into breccia (``convert_to_breccia``):
-- ``fp8`` / ``deepseek-fp8`` / ``compressed-tensors-fp8`` / ``modelopt-fp8``: SGLang's native FP8,
-  DeepSeek-V3's block FP8, llm-compressor's and NVIDIA ModelOpt's FP8 (``fp8_sources.py``):
+- ``fp8`` / ``deepseek-fp8`` / ``compressed-tensors-fp8`` / ``modelopt-fp8`` / ``fbgemm-fp8``:
+  SGLang's native FP8, DeepSeek-V3's block FP8, llm-compressor's, NVIDIA ModelOpt's and FBGEMM's
+  FP8 (``fp8_sources.py``):
   codes and scales copied; a block-FP8 weight whose K is not whole blocks is stored dequantized;
   static activation and KV-cache scales are dropped. All reported.
 - ``awq`` / ``gptq`` / ``compressed-tensors-int4``: AutoAWQ, GPTQ and llm-compressor W4A16

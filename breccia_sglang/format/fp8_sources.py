@@ -52,6 +52,13 @@ Converted = tuple[breccia.ScaledTensor | torch.Tensor, str]
 ScaleOf = Callable[[str], torch.Tensor]  # the fp32 scale tensor beside the weight, by suffix
 
 
+# Why a ModelOpt quant_algo other than FP8 does not convert, where there is more to say.
+MODELOPT_REFUSALS = {
+    "NVFP4": ": its per-tensor weight_scale_2 has no place in breccia's NVFP4, and folding it into the E4M3 "
+             "block scales would round them; quantize the BF16 model with --recipe nvfp4 instead",
+}
+
+
 def check_fp8_config(source_format: str, quant_config: dict, where: str) -> None:
     """Refuse a checkpoint whose quantization config is not the FP8 format ``--from`` names."""
     method = quant_config.get("quant_method")
@@ -76,12 +83,6 @@ def check_fp8_config(source_format: str, quant_config: dict, where: str) -> None
     if source_format == "deepseek-fp8" and not quant_config.get("weight_block_size"):
         raise BrecciaCheckpointError(f"{where}: --from deepseek-fp8 needs quantization_config.weight_block_size "
                                      "(block scales); a per-tensor FP8 checkpoint converts with --from fp8")
-
-
-MODELOPT_REFUSALS = {
-    "NVFP4": ": its per-tensor weight_scale_2 has no place in breccia's NVFP4, and folding it into the E4M3 "
-             "block scales would round them; quantize the BF16 model with --recipe nvfp4 instead",
-}
 
 
 def fp8_weight(source_format: str) -> Callable[[str, torch.Tensor, ScaleOf, dict], Converted]:

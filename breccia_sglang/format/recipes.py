@@ -73,7 +73,8 @@ def per_row_on_shard(recipe, layout, full_k: int, shard_k: int):
     "channel" strategy, FBGEMM, GPTQ's group -1) scales every K column alike, so a shard of K
     keeps it whole: its block is the shard's K. Any other layout is returned as it is (a shard
     that splits one of its blocks is refused by the kernels, by name)."""
-    if not (isinstance(layout, PerBlockK) and layout.block_size == full_k and shard_k < full_k):
+    width = next((field for field in ("block_k", "group_size") if hasattr(recipe, field)), None)
+    # MXFP8's and NVFP4's blocks are fixed by their format: never a row's whole K to re-size.
+    if width is None or not (isinstance(layout, PerBlockK) and layout.block_size == full_k and shard_k < full_k):
         return recipe, layout
-    width = next(field for field in ("block_k", "group_size") if hasattr(recipe, field))
     return dataclasses.replace(recipe, **{width: shard_k}), PerBlockK(shard_k)

@@ -30,3 +30,9 @@ def test_one_scale_per_row_becomes_the_shards_own(recipe, width):
 def test_every_other_layout_is_left_as_it_is(layout, full_k, shard_k):
     recipe = make_recipe("fp8-block", block_k=128)
     assert per_row_on_shard(recipe, layout, full_k, shard_k) == (recipe, layout)
+
+
+@pytest.mark.parametrize("name, block", [("mxfp8", 32), ("nvfp4", 16)])
+def test_formats_whose_block_is_fixed_keep_it_even_when_it_is_the_whole_k(name, block):
+    recipe = make_recipe(name)
+    assert per_row_on_shard(recipe, PerBlockK(block), block, block // 2) == (recipe, PerBlockK(block))
