@@ -25,6 +25,7 @@ PLATFORM_CLASS = "breccia_sglang.integration.platform.BrecciaCpuPlatform"  # res
 GEMM_EMULATED = "emulated"  # breccia's dequantize in torch, then a matmul: any device
 GEMM_W8A8_REFERENCE = "w8a8-reference"  # FP8 activations too, in fp32 torch: only when asked for
 GEMM_SGLANG_FP8 = "sglang-fp8-linear"  # SGLang's per-tensor FP8 linear (Fp8LinearMethod), sm_89+
+GEMM_SGLANG_FP8_CHANNEL = "sglang-fp8-channel"  # SGLang's per-channel W8A8 FP8 linear (W8A8Fp8LinearMethod), sm_89+
 GEMM_TRITON_BLOCK_FP8 = "triton-block-fp8"  # SGLang's Triton W8A8 block kernel with our 1xB configs
 GEMM_MARLIN_FP8 = "marlin-fp8"  # SGLang's FP8 Marlin (W8A16), for GPUs without FP8 tensor cores
 GEMM_BLOCKSCALE_SM90 = "blockscale-sm90"  # 1x128 x 1x128 blockwise FP8 GEMM on Hopper

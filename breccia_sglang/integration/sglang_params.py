@@ -131,10 +131,13 @@ def per_row_scales_whole(weight_loader: Callable, layer, ranks: int) -> Callable
     """``weight_loader`` for a row-parallel layer with one scale (and zero point) per row
     (``recipes.per_row_on_shard``): SGLang's loader narrows every parameter along K to this
     rank's share, which would leave a (N, 1) scale empty on all ranks but the first, so that
-    scale reaches it repeated once per rank: each rank's share is the whole, exactly."""
+    scale reaches it repeated once per rank: each rank's share is the whole, exactly. (A
+    parameter with no K dimension, SGLang's per-channel scale, is not narrowed: it takes the
+    scale as it is.)"""
     @functools.wraps(weight_loader)
     def load(param, loaded_weight, *args, **kwargs):
-        if param is getattr(layer, SCALE_PARAM, None) or param is getattr(layer, "weight_zero_point", None):
+        per_row = param is getattr(layer, SCALE_PARAM, None) or param is getattr(layer, "weight_zero_point", None)
+        if per_row and getattr(param, "input_dim", None) is not None:
             loaded_weight = loaded_weight.expand(loaded_weight.shape[0], ranks)
         return weight_loader(param, loaded_weight, *args, **kwargs)
 

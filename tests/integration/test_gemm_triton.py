@@ -66,16 +66,24 @@ def test_mxfp8_takes_the_same_path_losslessly(m, k_blocks):
     assert_matches_w8a8(run_kernel(x, st), ref)
 
 
-def test_a_merged_layer_is_its_shards_rows():
-    # qkv_proj: SGLang loads the shards' rows one after another, scales with them.
-    gen = torch.Generator().manual_seed(9)
-    recipe = make_recipe("fp8-block", block_k=64)
-    shards = [weight(recipe, rows, 128, gen) for rows in (48, 16, 13)]
+MERGED_ROWS = (48, 16, 13)  # q, k, v-like shards of a merged layer
+
+
+def merged_weight(recipe, k: int, gen: torch.Generator):
+    """(the merged layer's weight, its shards): SGLang loads the shards' rows one after another,
+    scales with them."""
+    shards = [weight(recipe, rows, k, gen) for rows in MERGED_ROWS]
     merged = breccia.from_buffer(torch.cat([s.data for s in shards]), torch.cat([s.scale for s in shards]),
                                  recipe, shards[0].layout)
+    return merged, shards
+
+
+def test_a_merged_layer_is_its_shards_rows():
+    gen = torch.Generator().manual_seed(9)
+    merged, shards = merged_weight(make_recipe("fp8-block", block_k=64), 128, gen)
     x = torch.randn(7, 128, generator=gen).half()
     out = run_kernel(x, merged)
-    for shard, rows in zip(shards, torch.split(out, [48, 16, 13], dim=1)):
+    for shard, rows in zip(shards, torch.split(out, list(MERGED_ROWS), dim=1)):
         assert_matches_w8a8(rows.contiguous(), w8a8_reference_linear(x, shard.data, shard.scale, shard.recipe,
                                                                      shard.layout, group=64))
 

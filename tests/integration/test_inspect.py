@@ -129,6 +129,6 @@ def test_one_scale_per_row_is_whole_on_each_rank_and_a_split_block_is_refused(ti
     def o_proj(report):
         return next(line for line in report.splitlines() if line.startswith("model.layers.0.self_attn.o_proj"))
 
-    assert o_proj(inspect_checkpoint(per_row, 90, tp=2)).endswith("triton-block-fp8")
+    assert o_proj(inspect_checkpoint(per_row, 90, tp=2)).endswith("sglang-fp8-channel")
     assert o_proj(inspect_checkpoint(per_row, 80, tp=2)).endswith("triton-w8a16")
     assert o_proj(inspect_checkpoint(blocks, 90, tp=4)).endswith("refused: K=16 splits a 32-wide scale block")

@@ -134,7 +134,7 @@ def test_inspect_shows_each_layer_as_a_rank_holds_it_and_every_shard_no_kernel_s
     for i in range(3):
         assert rows(tp)[f"model.layers.{i}.mlp.experts"].endswith("refused: w2: K=48 splits a 32-wide scale block")
         assert "6x(96x64+64x48)" in rows(tp)[f"model.layers.{i}.mlp.experts"]
-        assert rows(tp)[f"model.layers.{i}.self_attn.o_proj.weight"].endswith("triton-block-fp8")  # 1x32 a rank
+        assert rows(tp)[f"model.layers.{i}.self_attn.o_proj.weight"].endswith("sglang-fp8-channel")  # per row
         assert "refused" not in rows(tp)[f"model.layers.{i}.self_attn.q_proj.weight"]  # column-parallel: whole K
     ep = rows(inspect_checkpoint(checkpoint, 90, tp=2, ep=2))
     assert "3x(192x64+64x96)" in ep["model.layers.0.mlp.experts"]  # whole experts: intermediate 96

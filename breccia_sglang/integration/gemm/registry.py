@@ -17,6 +17,7 @@ from .emulated import EmulatedDequantKernel
 from .marlin_fp8 import MarlinFp8Kernel
 from .marlin_w4a16 import MarlinInt4Kernel, MarlinNvfp4Kernel
 from .sglang_fp8 import SglangFp8PerTensorKernel
+from .sglang_fp8_channel import SglangFp8PerChannelKernel
 from .triton_block_fp8 import TritonBlockFp8Kernel
 from .triton_w4a16 import TritonW4A16Kernel
 from .triton_w8a16 import TritonW8A16Kernel
@@ -26,10 +27,9 @@ from .w8a8_reference import W8A8ReferenceKernel
 # that family's choice as it is).
 ALL_KERNEL_NAMES = {getattr(names, n) for n in dir(names) if n.startswith("GEMM_")}
 
-KERNELS: list[type[GemmKernel]] = [SglangFp8PerTensorKernel, MarlinInt4Kernel, MarlinNvfp4Kernel,
-                                   BlockscaleSm90Kernel, TritonBlockFp8Kernel, MarlinFp8Kernel, TritonW8A16Kernel,
-                                   TritonW4A16Kernel,
-                                   EmulatedDequantKernel, W8A8ReferenceKernel]
+KERNELS: list[type[GemmKernel]] = [SglangFp8PerTensorKernel, SglangFp8PerChannelKernel, MarlinInt4Kernel,
+                                   MarlinNvfp4Kernel, BlockscaleSm90Kernel, TritonBlockFp8Kernel, MarlinFp8Kernel,
+                                   TritonW8A16Kernel, TritonW4A16Kernel, EmulatedDequantKernel, W8A8ReferenceKernel]
 
 
 def ranked(spec: LinearSpec, kernels: list | None = None) -> list[type[GemmKernel]]:

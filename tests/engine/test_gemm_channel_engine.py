@@ -1,0 +1,45 @@
+"""SGLang's per-channel W8A8 FP8 linear (``W8A8Fp8LinearMethod``) serving a breccia model with
+one scale per row through the real engine on CPU.
+
+A tiny Llama (2 layers; K = 64 and 96) in fp16 with FP8 blocks as wide as each layer's K: the
+per-channel FP8 that compressed-tensors' "channel" strategy and FBGEMM convert to. It runs on
+``sglang-fp8-channel`` (SGLang's GEMM path on torch's CPU ``_scaled_mm``, asked for by name
+under TRITON_INTERPRET=1) and on the fp32 W8A8 reference kernel: the greedy tokens must agree,
+and the engine's log must name the kernel each kind of layer got.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from breccia_sglang import names
+from breccia_sglang.format import make_recipe
+from breccia_sglang.format.quantize import quantize_checkpoint
+
+from ..helpers import assert_log_names_each_layers_kernel, runs_per_gemm_kernel
+from .test_gemm_engine import GREEDY, PROMPTS
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_llama, tmp_path_factory):
+    checkpoint = tmp_path_factory.mktemp("per-row") / "ckpt"
+    quantize_checkpoint(tiny_llama, checkpoint, make_recipe("fp8-block", block_k=64),
+                        overrides=(("*.down_proj.*", make_recipe("fp8-block", block_k=96)),), progress=False)
+    kernels = (names.GEMM_SGLANG_FP8_CHANNEL, names.GEMM_W8A8_REFERENCE)
+    return runs_per_gemm_kernel(checkpoint, kernels, names.GEMM_SGLANG_FP8_CHANNEL,
+                                [{"input_ids": PROMPTS, "sampling_params": GREEDY}], tmp_path_factory)
+
+
+def test_sglangs_per_channel_linear_serves_the_w8a8_references_tokens(runs):
+    channel = [r["output_ids"] for r in runs[names.GEMM_SGLANG_FP8_CHANNEL]["results"][0]]
+    reference = [r["output_ids"] for r in runs[names.GEMM_W8A8_REFERENCE]["results"][0]]
+    assert [len(ids) for ids in channel] == [GREEDY["max_new_tokens"]] * len(PROMPTS)
+    assert channel == reference
+
+
+def test_the_log_names_the_kernel_of_each_kind_of_layer(runs):
+    recipes = {"qkv_proj": "block(E4M3,k=64)", "o_proj": "block(E4M3,k=64)", "gate_up_proj": "block(E4M3,k=64)",
+               "down_proj": "block(E4M3,k=96)"}
+    assert_log_names_each_layers_kernel(runs, recipes)
