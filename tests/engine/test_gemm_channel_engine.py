@@ -5,7 +5,8 @@ A tiny Llama (2 layers; K = 64 and 96) in fp16 with FP8 blocks as wide as each l
 per-channel FP8 that compressed-tensors' "channel" strategy and FBGEMM convert to. It runs on
 ``sglang-fp8-channel`` (SGLang's GEMM path on torch's CPU ``_scaled_mm``, asked for by name
 under TRITON_INTERPRET=1) and on the fp32 W8A8 reference kernel: the greedy tokens must agree,
-and the engine's log must name the kernel each kind of layer got.
+and the engine's log must name the kernel each kind of layer got; and at tp=2, where each rank
+keeps its rows' scales whole on the split K, with the same tokens.
 """
 
 from __future__ import annotations
@@ -16,17 +17,22 @@ from breccia_sglang import names
 from breccia_sglang.format import make_recipe
 from breccia_sglang.format.quantize import quantize_checkpoint
 
-from ..helpers import assert_log_names_each_layers_kernel, runs_per_gemm_kernel
+from ..helpers import assert_log_names_each_layers_kernel, run_engine, runs_per_gemm_kernel
 from .test_gemm_engine import GREEDY, PROMPTS
 
 pytestmark = pytest.mark.engine
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_llama, tmp_path_factory):
+def checkpoint(tiny_llama, tmp_path_factory):
     checkpoint = tmp_path_factory.mktemp("per-row") / "ckpt"
     quantize_checkpoint(tiny_llama, checkpoint, make_recipe("fp8-block", block_k=64),
                         overrides=(("*.down_proj.*", make_recipe("fp8-block", block_k=96)),), progress=False)
+    return checkpoint
+
+
+@pytest.fixture(scope="module")
+def runs(checkpoint, tmp_path_factory):
     kernels = (names.GEMM_SGLANG_FP8_CHANNEL, names.GEMM_W8A8_REFERENCE)
     return runs_per_gemm_kernel(checkpoint, kernels, names.GEMM_SGLANG_FP8_CHANNEL,
                                 [{"input_ids": PROMPTS, "sampling_params": GREEDY}], tmp_path_factory)
@@ -43,3 +49,21 @@ def test_the_log_names_the_kernel_of_each_kind_of_layer(runs):
     recipes = {"qkv_proj": "block(E4M3,k=64)", "o_proj": "block(E4M3,k=64)", "gate_up_proj": "block(E4M3,k=64)",
                "down_proj": "block(E4M3,k=96)"}
     assert_log_names_each_layers_kernel(runs, recipes)
+
+
+def test_under_tensor_parallelism_each_rank_keeps_its_rows_scales_whole(checkpoint, runs, tmp_path):
+    # tp=2: o_proj's and down_proj's K split over the ranks (down_proj's 96 padded to 2 x 64 on
+    # CPU), their per-row scales loaded whole into SGLang's per-channel parameter on each rank;
+    # qkv / gate_up split their rows, scales with them. Same tokens as the tp=1 W8A8 reference.
+    env = {names.ENV_GEMM: names.GEMM_SGLANG_FP8_CHANNEL, names.ENV_FP8_KV: "0", "TRITON_INTERPRET": "1",
+           "SGLANG_CPU_OMP_THREADS_BIND": "0|1"}  # one core a rank
+    spec = {"env": env,
+            "engine": {"model_path": str(checkpoint), "device": "cpu", "dtype": "float16", "tp_size": 2,
+                       "max_total_tokens": 512, "quantization": names.QUANT_METHOD, "skip_tokenizer_init": True,
+                       "log_level": "info"},
+            "requests": [{"input_ids": PROMPTS, "sampling_params": GREEDY}]}
+    result = run_engine(spec, tmp_path)
+    assert result["ok"], result
+    assert_log_names_each_layers_kernel({names.GEMM_SGLANG_FP8_CHANNEL: result}, {"o_proj": "block", "down_proj": "block"})
+    reference = [r["output_ids"] for r in runs[names.GEMM_W8A8_REFERENCE]["results"][0]]
+    assert [r["output_ids"] for r in result["results"][0]] == reference
