@@ -7,7 +7,8 @@
 - ``experts.py``: an MoE layer's expert weights, each projection onto FusedMoE's w1 / w3 / w2.
 - ``writer.py``: shards, index and an output directory that appears only when complete.
 - ``quantize.py``: a breccia checkpoint from a Hugging Face one, through ``breccia.cast``.
-- ``convert.py``: DeepSeek-V3 and compressed-tensors FP8 into breccia, and back to SGLang's FP8.
+- ``convert.py``: other formats' checkpoints into breccia, and breccia FP8 back to SGLang's FP8.
+- ``fp8_sources.py``: SGLang / DeepSeek, compressed-tensors, ModelOpt and FBGEMM FP8 weights as breccia FP8, bit for bit.
 - ``sources.py``: which ``convert --from`` reads a checkpoint, named when one is not breccia's.
 - ``int4_sources.py``: AutoAWQ, GPTQ and compressed-tensors INT4 weights as breccia INT4, exactly (for ``convert``).
 """

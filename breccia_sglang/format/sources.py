@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import names
+
 # Files that describe a source checkpoint's quantization beside (or instead of) config.json's
 # ``quantization_config``: ModelOpt's, GPTQ's and AutoAWQ's. A converted checkpoint leaves them
 # behind: config.json then says breccia, and a stale file would contradict it.
@@ -64,7 +66,7 @@ def why_not_quantize(directory, quant_config: dict) -> str | None:
     if method is None:
         return None
     if method == "breccia":
-        return "it is a breccia checkpoint already: serve it with --breccia-format, or quantize its original"
+        return f"it is a breccia checkpoint already: serve it with {names.FLAG}, or quantize its original"
     source = source_format_of(quant_config)
     if source is not None:
         return f"it is quantized already ({how_to_get_breccia(directory, quant_config)})"

@@ -5,6 +5,8 @@
 - ``emulated.py``: breccia's dequantize in torch, then a plain matmul; runs anywhere.
 - ``w8a8_reference.py``: FP8 activations too, in fp32 torch; only when asked for.
 - ``sglang_fp8.py``: SGLang's native FP8 linear for per-tensor FP8 on sm_89+.
+- ``sglang_fp8_channel.py``: FP8 with one scale per output row (per channel) on SGLang's
+  per-channel W8A8 linear, sm_89+.
 - ``triton_block_fp8.py``: block FP8 (1x32/64/128) and MXFP8 on SGLang's Triton W8A8 block
   kernels, with tile configs of ours (``block_fp8_tiles.py``, tuned per GPU model in ``tuned/``).
 - ``blockscale_sm90.py``: 1x128 block FP8 on Hopper's blockwise GEMMs (torch's cuBLASLt kernel,
