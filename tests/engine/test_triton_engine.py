@@ -18,7 +18,7 @@ from ..helpers import run_engine, view_spy_counts, view_spy_env
 
 pytestmark = pytest.mark.engine
 
-GREEDY = {"temperature": 0, "max_new_tokens": 12, "ignore_eos": True}
+GREEDY = {"temperature": 0, "max_new_tokens": 6, "ignore_eos": True}  # each step runs the interpreted kernels
 TURN1 = list(range(3, 40))                 # 37 tokens: not a multiple of the page size
 TURN2 = TURN1 + list(range(100, 120))      # starts with turn 1: a prefix hit
 BATCH = [list(range(7, 12)), list(range(50, 120)), list(range(200, 233))]  # 5, 70 and 33 tokens at once
