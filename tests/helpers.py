@@ -41,10 +41,11 @@ def run_engine(spec: dict, tmp_path: Path, timeout: float = 900) -> dict:
 
 
 def runs_per_gemm_kernel(checkpoint: Path, kernels, interpreted: str, requests: list, tmp_path_factory,
-                         env: dict | None = None) -> dict:
+                         env: dict | None = None, engine: dict | None = None) -> dict:
     """One real engine per GEMM kernel (``BRECCIA_SGLANG_GEMM``) on ``checkpoint`` in fp16, the
     ``interpreted`` one under TRITON_INTERPRET=1, KV in fp16 so only the GEMM differs, and
-    ``env`` set for every one: kernel -> the engine's result."""
+    ``env`` set and ``engine`` added to the engine's arguments for every one: kernel -> the
+    engine's result."""
     from breccia_sglang import names
 
     results = {}
@@ -55,11 +56,16 @@ def runs_per_gemm_kernel(checkpoint: Path, kernels, interpreted: str, requests: 
         spec = {"env": run_env,
                 "engine": {"model_path": str(checkpoint), "device": "cpu", "dtype": "float16",
                            "max_total_tokens": 512, "quantization": names.QUANT_METHOD,
-                           "skip_tokenizer_init": True, "log_level": "info"},
+                           "skip_tokenizer_init": True, "log_level": "info", **(engine or {})},
                 "requests": requests}
         results[kernel] = run_engine(spec, tmp_path_factory.mktemp(kernel))
         assert results[kernel]["ok"], results[kernel]
     return results
+
+
+def batch_output_ids(result: dict, request: int = 0) -> list[list[int]]:
+    """The tokens each prompt of batch request ``request`` got in an engine's ``result``."""
+    return [r["output_ids"] for r in result["results"][request]]
 
 
 def assert_log_names_each_layers_kernel(runs: dict, recipes: dict) -> None:

@@ -17,7 +17,7 @@ from breccia_sglang import names
 from breccia_sglang.format import make_recipe
 from breccia_sglang.format.quantize import quantize_checkpoint
 
-from ..helpers import assert_log_names_each_layers_kernel, run_engine, runs_per_gemm_kernel
+from ..helpers import assert_log_names_each_layers_kernel, batch_output_ids, runs_per_gemm_kernel
 from .test_gemm_engine import GREEDY, PROMPTS
 
 pytestmark = pytest.mark.engine
@@ -39,8 +39,8 @@ def runs(checkpoint, tmp_path_factory):
 
 
 def test_sglangs_per_channel_linear_serves_the_w8a8_references_tokens(runs):
-    channel = [r["output_ids"] for r in runs[names.GEMM_SGLANG_FP8_CHANNEL]["results"][0]]
-    reference = [r["output_ids"] for r in runs[names.GEMM_W8A8_REFERENCE]["results"][0]]
+    channel = batch_output_ids(runs[names.GEMM_SGLANG_FP8_CHANNEL])
+    reference = batch_output_ids(runs[names.GEMM_W8A8_REFERENCE])
     assert [len(ids) for ids in channel] == [GREEDY["max_new_tokens"]] * len(PROMPTS)
     assert channel == reference
 
@@ -51,19 +51,13 @@ def test_the_log_names_the_kernel_of_each_kind_of_layer(runs):
     assert_log_names_each_layers_kernel(runs, recipes)
 
 
-def test_under_tensor_parallelism_each_rank_keeps_its_rows_scales_whole(checkpoint, runs, tmp_path):
+def test_under_tensor_parallelism_each_rank_keeps_its_rows_scales_whole(checkpoint, runs, tmp_path_factory):
     # tp=2: o_proj's and down_proj's K split over the ranks (down_proj's 96 padded to 2 x 64 on
     # CPU), their per-row scales loaded whole into SGLang's per-channel parameter on each rank;
     # qkv / gate_up split their rows, scales with them. Same tokens as the tp=1 W8A8 reference.
-    env = {names.ENV_GEMM: names.GEMM_SGLANG_FP8_CHANNEL, names.ENV_FP8_KV: "0", "TRITON_INTERPRET": "1",
-           "SGLANG_CPU_OMP_THREADS_BIND": "0|1"}  # one core a rank
-    spec = {"env": env,
-            "engine": {"model_path": str(checkpoint), "device": "cpu", "dtype": "float16", "tp_size": 2,
-                       "max_total_tokens": 512, "quantization": names.QUANT_METHOD, "skip_tokenizer_init": True,
-                       "log_level": "info"},
-            "requests": [{"input_ids": PROMPTS, "sampling_params": GREEDY}]}
-    result = run_engine(spec, tmp_path)
-    assert result["ok"], result
-    assert_log_names_each_layers_kernel({names.GEMM_SGLANG_FP8_CHANNEL: result}, {"o_proj": "block", "down_proj": "block"})
-    reference = [r["output_ids"] for r in runs[names.GEMM_W8A8_REFERENCE]["results"][0]]
-    assert [r["output_ids"] for r in result["results"][0]] == reference
+    kernel = names.GEMM_SGLANG_FP8_CHANNEL
+    (result,) = runs_per_gemm_kernel(checkpoint, (kernel,), kernel, [{"input_ids": PROMPTS, "sampling_params": GREEDY}],
+                                     tmp_path_factory, env={"SGLANG_CPU_OMP_THREADS_BIND": "0|1"},  # one core a rank
+                                     engine={"tp_size": 2}).values()
+    assert_log_names_each_layers_kernel({kernel: result}, {"o_proj": "block", "down_proj": "block"})
+    assert batch_output_ids(result) == batch_output_ids(runs[names.GEMM_W8A8_REFERENCE])

@@ -15,7 +15,7 @@ from breccia_sglang import names
 from breccia_sglang.format import make_recipe
 from breccia_sglang.format.quantize import quantize_checkpoint
 
-from ..helpers import assert_log_names_each_layers_kernel, runs_per_gemm_kernel
+from ..helpers import assert_log_names_each_layers_kernel, batch_output_ids, runs_per_gemm_kernel
 
 pytestmark = pytest.mark.engine
 
@@ -34,8 +34,8 @@ def runs(tiny_llama, tmp_path_factory):
 
 
 def test_the_triton_gemm_serves_the_w8a8_references_tokens(runs):
-    triton = [r["output_ids"] for r in runs[names.GEMM_TRITON_BLOCK_FP8]["results"][0]]
-    reference = [r["output_ids"] for r in runs[names.GEMM_W8A8_REFERENCE]["results"][0]]
+    triton = batch_output_ids(runs[names.GEMM_TRITON_BLOCK_FP8])
+    reference = batch_output_ids(runs[names.GEMM_W8A8_REFERENCE])
     assert [len(ids) for ids in triton] == [GREEDY["max_new_tokens"]] * len(PROMPTS)
     assert triton == reference
 

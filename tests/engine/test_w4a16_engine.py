@@ -22,7 +22,7 @@ from breccia_sglang import names
 from breccia_sglang.format import make_recipe
 from breccia_sglang.format.quantize import quantize_checkpoint
 
-from ..helpers import assert_log_names_each_layers_kernel, runs_per_gemm_kernel
+from ..helpers import assert_log_names_each_layers_kernel, batch_output_ids, runs_per_gemm_kernel
 
 pytestmark = pytest.mark.engine
 
@@ -48,8 +48,8 @@ def runs(tiny_llama, tmp_path_factory):
 
 
 def test_the_triton_w4a16_gemm_serves_the_emulated_kernels_tokens(runs):
-    triton = [r["output_ids"] for r in runs[names.GEMM_TRITON_W4A16]["results"][0]]
-    emulated = [r["output_ids"] for r in runs[names.GEMM_EMULATED]["results"][0]]
+    triton = batch_output_ids(runs[names.GEMM_TRITON_W4A16])
+    emulated = batch_output_ids(runs[names.GEMM_EMULATED])
     assert [len(ids) for ids in triton] == [GREEDY["max_new_tokens"]] * len(PROMPTS)
     assert triton == emulated
 

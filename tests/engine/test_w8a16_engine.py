@@ -20,7 +20,7 @@ from breccia_sglang import names
 from breccia_sglang.format import make_recipe
 from breccia_sglang.format.quantize import quantize_checkpoint
 
-from ..helpers import assert_log_names_each_layers_kernel, runs_per_gemm_kernel
+from ..helpers import assert_log_names_each_layers_kernel, batch_output_ids, runs_per_gemm_kernel
 
 pytestmark = pytest.mark.engine
 
@@ -64,8 +64,8 @@ def dequantized_prefill(checkpoint, tmp_path_factory):
 
 
 def test_the_triton_w8a16_gemm_serves_the_emulated_kernels_tokens(runs):
-    triton = [r["output_ids"] for r in runs[names.GEMM_TRITON_W8A16]["results"][0]]
-    emulated = [r["output_ids"] for r in runs[names.GEMM_EMULATED]["results"][0]]
+    triton = batch_output_ids(runs[names.GEMM_TRITON_W8A16])
+    emulated = batch_output_ids(runs[names.GEMM_EMULATED])
     assert [len(ids) for ids in triton] == [GREEDY["max_new_tokens"]] * len(PROMPTS)
     assert triton == emulated
 
@@ -78,15 +78,15 @@ def test_the_log_names_each_fp8_layers_kernel_and_recipe(runs):
 
 def test_w8a8_layers_routed_to_w8a16_serve_the_same_tokens_and_say_so(runs, routed):
     result = routed[names.GEMM_TRITON_BLOCK_FP8]
-    emulated = [r["output_ids"] for r in runs[names.GEMM_EMULATED]["results"][0]]
-    assert [r["output_ids"] for r in result["results"][0]] == emulated
+    emulated = batch_output_ids(runs[names.GEMM_EMULATED])
+    assert batch_output_ids(result) == emulated
     assert "triton-block-fp8 runs batches of up to 100000 tokens on triton-w8a16" in result["stderr"]
 
 
 def test_prefill_on_the_dequantized_weight_serves_the_same_tokens_and_says_so(runs, dequantized_prefill):
     result = dequantized_prefill[names.GEMM_TRITON_W8A16]
-    emulated = [r["output_ids"] for r in runs[names.GEMM_EMULATED]["results"][0]]
-    assert [r["output_ids"] for r in result["results"][0]] == emulated
+    emulated = batch_output_ids(runs[names.GEMM_EMULATED])
+    assert batch_output_ids(result) == emulated
     for groups in ("per-tensor", "32"):  # q/k/v; o, down (1x32) and gate/up (MXFP8)
         assert (f"triton-w8a16 runs batches of 8 tokens or more on its weight dequantized in one pass and a "
                 f"dense GEMM (scale groups: {groups})") in result["stderr"]
