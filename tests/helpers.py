@@ -80,6 +80,18 @@ def assert_log_names_each_layers_kernel(runs: dict, recipes: dict) -> None:
             assert all(label.startswith(recipe) for label, _ in announced), (kind, announced)
 
 
+def per_row_experts(layer: int, recipe_name: str, hidden: int = 64, intermediate: int = 96, **kwargs) -> tuple:
+    """``quantize_checkpoint`` overrides giving MoE layer ``layer``'s experts one scale per row
+    (compressed-tensors' "channel" FP8, GPTQ's group -1): a block, or group, as wide as each
+    projection's K, the tiny MoE's hidden size for gate / up and its intermediate size for down."""
+    from breccia_sglang.format import make_recipe
+
+    width = "block_k" if recipe_name == "fp8-block" else "group_size"
+    prefix = f"model.layers.{layer}.mlp.experts.*"
+    return ((f"{prefix}.down_proj.weight", make_recipe(recipe_name, **{width: intermediate}, **kwargs)),
+            (prefix, make_recipe(recipe_name, **{width: hidden}, **kwargs)))
+
+
 def hf_reference_ids(demo_model, breccia_checkpoint, prompt_ids) -> list[int]:
     """Greedy tokens from HF transformers with the breccia weights dequantized by breccia."""
     import breccia

@@ -66,15 +66,37 @@ def layout_of(recipe):
     return breccia.cast(torch.zeros(1, width), recipe).layout
 
 
+def _width_field(recipe) -> str | None:
+    """The recipe field that sets its K block (block FP8's ``block_k``, INT4's ``group_size``),
+    or None: MXFP8's and NVFP4's blocks are fixed by their format, never a row's whole K."""
+    return next((field for field in ("block_k", "group_size") if hasattr(recipe, field)), None)
+
+
+def is_per_row(recipe, layout, k: int) -> bool:
+    """One scale per row: a block (or INT4 group) as wide as the weight's whole K
+    (compressed-tensors' "channel" strategy, FBGEMM, GPTQ's group -1). It scales every K column
+    alike, so it is exactly the scale of any narrower block of that row."""
+    return _width_field(recipe) is not None and isinstance(layout, PerBlockK) and layout.block_size == k
+
+
+def recipe_apart_from_width(recipe) -> tuple:
+    """What two recipes must share to differ only in their K block width: their type and every
+    other field (``dataclasses.replace`` cannot blank the width: breccia validates it)."""
+    width = _width_field(recipe)
+    return type(recipe), tuple((f.name, getattr(recipe, f.name)) for f in dataclasses.fields(recipe) if f.name != width)
+
+
+def with_block(recipe, width: int):
+    """(recipe, layout) of ``recipe`` with K blocks of ``width`` (a recipe with a width field)."""
+    return dataclasses.replace(recipe, **{_width_field(recipe): width}), PerBlockK(width)
+
+
 def per_row_on_shard(recipe, layout, full_k: int, shard_k: int):
     """(recipe, layout) of a K shard of a weight, for tensor parallelism.
 
-    One scale per row (a block, or INT4 group, as wide as the whole K: compressed-tensors'
-    "channel" strategy, FBGEMM, GPTQ's group -1) scales every K column alike, so a shard of K
-    keeps it whole: its block is the shard's K. Any other layout is returned as it is (a shard
-    that splits one of its blocks is refused by the kernels, by name)."""
-    width = next((field for field in ("block_k", "group_size") if hasattr(recipe, field)), None)
-    # MXFP8's and NVFP4's blocks are fixed by their format: never a row's whole K to re-size.
-    if width is None or not (isinstance(layout, PerBlockK) and layout.block_size == full_k and shard_k < full_k):
+    One scale per row (``is_per_row``) scales every K column alike, so a shard of K keeps it
+    whole: its block is the shard's K. Any other layout is returned as it is (a shard that
+    splits one of its blocks is refused by the kernels, by name)."""
+    if not is_per_row(recipe, layout, full_k) or shard_k >= full_k:
         return recipe, layout
-    return dataclasses.replace(recipe, **{width: shard_k}), PerBlockK(shard_k)
+    return with_block(recipe, shard_k)

@@ -111,16 +111,19 @@ def _moe_row(layer, dtype, target, parallel: Parallel) -> tuple:
     first = layer.entries[min(layer.entries)]
     inter, hidden = first["w1"].data.shape
     size = _size(sum(e.nbytes for e in layer.all()))
-    label = (f"{layer.prefix} (MoE)", layer.first.label)
+    label = (f"{layer.prefix} (MoE)", layer.label)
     if layer.num_experts % parallel.ep or inter % parallel.moe_tp:
         why = (f"{layer.num_experts} experts do not divide by --ep-size {parallel.ep}" if layer.num_experts % parallel.ep
                else f"the experts' intermediate size {inter} does not divide by tp / ep = {parallel.moe_tp}")
         return *label, f"{layer.num_experts}x({2 * inter}x{hidden}+{hidden}x{inter})", size, f"refused: {why}"
     experts, inter = layer.num_experts // parallel.ep, inter // parallel.moe_tp
-    spec = MoESpec.for_experts(layer.prefix, layer.first, experts, hidden, inter, dtype, target,
+    spec = MoESpec.for_experts(layer.prefix, layer.served_first(inter), experts, hidden, inter, dtype, target,
                                expert_parallel=parallel.ep)
     shape = f"{experts}x({2 * inter}x{hidden}+{hidden}x{inter})"
-    return *label, shape, size, _choice(spec, choose_moe_kernel, moe_kernel_report)[1]
+    kernel, cell = _choice(spec, choose_moe_kernel, moe_kernel_report)
+    if kernel and layer.reblocked(spec.block):  # one scale per row, repeated along K (format.experts.row_block)
+        cell += f" (as 1x{spec.block} blocks)"
+    return *label, shape, size, cell
 
 
 def _choice(spec, choose, report) -> tuple:

@@ -11,6 +11,11 @@ and SGLang's dispatcher hands the kernel those ids, with -1 for a pair whose exp
 another rank; the kernels give such pairs no output, and FusedMoE's all-reduce sums the ranks.
 The models still call the loader with every checkpoint expert (FusedMoE drops the other ranks'),
 so the load count is checked against the checkpoint's E on every rank.
+
+Experts with one scale per row (``format.experts``) are served as blocks that divide both of
+their K's: each row's scale reaches FusedMoE's loader repeated along K
+(``sglang_params.per_row_scales_as_blocks``), which then narrows it for tensor parallelism as
+it narrows any block scale.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from sglang.srt.layers.quantization.base_config import FusedMoEMethodBase
 
 from ..errors import BrecciaCheckpointError, BrecciaConfigError
 from .moe import MoESpec, choose_moe_kernel
-from .sglang_params import counting_loads
+from .sglang_params import counting_loads, per_row_scales_as_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +57,19 @@ class BrecciaMoEMethod(FusedMoEMethodBase):
                 f"{self.experts.prefix}: the model has {num_experts} experts on each of {ep_size} expert-parallel "
                 f"rank(s), the checkpoint {self.experts.num_experts} breccia experts")
         intermediate = loaded_intermediate_size(layer, self.experts, intermediate_size_per_partition)
-        spec = MoESpec.for_experts(self.experts.prefix, self.experts.first, num_experts, hidden_size, intermediate,
-                                   params_dtype, expert_parallel=ep_size)
+        spec = MoESpec.for_experts(self.experts.prefix, self.experts.served_first(intermediate), num_experts,
+                                   hidden_size, intermediate, params_dtype, expert_parallel=ep_size)
         self.kernel = choose_moe_kernel(spec)()
-        self.kernel.create_weights(layer, spec, counting_loads(extra_weight_attrs["weight_loader"]))
+        loader = extra_weight_attrs["weight_loader"]
+        if self.experts.per_row:
+            full_k = {"w13": hidden_size, "w2": self.experts.first.data.shape[0]}  # the checkpoint's intermediate
+            loader = per_row_scales_as_blocks(loader, layer, spec.block, full_k)
+        self.kernel.create_weights(layer, spec, counting_loads(loader))
         layer.breccia_kernel = self.kernel.name
         layer.breccia_elements = num_experts * sum(n * k for n, k in spec.projections().values())  # this rank's
-        label = self.experts.first.label
+        label = self.experts.label
+        if self.experts.reblocked(spec.block):
+            label += f", served as 1x{spec.block} blocks"
         if (f"experts {label}", self.kernel.name) not in self.announced:
             self.announced.add((f"experts {label}", self.kernel.name))
             per_rank = f", {num_experts} on each of {ep_size} expert-parallel ranks" if ep_size > 1 else ""

@@ -144,6 +144,27 @@ def per_row_scales_whole(weight_loader: Callable, layer, ranks: int) -> Callable
     return load
 
 
+def per_row_scales_as_blocks(weight_loader: Callable, layer, block: int, full_k: dict[str, int]) -> Callable:
+    """FusedMoE's ``weight_loader`` for experts with one scale (and zero point) per row, served
+    as 1 x ``block`` blocks (``format.experts.row_block``): each (N, 1) checkpoint scale of a
+    stacked weight whose whole K is ``full_k[w]`` (w13, w2) arrives repeated to (N, K / block),
+    every block of a row taking the row's scale, exactly. SGLang's loader then narrows the w2
+    scales along K for tensor parallelism, as it narrows any block scale."""
+    def repeats(param) -> int | None:  # the params exist once the kernel has declared them
+        for w, k in full_k.items():
+            if any(param is getattr(layer, f"{w}_{part}", None) for part in ("weight_scale", "weight_zero_point")):
+                return k // block
+        return None
+
+    @functools.wraps(weight_loader)
+    def load(param, loaded_weight, *args, **kwargs):
+        if loaded_weight.shape[-1] == 1 and (times := repeats(param)):
+            loaded_weight = loaded_weight.expand(*loaded_weight.shape[:-1], times)
+        return weight_loader(param, loaded_weight, *args, **kwargs)
+
+    return load
+
+
 def replace_param(layer, name: str, tensor: torch.Tensor | None) -> None:
     """Swap parameter ``name`` for ``tensor`` (None: drop it), freeing the loaded one: a kernel
     that converts its weights once after loading keeps one copy, not two."""

@@ -17,7 +17,7 @@ from breccia_sglang.format import make_recipe
 from breccia_sglang.format.quantize import quantize_checkpoint
 
 from ..helpers import (assert_same_greedy_tokens, breccia_tensors, dequantized_hf_checkpoint, hf_argmax_tokens,
-                       run_engine)
+                       per_row_experts, run_engine)
 
 pytestmark = pytest.mark.engine
 
@@ -37,8 +37,9 @@ CHECKPOINTS = {
 }
 
 
-def quantize(tiny_moe, dest, attention, experts):
-    overrides = tuple((f"model.layers.{i}.mlp.experts.*", recipe) for i, recipe in enumerate(experts))
+def quantize(tiny_moe, dest, attention, experts, overrides=()):
+    """``experts``: one recipe per MoE layer; ``overrides`` come first (``quantize_checkpoint``)."""
+    overrides += tuple((f"model.layers.{i}.mlp.experts.*", recipe) for i, recipe in enumerate(experts))
     return quantize_checkpoint(tiny_moe, dest, attention, overrides=overrides, progress=False)
 
 
@@ -94,10 +95,10 @@ def test_the_resident_bytes_count_the_experts(served):
     assert held < (0.6 if experts[0].name in ("current", "delayed") else 0.45) * bf16
 
 
-def serve_on_two_ranks(tiny_moe, tmp_path, experts, **engine) -> dict:
+def serve_on_two_ranks(tiny_moe, tmp_path, experts, overrides=(), **engine) -> dict:
     """The tiny MoE with these expert recipes (attention in FP8), served at tp=2 over gloo, one
     core a rank; ``engine`` adds to (or replaces) the engine's arguments."""
-    quantize(tiny_moe, tmp_path / "ckpt", make_recipe("fp8"), experts)
+    quantize(tiny_moe, tmp_path / "ckpt", make_recipe("fp8"), experts, overrides)
     spec = {"env": {"BRECCIA_SGLANG_FP8_KV": "0", "SGLANG_CPU_OMP_THREADS_BIND": "0|1"},
             "engine": {"model_path": str(tmp_path / "ckpt"), "device": "cpu", "max_total_tokens": 1024, "tp_size": 2,
                        "quantization": "breccia", "skip_tokenizer_init": True, "log_level": "error", **engine},
@@ -116,10 +117,16 @@ def assert_serves_hfs_tokens(result, tiny_moe, tmp_path) -> None:
 def test_tensor_parallel_experts_serve_hfs_tokens(tiny_moe, tmp_path):
     # tp=2: each rank holds half of every expert's intermediate (96 -> 48), so the down
     # projection's K blocks, groups and zero points are narrowed by SGLang's FusedMoE loader.
-    # 48 takes 16-wide blocks only: zero-point INT4 in layer 0, block FP8 in 1, MXFP8 needs 32.
-    experts = (make_recipe("int4", group_size=16, symmetric=False), make_recipe("fp8-block", block_k=16),
-               make_recipe("nvfp4"))
-    assert_serves_hfs_tokens(serve_on_two_ranks(tiny_moe, tmp_path, experts), tiny_moe, tmp_path)
+    # 48 takes 16-wide blocks only (MXFP8 needs 32): NVFP4 in layer 2, and layers 0 and 1 with
+    # one scale per row, zero-point INT4 (GPTQ group -1) and FP8 (compressed-tensors "channel"),
+    # served as 1x16 blocks: each row's scale and zero point repeated along K, then narrowed.
+    overrides = (per_row_experts(0, "int4", symmetric=False) + per_row_experts(1, "fp8-block")
+                 + (("model.layers.2.mlp.experts.*", make_recipe("nvfp4")),))
+    result = serve_on_two_ranks(tiny_moe, tmp_path, (), overrides, log_level="info")
+    assert_serves_hfs_tokens(result, tiny_moe, tmp_path)
+    announced = set(re.findall(r"MoE experts \((.+?), 6 per layer\) run kernel", result["stderr"]))
+    assert {"int4(g=row,asym)/per_block_k, served as 1x16 blocks",
+            "block(E4M3,k=row)/per_block_k, served as 1x16 blocks"} < announced
 
 
 def test_expert_parallel_ranks_serve_hfs_tokens_in_blocks_tensor_parallelism_would_split(tiny_moe, tmp_path):

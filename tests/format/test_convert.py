@@ -183,6 +183,12 @@ def test_compressed_tensors_fp8_experts_convert_bit_exactly_and_routers_stay(tin
         assert torch.equal(converted[name].data.view(torch.uint8), before[name].view(torch.uint8)), name
         assert torch.equal(converted[name].scale.flatten(), before[name.removesuffix(".weight") + ".weight_scale"].flatten())
     assert not any(".mlp.gate." in n for n in converted) and len(report.converted) == len(converted)
+    # Per-channel scales span each projection's own K (64 for gate / up, 96 for down): one scale
+    # per row, which the MoE kernels serve as blocks dividing both (1x32 here), not a refusal.
+    from breccia_sglang.integration.inspect_report import inspect_checkpoint
+
+    moe_rows = [line for line in inspect_checkpoint(tmp_path / "breccia", 90).splitlines() if "(MoE)" in line]
+    assert len(moe_rows) == 3 and all(row.endswith("triton-fused-moe (as 1x32 blocks)") for row in moe_rows), moe_rows
 
 
 # --- ModelOpt FP8 and SGLang's native FP8 (--from modelopt-fp8, --from fp8) ---------------------

@@ -16,6 +16,8 @@ from breccia_sglang.integration.gemm import Target
 from breccia_sglang.integration.inspect_report import inspect_checkpoint
 from breccia_sglang.integration.moe import MoESpec, choose_moe_kernel, moe_kernel_report
 
+from ..helpers import per_row_experts
+
 RECIPES = {"fp8": make_recipe("fp8"), "fp8-block-128": make_recipe("fp8-block", block_k=128),
            "fp8-block-64": make_recipe("fp8-block", block_k=64), "fp8-block-16": make_recipe("fp8-block", block_k=16),
            "mxfp8": make_recipe("mxfp8"),
@@ -167,3 +169,24 @@ def test_an_all_to_all_moe_backend_is_refused_naming_the_flag(monkeypatch, tiny_
     with pytest.raises(BrecciaConfigError, match=r"model\.layers\.0\.mlp\.experts: .*--moe-a2a-backend deepep"):
         BrecciaMoEMethod(experts).create_weights(torch.nn.Module(), 6, 64, 96, torch.bfloat16,
                                                  weight_loader=None)
+
+
+def test_experts_with_one_scale_per_row_are_served_as_blocks_that_divide_both_ks(tiny_moe, tmp_path):
+    # compressed-tensors "channel" FP8 and GPTQ group -1 experts: gate / up scales span the
+    # hidden size (64), down's the intermediate (96). Each layer is served in blocks dividing
+    # both, a row's scale repeated along K: 1x32 whole, 1x16 on a rank of --tp 2 (48 columns),
+    # where 32-wide blocks of the checkpoint itself would be split and refused.
+    checkpoint = tmp_path / "ckpt"
+    overrides = per_row_experts(0, "fp8-block") + per_row_experts(1, "int4", symmetric=False)
+    quantize_checkpoint(tiny_moe, checkpoint, make_recipe("fp8"), overrides=overrides, progress=False)
+
+    def experts(report, layer):
+        return next(line for line in report.splitlines() if line.startswith(f"model.layers.{layer}.mlp.experts "))
+
+    whole, tp = inspect_checkpoint(checkpoint, 90), inspect_checkpoint(checkpoint, 90, tp=2)
+    assert "block(E4M3,k=row)/per_block_k" in experts(whole, 0) and "int4(g=row,asym)" in experts(whole, 1)
+    assert experts(whole, 0).endswith("triton-fused-moe (as 1x32 blocks)")
+    assert experts(whole, 1).endswith("triton-moe-w4a16 (as 1x32 blocks)")
+    assert experts(tp, 0).endswith("triton-moe-w8a16 (as 1x16 blocks)")  # no W8A8 kernel takes 1x16
+    assert experts(tp, 1).endswith("triton-moe-w4a16 (as 1x16 blocks)")
+    assert whole.rstrip().endswith("OK") and tp.rstrip().endswith("OK")
