@@ -28,9 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--recipe", required=True, choices=RECIPE_NAMES)
-    p.add_argument("--block-k", type=int, default=128, help="fp8-block: K elements per scale")
-    p.add_argument("--group-size", type=int, default=128, help="int4: K elements per scale (default 128; a layer whose K it does not divide takes 64 or 32, "
-                        "reported)")
+    p.add_argument("--block-k", type=int, default=128,
+                   help="fp8-block: K elements per scale (default 128; -1: one scale per row, compressed-tensors' "
+                        "\"channel\")")
+    p.add_argument("--group-size", type=int, default=128,
+                   help="int4: K elements per scale (default 128; a layer whose K it does not divide takes 64 or 32, "
+                        "reported; -1: one scale per row, as GPTQ spells it)")
     p.add_argument("--asymmetric", action="store_true", help="int4: unsigned codes with zero-points")
     p.add_argument("--keep", action="append", metavar="PATTERN",
                    help=f"keep matching weights high precision (fnmatch; default {' '.join(DEFAULT_KEEP)})")

@@ -80,16 +80,15 @@ def assert_log_names_each_layers_kernel(runs: dict, recipes: dict) -> None:
             assert all(label.startswith(recipe) for label, _ in announced), (kind, announced)
 
 
-def per_row_experts(layer: int, recipe_name: str, hidden: int = 64, intermediate: int = 96, **kwargs) -> tuple:
-    """``quantize_checkpoint`` overrides giving MoE layer ``layer``'s experts one scale per row
-    (compressed-tensors' "channel" FP8, GPTQ's group -1): a block, or group, as wide as each
-    projection's K, the tiny MoE's hidden size for gate / up and its intermediate size for down."""
+def per_row_experts(layer: int, recipe_name: str, **kwargs) -> tuple:
+    """A ``quantize_checkpoint`` override giving MoE layer ``layer``'s experts one scale per row
+    (``--block-k -1`` / ``--group-size -1``: compressed-tensors' "channel" FP8, GPTQ's group -1),
+    a block as wide as each projection's K: the hidden size for gate / up, the intermediate
+    size for down."""
     from breccia_sglang.format import make_recipe
 
     width = "block_k" if recipe_name == "fp8-block" else "group_size"
-    prefix = f"model.layers.{layer}.mlp.experts.*"
-    return ((f"{prefix}.down_proj.weight", make_recipe(recipe_name, **{width: intermediate}, **kwargs)),
-            (prefix, make_recipe(recipe_name, **{width: hidden}, **kwargs)))
+    return ((f"model.layers.{layer}.mlp.experts.*", make_recipe(recipe_name, **{width: -1}, **kwargs)),)
 
 
 def hf_reference_ids(demo_model, breccia_checkpoint, prompt_ids) -> list[int]:

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import BrecciaCheckpointError
-from .recipes import block_width, is_per_row, recipe_apart_from_width, with_block
+from .recipes import block_width, is_per_row, per_row_label, recipe_apart_from_width, with_block
 
 # checkpoint projection name -> the FusedMoE shard it loads into
 EXPERT_SHARDS = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2", "w1": "w1", "w3": "w3", "w2": "w2"}
@@ -63,7 +63,7 @@ class ExpertWeights:
         """The experts' recipe, e.g. ``fp8_block(E4M3,k=32)/per_block_k``; per-row experts whose
         projections differ in K show ``k=row`` (``g=row`` for INT4)."""
         if self.per_row and self.first.label != self.down.label:
-            return re.sub(r"=\d+", "=row", self.first.label, count=1)
+            return per_row_label(self.first.label)
         return self.first.label
 
     def reblocked(self, block: int) -> bool:

@@ -25,7 +25,7 @@ from .. import names
 from ..errors import BrecciaCheckpointError
 from .reader import weight_files
 from .recipe_json import describe
-from .recipes import PER_TENSOR_FP8, layout_of
+from .recipes import PER_TENSOR_FP8, PerRow, recipe_label
 from .sources import quantization_config_of, why_not_quantize
 from .writer import ShardWriter, atomic_output_dir, check_paths, write_metadata_files
 
@@ -72,7 +72,7 @@ def quantize_checkpoint(
     if refusal is not None:
         raise BrecciaCheckpointError(f"{src}: quantize reads a BF16 / FP16 / FP32 checkpoint, but {refusal}")
     files = weight_files(src)
-    report = QuantizeReport(recipe_label=describe(recipe, layout_of(recipe)))
+    report = QuantizeReport(recipe_label=recipe_label(recipe))
     with atomic_output_dir(dst) as tmp:
         writer = ShardWriter(tmp)
         bar = tqdm(total=len(_tensor_names(src, files)), desc="quantize", unit="tensor", disable=not progress)
@@ -103,6 +103,8 @@ def _quantize_one(name, tensor, recipe, keep, writer, report):
         writer.add_plain(name, tensor)
         report.kept.append((name, "kept by --keep rule"))
         return
+    if isinstance(recipe, PerRow):  # one scale per row: a block as wide as this weight's K
+        recipe = recipe.for_k(tensor.shape[-1])
     recipe = _int4_group_that_fits(name, tensor, recipe, report)
     try:
         scaled = _cast(tensor.to(torch.float32), recipe)

@@ -8,11 +8,14 @@ and how many K elements share one scale.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import breccia
 import torch
 from breccia.layouts import PerBlockK, PerBlockMN
 from breccia.recipes import DelayedScaling, Float8BlockScaling, Float8CurrentScaling
+
+from .recipe_json import describe
 
 PER_TENSOR_FP8 = (Float8CurrentScaling, DelayedScaling)
 
@@ -20,7 +23,10 @@ RECIPE_NAMES = ("fp8", "fp8-delayed", "fp8-block", "mxfp8", "nvfp4", "int4")
 
 
 def make_recipe(name: str, *, block_k: int = 128, group_size: int = 128, symmetric: bool = True):
-    """The breccia recipe for a CLI recipe name."""
+    """The breccia recipe for a CLI recipe name; ``block_k`` / ``group_size`` ``PER_ROW``: one
+    scale per row (``PerRow``)."""
+    if (name, block_k) == ("fp8-block", PER_ROW) or (name, group_size) == ("int4", PER_ROW):
+        return PerRow(make_recipe(name, symmetric=symmetric))
     makers = {
         "fp8": lambda: breccia.Float8CurrentScaling(fp8_format="E4M3"),
         "fp8-delayed": lambda: breccia.DelayedScaling(fp8_format="E4M3"),
@@ -89,6 +95,37 @@ def recipe_apart_from_width(recipe) -> tuple:
 def with_block(recipe, width: int):
     """(recipe, layout) of ``recipe`` with K blocks of ``width`` (a recipe with a width field)."""
     return dataclasses.replace(recipe, **{_width_field(recipe): width}), PerBlockK(width)
+
+
+# --block-k / --group-size -1 (GPTQ's spelling): one scale per row, each weight's whole K wide
+PER_ROW = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class PerRow:
+    """``base`` (block FP8 or INT4) with one scale per row: as each weight is quantized, its
+    block or group becomes that weight's K (``for_k``), which compressed-tensors calls "channel"."""
+
+    base: object
+
+    @property
+    def name(self) -> str:
+        return self.base.name
+
+    def for_k(self, k: int):
+        return with_block(self.base, k)[0]
+
+
+def per_row_label(label: str) -> str:
+    """A per-row recipe's label: its width is each weight's K, shown ``k=row`` (``g=row``)."""
+    return re.sub(r"=\d+", "=row", label, count=1)
+
+
+def recipe_label(recipe) -> str:
+    """What ``quantize`` reports for the recipe it was asked for, e.g. ``block(E4M3,k=row)/per_block_k``."""
+    if isinstance(recipe, PerRow):
+        return per_row_label(describe(recipe.base, layout_of(recipe.base)))
+    return describe(recipe, layout_of(recipe))
 
 
 def per_row_on_shard(recipe, layout, full_k: int, shard_k: int):

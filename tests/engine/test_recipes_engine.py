@@ -94,10 +94,10 @@ TP_OVERRIDES = (
     # One scale per row (compressed-tensors' "channel", FBGEMM, GPTQ group -1) scales every K
     # column alike, so a row-parallel shard keeps it whole: o_proj's 64-wide groups here and
     # down_proj's 96-wide blocks below were refused at tp=2 as blocks split in two.
-    ("model.layers.0.self_attn.*", dict(name="int4", group_size=64, symmetric=False)),  # K = 64: per row
+    ("model.layers.0.self_attn.*", dict(name="int4", group_size=-1, symmetric=False)),  # per row (K = 64)
     ("model.layers.0.mlp.*", dict(name="int4", group_size=16, symmetric=False)),  # scales + zero points, down's K
     ("model.layers.1.self_attn.*", dict(name="fp8-block", block_k=16)),  # o_proj's K = 32 in two 16-wide blocks
-    ("model.layers.1.mlp.down_proj.*", dict(name="fp8-block", block_k=96)),  # K = 96: per row
+    ("model.layers.1.mlp.down_proj.*", dict(name="fp8-block", block_k=-1)),  # per row (K = 96)
 )  # and per-tensor FP8 in layer 1's merged gate_up: each shard keeps its own scale
 
 

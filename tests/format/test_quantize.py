@@ -130,6 +130,31 @@ def test_per_layer_overrides_pick_the_recipe_and_keep_rules_still_win(tiny_llama
     assert config["recipe"] == ["current(E4M3)/per_tensor", "int4(g=32,sym)/per_block_k"]
 
 
+def test_minus_one_is_one_scale_per_row_each_weights_own_k_wide(tiny_llama, tmp_path):
+    # --block-k -1 / --group-size -1 (GPTQ's spelling): compressed-tensors' "channel" scheme,
+    # one scale per row: a block as wide as each weight's K (64, or down_proj's 96), which the
+    # per-channel kernels serve whole, on every TP rank too.
+    dst = tmp_path / "per-row"
+    done = subprocess.run(
+        [sys.executable, "-m", "breccia_sglang.cli", "quantize", str(tiny_llama), str(dst), "--recipe", "fp8-block",
+         "--block-k", "-1", "--override", "*.mlp.*=int4", "--group-size", "-1", "--asymmetric"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{dst}: block(E4M3,k=row)/per_block_k")
+    src, scaled = stored_tensors(tiny_llama), breccia_tensors(dst)
+    assert len(scaled) == 14
+    for name, st in scaled.items():
+        k = src[name].shape[1]
+        recipe = (breccia.INT4Scaling(group_size=k, signed=False, symmetric=False) if ".mlp." in name
+                  else breccia.Float8BlockScaling(block_k=k))
+        assert st.recipe == recipe and st.layout == breccia.PerBlockK(k) and st.scale.shape == (src[name].shape[0], 1)
+        expected = breccia.cast(src[name].float(), recipe)  # breccia's own cast with that width, bit for bit
+        assert torch.equal(st.data.view(torch.uint8), expected.data.view(torch.uint8)) and torch.equal(st.scale, expected.scale)
+    assert "int4 at a smaller group" not in done.stdout
+    assert "int4(g=96,asym)/per_block_k: 2" in done.stdout  # the two down projections
+
+
 def test_int4_takes_group_128_and_falls_back_per_layer_where_k_requires_it(tiny_llama, tmp_path):
     # The tiny Llama's K is 64 (q/k/v/o, gate/up) or 96 (down_proj): neither splits into 128.
     dst = tmp_path / "int4"
