@@ -34,6 +34,8 @@ Configurations (``--configs``; the unquantized reference always runs, first)
   fp8+w8a8 ... mxfp8+w8a8     the FP8 recipes with FP8 activations too (BRECCIA_SGLANG_GEMM=w8a8-reference:
                               per token and K block, as SGLang's FP8 GEMMs quantize them; fp32 maths), so
                               the cost of activation quantization reads off against the W8A16 row above it.
+                              fp8-channel is one scale per row (--block-k -1), activations per token: what
+                              sglang-fp8-channel computes on a GPU.
                               fp8-block-128 quantizes down_proj only (576, the other layers' K, is not a
                               multiple of 128; they stay high precision, as in any 1x128 checkpoint of it).
 Every engine computes in ``--dtype``: float32 by default, the checkpoint's own dtype, so the
@@ -128,6 +130,7 @@ RECIPES = {
     "fp8": dict(name="fp8"),
     "fp8-block-64": dict(name="fp8-block", block_k=64),
     "fp8-block-128": dict(name="fp8-block", block_k=128),  # down_proj only: see the docstring
+    "fp8-channel": dict(name="fp8-block", block_k=-1),  # one scale per row (compressed-tensors' "channel")
     "mxfp8": dict(name="mxfp8"),
     "nvfp4": dict(name="nvfp4"),
     "int4-g32": dict(name="int4", group_size=32),
@@ -167,7 +170,7 @@ CONFIGS = {c.name: c for c in [
     Config("fp8+breccia-fp8-kv", "fp8", KV_BRECCIA_FP8),
     Config("fp8+sglang-fp8-kv", "fp8", KV_SGLANG_FP8),
     *(Config(f"{recipe}+w8a8", recipe, KV_MODEL_DTYPE, names.GEMM_W8A8_REFERENCE)
-      for recipe in ("fp8", "fp8-block-64", "fp8-block-128", "mxfp8")),
+      for recipe in ("fp8", "fp8-channel", "fp8-block-64", "fp8-block-128", "mxfp8")),
 ]}
 
 

@@ -60,7 +60,7 @@ class ExpertWeights:
 
     @property
     def label(self) -> str:
-        """The experts' recipe, e.g. ``fp8_block(E4M3,k=32)/per_block_k``; per-row experts whose
+        """The experts' recipe, e.g. ``block(E4M3,k=32)/per_block_k``; per-row experts whose
         projections differ in K show ``k=row`` (``g=row`` for INT4)."""
         if self.per_row and self.first.label != self.down.label:
             return per_row_label(self.first.label)

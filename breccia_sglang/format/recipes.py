@@ -20,6 +20,8 @@ from .recipe_json import describe
 PER_TENSOR_FP8 = (Float8CurrentScaling, DelayedScaling)
 
 RECIPE_NAMES = ("fp8", "fp8-delayed", "fp8-block", "mxfp8", "nvfp4", "int4")
+# --block-k / --group-size -1 (GPTQ's spelling): one scale per row, each weight's whole K wide
+PER_ROW = -1
 
 
 def make_recipe(name: str, *, block_k: int = 128, group_size: int = 128, symmetric: bool = True):
@@ -95,10 +97,6 @@ def recipe_apart_from_width(recipe) -> tuple:
 def with_block(recipe, width: int):
     """(recipe, layout) of ``recipe`` with K blocks of ``width`` (a recipe with a width field)."""
     return dataclasses.replace(recipe, **{_width_field(recipe): width}), PerBlockK(width)
-
-
-# --block-k / --group-size -1 (GPTQ's spelling): one scale per row, each weight's whole K wide
-PER_ROW = -1
 
 
 @dataclasses.dataclass(frozen=True)
