@@ -175,7 +175,8 @@ def test_experts_with_one_scale_per_row_are_served_as_blocks_that_divide_both_ks
     # compressed-tensors "channel" FP8 and GPTQ group -1 experts: gate / up scales span the
     # hidden size (64), down's the intermediate (96). Each layer is served in blocks dividing
     # both, a row's scale repeated along K: 1x32 whole, 1x16 on a rank of --tp 2 (48 columns),
-    # where 32-wide blocks of the checkpoint itself would be split and refused.
+    # which would split the checkpoint's own 96-wide down blocks. Both used to be refused: the
+    # projections' labels differ (k=64, k=96), read as two recipes in one layer.
     checkpoint = tmp_path / "ckpt"
     overrides = per_row_experts(0, "fp8-block") + per_row_experts(1, "int4", symmetric=False)
     quantize_checkpoint(tiny_moe, checkpoint, make_recipe("fp8"), overrides=overrides, progress=False)
