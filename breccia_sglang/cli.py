@@ -9,6 +9,17 @@ from . import names
 from .errors import BrecciaCheckpointError, BrecciaConfigError
 
 
+def _k_width(text: str) -> int:
+    """--block-k / --group-size: K elements per scale, or -1 for one scale per row."""
+    try:
+        width = int(text)
+    except ValueError:
+        width = 0
+    if width < 1 and width != -1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of K elements, or -1 (one scale per row)")
+    return width
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="breccia-sglang", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -28,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--recipe", required=True, choices=RECIPE_NAMES)
-    p.add_argument("--block-k", type=int, default=128,
+    p.add_argument("--block-k", type=_k_width, default=128,
                    help="fp8-block: K elements per scale (default 128; -1: one scale per row, compressed-tensors' "
                         "\"channel\")")
-    p.add_argument("--group-size", type=int, default=128,
+    p.add_argument("--group-size", type=_k_width, default=128,
                    help="int4: K elements per scale (default 128; a layer whose K it does not divide takes 64 or 32, "
                         "reported; -1: one scale per row, as GPTQ spells it)")
     p.add_argument("--asymmetric", action="store_true", help="int4: unsigned codes with zero-points")

@@ -155,6 +155,13 @@ def test_minus_one_is_one_scale_per_row_each_weights_own_k_wide(tiny_llama, tmp_
     assert "int4(g=96,asym)/per_block_k: 2" in done.stdout  # the two down projections
 
 
+def test_a_width_that_is_neither_positive_nor_minus_one_is_refused_naming_the_flag(tiny_llama, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "breccia_sglang.cli", "quantize", str(tiny_llama), str(tmp_path / "q"),
+                           "--recipe", "fp8-block", "--block-k", "0"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "argument --block-k: '0': expected a positive number" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "q").exists()
+
+
 def test_int4_takes_group_128_and_falls_back_per_layer_where_k_requires_it(tiny_llama, tmp_path):
     # The tiny Llama's K is 64 (q/k/v/o, gate/up) or 96 (down_proj): neither splits into 128.
     dst = tmp_path / "int4"
