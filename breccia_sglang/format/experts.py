@@ -15,6 +15,7 @@ block that divides both (``row_block``), each row's scale repeated along K: exac
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ class ExpertWeights:
     def all(self) -> list:
         return [self.entries[e][s] for e in sorted(self.entries) for s in SHARD_ORDER]
 
-    @property
+    @functools.cached_property  # read by label, reblocked, served_first and the layer methods
     def per_row(self) -> bool:
         """Every expert projection has one scale per row (``recipes.is_per_row``)."""
         return all(is_per_row(e.recipe, e.layout, e.data.shape[1]) for e in self.all())

@@ -108,8 +108,7 @@ def _linear_row(name, entry, dtype, target, gpu, parallel: Parallel) -> tuple:
 def _moe_row(layer, dtype, target, parallel: Parallel) -> tuple:
     """One row per MoE layer: its experts run as one fused kernel. Shape: experts x (gate/up
     rows, hidden) + (hidden, expert intermediate), as a rank holds them."""
-    first = layer.entries[min(layer.entries)]
-    inter, hidden = first["w1"].data.shape
+    inter, hidden = layer.first.data.shape
     size = _size(sum(e.nbytes for e in layer.all()))
     label = (f"{layer.prefix} (MoE)", layer.label)
     if layer.num_experts % parallel.ep or inter % parallel.moe_tp:

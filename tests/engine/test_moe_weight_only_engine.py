@@ -38,8 +38,9 @@ SERVED = {
 }
 # The engine runs in fp16 and HF in fp32 on the same dequantized weights: the kernel rounds each
 # GEMM's output, 2^-11 of a value, and a random model's logits are flat (top-2 gaps of 5e-5 to
-# 0.09 here, in fp32 on breccia's dequantized weights). Steps whose gap is below this may go either way, so tokens are compared
-# up to the first one (step 7 of 10 for the 4-bit experts: a gap of 5e-5).
+# 0.09 here, in fp32 on breccia's dequantized weights). Steps whose gap is below this may go
+# either way, so tokens are compared up to the first one (step 7 of 10 for the 4-bit experts:
+# a gap of 5e-5).
 NEAR_TIE = 5e-3
 
 
