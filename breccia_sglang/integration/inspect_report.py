@@ -9,12 +9,17 @@ intermediate over the rest (tp / ep), and the row-parallel linears of the model 
 as at server start, where it would stop the server after loading; here every such layer is
 listed at once. Column-parallel linears are shown whole: their split (along N) never cuts a
 1 x B block. (On CPU, SGLang pads a dense MLP's intermediate size per rank, 96 -> 2 x 64 at
-tp=2, so a CPU server takes some down_proj splits that a GPU, and this report, refuse.)
+tp=2, so a CPU server takes some down_proj splits that a GPU, and this report, refuse.) The
+attention heads of ``config.json`` are checked as SGLang's attention layers assert them when the
+model is built: query heads split evenly, and key / value heads split evenly or are replicated
+over a whole number of ranks each; SGLang's own assert carries no message.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -79,14 +84,38 @@ def inspect_checkpoint(path, capability: int | None = None, dtype: str = "bfloat
     plain_bytes = sum(t.nbytes for t in ckpt.plain.values())
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    heads = attention_split_refusals(ckpt.directory, parallel)
+    lines += [f"config.json: refused: {why}" for why in heads]
     quant_bytes = sum(e.nbytes for e in ckpt.entries.values())
     refused = sum(r[-1].startswith("refused") for r in rows)
-    verdict = OK if not refused else f"{refused} layer(s) refused (no kernel for this shard, shown above)"
+    verdict = [f"{refused} layer(s) refused (no kernel for this shard, shown above)"] if refused else []
+    verdict += [f"the attention heads do not split over {parallel} (shown above)"] if heads else []
+    verdict = "; ".join(verdict) or OK
     lines.append(
         f"{len(ckpt.entries)} breccia tensors ({_size(quant_bytes)}), {len(ckpt.plain)} high-precision "
         f"tensors ({_size(plain_bytes)}) in {len(ckpt.files)} file(s): {verdict}"
     )
     return "\n".join(lines)
+
+
+def attention_split_refusals(directory: Path, parallel: Parallel) -> list[str]:
+    """Why SGLang's attention layers could not be built at ``parallel.tp`` from ``directory``'s
+    config.json (its ``text_config`` for a multimodal model), as they assert when the model is
+    built (e.g. ``LlamaAttention``): the query heads divide by tp, and the key / value heads do,
+    or tp divides by them (each kv head then replicated on tp / heads ranks)."""
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, ValueError):
+        return []  # loading reads it and says what is wrong with it; nothing to check here
+    config = config.get("text_config", config)
+    heads, kv_heads = config.get("num_attention_heads"), config.get("num_key_value_heads")
+    tp, reasons = parallel.tp, []
+    if isinstance(heads, int) and heads % tp:
+        reasons.append(f"{heads} attention heads (num_attention_heads) do not divide by --tp {tp}")
+    if isinstance(kv_heads, int) and kv_heads > 0 and (kv_heads % tp if kv_heads >= tp else tp % kv_heads):
+        reasons.append(f"{kv_heads} key / value heads (num_key_value_heads) neither divide by --tp {tp} nor "
+                       "divide it")
+    return reasons
 
 
 def _linear_row(name, entry, dtype, target, gpu, parallel: Parallel) -> tuple:

@@ -132,3 +132,32 @@ def test_one_scale_per_row_is_whole_on_each_rank_and_a_split_block_is_refused(ti
     assert o_proj(inspect_checkpoint(per_row, 90, tp=2)).endswith("sglang-fp8-channel")
     assert o_proj(inspect_checkpoint(per_row, 80, tp=2)).endswith("triton-w8a16")
     assert o_proj(inspect_checkpoint(blocks, 90, tp=4)).endswith("refused: K=16 splits a 32-wide scale block")
+
+
+def test_attention_heads_that_do_not_split_over_tp_are_refused_by_their_config_key(tiny_llama, tmp_path):
+    # SGLang's attention layers assert, with no message, that the query heads divide by tp and
+    # that the key / value heads divide by tp or divide it (each then replicated); a server that
+    # fails it stops while building the model. The tiny Llama's 4 / 2 heads split over --tp 2 and
+    # 4; with 6 / 3 heads --tp 2 splits the query heads but not the 3 kv heads, and --tp 4
+    # neither. The weights' shapes do not enter: only config.json's head counts.
+    quantize_checkpoint(tiny_llama, tmp_path / "ckpt", make_recipe("fp8"), progress=False)
+    for tp in (2, 4):
+        assert inspect_checkpoint(tmp_path / "ckpt", 90, tp=tp).endswith("OK")
+    config_path = tmp_path / "ckpt" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "num_attention_heads": 6, "num_key_value_heads": 3}))
+
+    def refusals(report):
+        return [line for line in report.splitlines() if line.startswith("config.json: refused")]
+
+    assert refusals(inspect_checkpoint(tmp_path / "ckpt", 90, tp=2)) == [
+        "config.json: refused: 3 key / value heads (num_key_value_heads) neither divide by --tp 2 nor divide it"]
+    four = inspect_checkpoint(tmp_path / "ckpt", 90, tp=4)
+    assert refusals(four) == [
+        "config.json: refused: 6 attention heads (num_attention_heads) do not divide by --tp 4",
+        "config.json: refused: 3 key / value heads (num_key_value_heads) neither divide by --tp 4 nor divide it"]
+    assert four.endswith("the attention heads do not split over --tp 4 (shown above)")
+    assert inspect_checkpoint(tmp_path / "ckpt", 90).endswith("OK")  # one GPU holds every head
+    done = subprocess.run([sys.executable, "-m", "breccia_sglang.cli", "inspect", str(tmp_path / "ckpt"), "--tp", "4"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "6 attention heads (num_attention_heads) do not divide by --tp 4" in done.stdout
