@@ -20,6 +20,16 @@ def _k_width(text: str) -> int:
     return width
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive whole number")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="breccia-sglang", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"keep matching weights high precision (fnmatch; default {' '.join(DEFAULT_KEEP)})")
     p.add_argument("--override", action="append", metavar="PATTERN=RECIPE", default=[],
                    help="per-layer recipe, e.g. '*.mlp.*=int4' (first match wins; same recipe options)")
+    p.add_argument("--jobs", type=_positive, metavar="N",
+                   help="processes casting MXFP8 / NVFP4 weights (default: every CPU this process may use); the "
+                        "checkpoint is the same for any N")
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("convert", help="convert an FP8 (SGLang / vLLM native, DeepSeek-V3, compressed-tensors, "
@@ -123,7 +136,7 @@ def _quantize(args) -> int:
         overrides.append((pattern, make_recipe(name, **options)))
     report = quantize_checkpoint(args.src, args.dst, make_recipe(args.recipe, **options),
                                  keep=tuple(args.keep or DEFAULT_KEEP), overrides=tuple(overrides),
-                                 overwrite=args.overwrite)
+                                 overwrite=args.overwrite, jobs=args.jobs)
     print(f"{args.dst}: {report.recipe_label}")
     print(f"  quantized: {len(report.quantized)} weights")
     for label in sorted(set(report.labels.values())):

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import breccia
 import torch
 from breccia.recipes import INT4Scaling
 from safetensors import safe_open
@@ -23,9 +23,10 @@ from tqdm import tqdm
 
 from .. import names
 from ..errors import BrecciaCheckpointError
+from .chunked_cast import cast_workers, chunked_cast, usable_cpus
 from .reader import weight_files
 from .recipe_json import describe
-from .recipes import PER_TENSOR_FP8, PerRow, recipe_label
+from .recipes import PerRow, recipe_label
 from .sources import quantization_config_of, why_not_quantize
 from .writer import ShardWriter, atomic_output_dir, check_paths, write_metadata_files
 
@@ -60,12 +61,15 @@ def quantize_checkpoint(
     overrides: tuple[tuple[str, object], ...] = (),
     overwrite: bool = False,
     progress: bool = True,
+    jobs: int | None = None,
 ) -> QuantizeReport:
     """Quantize the linear weights of ``src`` with ``recipe`` into a new checkpoint ``dst``.
 
     ``overrides`` are ``(fnmatch pattern, recipe)`` pairs; the first pattern a weight's name
     matches picks its recipe (``--keep`` patterns win over both). SGLang runs q/k/v and
     gate/up as one GEMM, so give each merged group one recipe (loading says so otherwise).
+    ``jobs``: processes casting MXFP8 / NVFP4 weights (``chunked_cast``), default every usable
+    CPU; the checkpoint written is the same for any number.
     """
     src, dst = check_paths(src, dst, overwrite)
     refusal = why_not_quantize(src, quantization_config_of(src))
@@ -73,9 +77,12 @@ def quantize_checkpoint(
         raise BrecciaCheckpointError(f"{src}: quantize reads a BF16 / FP16 / FP32 checkpoint, but {refusal}")
     files = weight_files(src)
     report = QuantizeReport(recipe_label=recipe_label(recipe))
-    with atomic_output_dir(dst) as tmp:
+    recipes = (recipe, *(r for _, r in overrides))
+    with atomic_output_dir(dst) as tmp, cast_workers(jobs or usable_cpus(), recipes) as workers:
         writer = ShardWriter(tmp)
-        bar = tqdm(total=len(_tensor_names(src, files)), desc="quantize", unit="tensor", disable=not progress)
+        # Counted in elements, not tensors: an MLP weight takes thousands of times a norm's time.
+        bar = tqdm(total=_element_count(src, files), desc="quantize", unit="param", unit_scale=True,
+                   disable=not progress)
         for file in files:
             with safe_open(str(src / file), framework="pt") as f:
                 for name in f.keys():
@@ -86,15 +93,15 @@ def quantize_checkpoint(
                             "high-precision weights (an FP8 checkpoint converts: breccia-sglang convert --help)")
                     report.bytes_in += tensor.numel() * tensor.element_size()
                     chosen = next((r for pattern, r in overrides if fnmatch.fnmatch(name, pattern)), recipe)
-                    _quantize_one(name, tensor, chosen, keep, writer, report)
-                    bar.update(1)
+                    _quantize_one(name, tensor, chosen, keep, writer, report, workers)
+                    bar.update(tensor.numel())
         bar.close()
         report.bytes_out = writer.finish()
         _write_metadata_files(src, tmp, report)
     return report
 
 
-def _quantize_one(name, tensor, recipe, keep, writer, report):
+def _quantize_one(name, tensor, recipe, keep, writer, report, workers):
     if not _is_linear_weight(name, tensor):
         writer.add_plain(name, tensor)
         report.copied.append((name, tuple(tensor.shape)))
@@ -107,7 +114,7 @@ def _quantize_one(name, tensor, recipe, keep, writer, report):
         recipe = recipe.for_k(tensor.shape[-1])
     recipe = _int4_group_that_fits(name, tensor, recipe, report)
     try:
-        scaled = _cast(tensor.to(torch.float32), recipe)
+        scaled = chunked_cast(tensor.to(torch.float32), recipe, workers)
     except ValueError as exc:  # breccia refuses shapes its layout cannot take
         writer.add_plain(name, tensor)
         report.kept.append((name, f"shape {list(tensor.shape)} not supported: {exc}"))
@@ -136,34 +143,18 @@ def _int4_group_that_fits(name, tensor, recipe, report):
     return recipe
 
 
-# breccia 0.1.3 encodes MXFP8 (and FP8 on its NumPy path) by a brute-force search over all
-# 256 codes: 1 KiB of temporaries per element, ~17 GB for one 4096 x 4096 weight. Every
-# recipe but per-tensor FP8 scales each row on its own, so casting a few rows at a time is
-# the same breccia cast with bounded memory (~256 MiB).
-CAST_CHUNK_ELEMENTS = 2**18
-
-
-def _cast(x: torch.Tensor, recipe) -> breccia.ScaledTensor:
-    rows = max(1, CAST_CHUNK_ELEMENTS // max(1, x.shape[-1]))
-    if isinstance(recipe, PER_TENSOR_FP8) or x.shape[0] <= rows:
-        return breccia.cast(x, recipe)
-    parts = [breccia.cast(chunk, recipe) for chunk in torch.split(x, rows)]
-    zero_point = None if parts[0].zero_point is None else torch.cat([p.zero_point for p in parts])
-    return breccia.from_buffer(
-        torch.cat([p.data for p in parts]), torch.cat([p.scale for p in parts]), recipe, parts[0].layout, zero_point
-    )
-
-
 def _is_linear_weight(name: str, tensor: torch.Tensor) -> bool:
     return name.endswith(".weight") and tensor.ndim == 2 and tensor.is_floating_point()
 
 
-def _tensor_names(src: Path, files: list[str]) -> list[str]:
-    found = []
+def _element_count(src: Path, files: list[str]) -> int:
+    """Elements of every tensor in ``files``, from their headers (nothing is read)."""
+    total = 0
     for file in files:
         with safe_open(str(src / file), framework="pt") as f:
-            found.extend(f.keys())
-    return found
+            for name in f.keys():
+                total += math.prod(f.get_slice(name).get_shape())
+    return total
 
 
 def _write_metadata_files(src: Path, out: Path, report: QuantizeReport) -> None:

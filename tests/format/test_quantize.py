@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -91,23 +92,88 @@ def test_cli_prints_the_report_and_a_progress_bar(tiny_llama, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "quantized: 14 weights" in done.stdout
     assert "model.embed_tokens.weight: kept by --keep rule" in done.stdout
-    assert "quantize" in done.stderr and "tensor" in done.stderr  # tqdm's bar
+    # tqdm's bar counts parameters (a norm and an MLP weight are not one unit of work each) and
+    # ends at the checkpoint's total, read from the headers before the first tensor is.
+    assert re.search(r"quantize: 100%\|\S+\| (\S+)/\1 \[.*param/s\]", done.stderr), done.stderr
 
 
+@pytest.fixture(scope="module")
+def two_cast_workers():
+    from breccia_sglang.format.chunked_cast import cast_workers
+
+    with cast_workers(2, (make_recipe("mxfp8"), make_recipe("nvfp4"))) as workers:
+        assert workers is not None
+        yield workers
+
+
+@pytest.mark.parametrize("on_workers", [False, True], ids=["here", "two-workers"])
 @pytest.mark.parametrize("recipe", ["mxfp8", "nvfp4", "int4", "int4-asym", "fp8-block"])
-def test_row_chunked_cast_is_bit_identical_to_breccias_whole_tensor_cast(recipe, monkeypatch):
-    from breccia_sglang.format import quantize
+def test_row_chunked_cast_is_bit_identical_to_breccias_whole_tensor_cast(recipe, on_workers, two_cast_workers,
+                                                                          monkeypatch):
+    from breccia_sglang.format import chunked_cast
 
-    monkeypatch.setattr(quantize, "CAST_CHUNK_ELEMENTS", 7 * 96)  # 7-row chunks: an odd split
+    # 7-row chunks (an odd split of 50 rows) and 2 chunks a worker task: the last task is short
+    monkeypatch.setattr(chunked_cast, "CAST_CHUNK_ELEMENTS", 7 * 96)
+    monkeypatch.setattr(chunked_cast, "SEARCH_CHUNK_ELEMENTS", 7 * 96)
+    monkeypatch.setattr(chunked_cast, "CHUNKS_PER_TASK", 2)
     x = torch.randn(50, 96)
+    x[3, :32] = 0.0  # a block of zeros: its scale is breccia's floor, in every chunk the same
     r = make_recipe(recipe.removesuffix("-asym"), block_k=32, group_size=32, symmetric=not recipe.endswith("asym"))
-    chunked, whole = quantize._cast(x, r), breccia.cast(x, r)
+    chunked = chunked_cast.chunked_cast(x, r, two_cast_workers if on_workers else None)
+    whole = breccia.cast(x, r)
     assert chunked.layout == whole.layout
+    assert chunked.data.dtype == whole.data.dtype and chunked.scale.dtype == whole.scale.dtype
     assert torch.equal(chunked.data.view(torch.uint8), whole.data.view(torch.uint8))
-    assert torch.equal(chunked.scale, whole.scale)
+    assert torch.equal(chunked.scale.view(torch.uint8), whole.scale.view(torch.uint8))
     assert (chunked.zero_point is None) == (whole.zero_point is None)
     if whole.zero_point is not None:
         assert torch.equal(chunked.zero_point, whole.zero_point)
+
+
+def test_quantize_writes_the_same_checkpoint_on_any_number_of_cast_workers(tiny_llama, tmp_path, monkeypatch):
+    # MXFP8 and NVFP4 weights are cast on worker processes (--jobs, default every CPU); the
+    # checkpoint must not depend on how many: every tensor's bytes and metadata are compared.
+    # 7-row chunks, so the tiny model's 64- and 96-row weights take several chunks each (at the
+    # real 2^13 elements they would be one chunk, cast here); the spy shows the workers ran.
+    from concurrent.futures import ProcessPoolExecutor
+
+    from safetensors import safe_open
+
+    from breccia_sglang.format import chunked_cast
+
+    monkeypatch.setattr(chunked_cast, "SEARCH_CHUNK_ELEMENTS", 7 * 64)
+    mapped = []
+    real_map = ProcessPoolExecutor.map
+    monkeypatch.setattr(ProcessPoolExecutor, "map", lambda pool, *a, **k: mapped.append(1) or real_map(pool, *a, **k))
+    written = {}
+    for jobs in (1, 2):
+        dst = tmp_path / f"jobs{jobs}"
+        quantize_checkpoint(tiny_llama, dst, make_recipe("mxfp8"), overrides=(("*.mlp.*", make_recipe("nvfp4")),),
+                            progress=False, jobs=jobs)
+        tensors, metadata = {}, {}
+        for file in sorted(dst.glob("*.safetensors")):
+            with safe_open(str(file), framework="pt") as f:
+                metadata[file.name] = f.metadata()
+                tensors.update({name: f.get_tensor(name) for name in f.keys()})
+        written[jobs] = tensors, metadata
+        assert bool(mapped) == (jobs == 2)
+    (one, one_meta), (two, two_meta) = written[1], written[2]
+    assert one_meta == two_meta and one.keys() == two.keys()
+    assert any(name.endswith("mlp.down_proj.weight.data") for name in one)  # quantized, not kept
+    for name in one:
+        assert torch.equal(one[name].view(torch.uint8), two[name].view(torch.uint8)), name
+
+
+def test_cli_jobs_takes_a_positive_count_and_names_the_flag_otherwise(tiny_llama, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "breccia_sglang.cli", "quantize", str(tiny_llama),
+                           str(tmp_path / "two"), "--recipe", "nvfp4", "--jobs", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "nvfp4" in done.stdout, done.stderr
+    for bad in ("0", "two"):
+        refused = subprocess.run([sys.executable, "-m", "breccia_sglang.cli", "quantize", str(tiny_llama),
+                                  str(tmp_path / "none"), "--recipe", "mxfp8", "--jobs", bad],
+                                 capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2 and "--jobs" in refused.stderr and not (tmp_path / "none").exists()
 
 
 def test_per_layer_overrides_pick_the_recipe_and_keep_rules_still_win(tiny_llama, tmp_path):
