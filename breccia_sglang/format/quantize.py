@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
+from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +116,10 @@ def _quantize_one(name, tensor, recipe, keep, writer, report, workers):
     recipe = _int4_group_that_fits(name, tensor, recipe, report)
     try:
         scaled = chunked_cast(tensor.to(torch.float32), recipe, workers)
+    except BrokenExecutor as exc:  # a worker was killed: most often the kernel's out-of-memory killer
+        raise BrecciaCheckpointError(
+            f"{name}: a cast worker process died while casting it ({exc}); nothing was written. "
+            "Out of memory? Rerun with fewer --jobs") from exc
     except ValueError as exc:  # breccia refuses shapes its layout cannot take
         writer.add_plain(name, tensor)
         report.kept.append((name, f"shape {list(tensor.shape)} not supported: {exc}"))

@@ -164,6 +164,28 @@ def test_quantize_writes_the_same_checkpoint_on_any_number_of_cast_workers(tiny_
         assert torch.equal(one[name].view(torch.uint8), two[name].view(torch.uint8)), name
 
 
+def test_a_cast_worker_that_dies_stops_quantize_naming_the_weight_and_writes_nothing(tiny_llama, tmp_path,
+                                                                                     monkeypatch):
+    # The out-of-memory killer ends a worker: here SIGKILL, sent to one worker just before the
+    # first weight is cast. The run must stop with the weight's name and leave no output.
+    import os
+    import signal
+
+    from breccia_sglang.format import chunked_cast, quantize
+
+    monkeypatch.setattr(chunked_cast, "SEARCH_CHUNK_ELEMENTS", 7 * 64)  # several chunks: the workers run
+    real_cast = quantize.chunked_cast
+
+    def cast_after_killing_a_worker(x, recipe, workers):
+        os.kill(next(iter(workers._processes)), signal.SIGKILL)
+        return real_cast(x, recipe, workers)
+
+    monkeypatch.setattr(quantize, "chunked_cast", cast_after_killing_a_worker)
+    with pytest.raises(BrecciaCheckpointError, match=r"model\.layers\.0\.\S+\.weight: a cast worker process died"):
+        quantize_checkpoint(tiny_llama, tmp_path / "out", make_recipe("mxfp8"), progress=False, jobs=2)
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+
+
 def test_cli_jobs_takes_a_positive_count_and_names_the_flag_otherwise(tiny_llama, tmp_path):
     done = subprocess.run([sys.executable, "-m", "breccia_sglang.cli", "quantize", str(tiny_llama),
                            str(tmp_path / "two"), "--recipe", "nvfp4", "--jobs", "2"],
