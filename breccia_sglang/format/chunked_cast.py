@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from itertools import repeat
+from typing import NamedTuple
 
 import breccia
 import torch
@@ -30,7 +31,13 @@ from .recipes import PER_TENSOR_FP8
 SEARCHED_CODES = (MXFP8BlockScaling, NVFP4BlockScaling)  # recipes whose cast searches every code
 CAST_CHUNK_ELEMENTS = 2**18
 SEARCH_CHUNK_ELEMENTS = 2**13
-CHUNKS_PER_TASK = 16  # chunks a worker takes per round trip: ~50 ms of MXFP8 work against ~1 ms of pickling
+CHUNKS_PER_TASK = 16  # chunks a worker takes per round trip at most: ~50 ms of MXFP8 work, ~1 ms of pickling
+TASKS_PER_WORKER = 4  # at least, per weight where it has the chunks: no worker idles while others finish
+
+
+class CastWorkers(NamedTuple):
+    pool: ProcessPoolExecutor
+    count: int
 
 
 def usable_cpus() -> int:
@@ -58,12 +65,12 @@ def cast_workers(jobs: int, recipes):
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork"))
     try:
         pool.submit(os.getpid).result()  # a fork context starts every worker at the first task: now
-        yield pool
+        yield CastWorkers(pool, jobs)
     finally:  # on an error or Ctrl-C, the chunks still queued are dropped, not cast
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def chunked_cast(x: torch.Tensor, recipe, workers: Executor | None = None) -> breccia.ScaledTensor:
+def chunked_cast(x: torch.Tensor, recipe, workers: CastWorkers | None = None) -> breccia.ScaledTensor:
     """``breccia.cast(x, recipe)`` of a 2-D fp32 CPU tensor, bit for bit, cast a few rows at a
     time, on ``workers`` (``cast_workers``) for the code-searching recipes."""
     searched = isinstance(recipe, SEARCHED_CODES)
@@ -72,8 +79,11 @@ def chunked_cast(x: torch.Tensor, recipe, workers: Executor | None = None) -> br
         return breccia.cast(x, recipe)
     chunks = torch.split(x, rows)
     if searched and workers is not None:
-        parts = [_as_torch(p) for p in workers.map(breccia.cast, [c.numpy() for c in chunks], repeat(recipe),
-                                                   chunksize=CHUNKS_PER_TASK)]
+        # Each weight is cast whole before the next is read, so a small one (an MoE expert:
+        # ~200 chunks) must still spread over every worker: smaller tasks rather than idle workers.
+        per_task = max(1, min(CHUNKS_PER_TASK, len(chunks) // (TASKS_PER_WORKER * workers.count)))
+        parts = [_as_torch(p) for p in workers.pool.map(breccia.cast, [c.numpy() for c in chunks], repeat(recipe),
+                                                        chunksize=per_task)]
     else:
         parts = [breccia.cast(chunk, recipe) for chunk in chunks]
     zero_point = None if parts[0].zero_point is None else torch.cat([p.zero_point for p in parts])

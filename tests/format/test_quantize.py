@@ -112,10 +112,11 @@ def test_row_chunked_cast_is_bit_identical_to_breccias_whole_tensor_cast(recipe,
                                                                           monkeypatch):
     from breccia_sglang.format import chunked_cast
 
-    # 7-row chunks (an odd split of 50 rows) and 2 chunks a worker task: the last task is short
+    # 7-row chunks (an odd split of 50 rows: the last chunk holds one row), 2 chunks a worker task
     monkeypatch.setattr(chunked_cast, "CAST_CHUNK_ELEMENTS", 7 * 96)
     monkeypatch.setattr(chunked_cast, "SEARCH_CHUNK_ELEMENTS", 7 * 96)
     monkeypatch.setattr(chunked_cast, "CHUNKS_PER_TASK", 2)
+    monkeypatch.setattr(chunked_cast, "TASKS_PER_WORKER", 1)
     x = torch.randn(50, 96)
     x[3, :32] = 0.0  # a block of zeros: its scale is breccia's floor, in every chunk the same
     r = make_recipe(recipe.removesuffix("-asym"), block_k=32, group_size=32, symmetric=not recipe.endswith("asym"))
@@ -177,7 +178,7 @@ def test_a_cast_worker_that_dies_stops_quantize_naming_the_weight_and_writes_not
     real_cast = quantize.chunked_cast
 
     def cast_after_killing_a_worker(x, recipe, workers):
-        os.kill(next(iter(workers._processes)), signal.SIGKILL)
+        os.kill(next(iter(workers.pool._processes)), signal.SIGKILL)
         return real_cast(x, recipe, workers)
 
     monkeypatch.setattr(quantize, "chunked_cast", cast_after_killing_a_worker)
