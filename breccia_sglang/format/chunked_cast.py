@@ -8,9 +8,10 @@ time is the same breccia cast, bit for bit (tested), and:
   element in chunks of 2^13 elements against 2,300-5,600 in chunks of 2^18 (2 CPU cores,
   2026-12-07); the other recipes cast in torch or in a few NumPy passes, fastest near 2^18;
 - chunks of the code-searching recipes spread over worker processes, each running
-  ``breccia.cast`` itself on NumPy rows (the path breccia's torch entry takes for them anyway),
-  so a many-core machine quantizes an 8B model to MXFP8 in minutes rather than an hour
-  (~460 ns an element on one core).
+  ``breccia.cast`` itself on NumPy rows (the path breccia's torch entry takes for them anyway):
+  at ~460 ns an element a core, an 8B model takes about an hour to MXFP8 on one core, and should
+  take minutes on a many-core machine (measured on 2 cores only: 1.6-1.75x with 2 workers,
+  ``benchmarks/bench_quantize.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ TASKS_PER_WORKER = 4  # at least, per weight where it has the chunks: no worker 
 
 
 class CastWorkers(NamedTuple):
+    """The worker processes ``cast_workers`` started, and how many there are."""
+
     pool: ProcessPoolExecutor
     count: int
 
