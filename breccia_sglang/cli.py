@@ -9,25 +9,25 @@ from . import names
 from .errors import BrecciaCheckpointError, BrecciaConfigError
 
 
-def _k_width(text: str) -> int:
-    """--block-k / --group-size: K elements per scale, or -1 for one scale per row."""
-    try:
-        width = int(text)
-    except ValueError:
-        width = 0
-    if width < 1 and width != -1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of K elements, or -1 (one scale per row)")
-    return width
-
-
-def _positive(text: str) -> int:
+def _whole_number(text: str, valid, expected: str) -> int:
+    """An int flag value that ``valid`` accepts; otherwise argparse names the flag and ``expected``."""
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive whole number")
+        value = None
+    if value is None or not valid(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
     return value
+
+
+def _k_width(text: str) -> int:
+    """--block-k / --group-size: K elements per scale, or -1 for one scale per row."""
+    return _whole_number(text, lambda w: w >= 1 or w == -1,
+                         "a positive number of K elements, or -1 (one scale per row)")
+
+
+def _positive(text: str) -> int:
+    return _whole_number(text, lambda v: v >= 1, "a positive whole number")
 
 
 def main(argv: list[str] | None = None) -> int:

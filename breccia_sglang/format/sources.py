@@ -23,10 +23,10 @@ def quantization_config_of(directory) -> dict:
 def described_quantization(directory) -> tuple[dict, Path]:
     """``quantization_config_of(directory)`` and the file it comes from (config.json if none)."""
     directory = Path(directory)
-    config = _json_object(directory / "config.json").get("quantization_config")
+    config = json_object(directory / "config.json").get("quantization_config")
     if isinstance(config, dict) and config:
         return config, directory / "config.json"
-    section = _json_object(directory / "hf_quant_config.json").get("quantization")
+    section = json_object(directory / "hf_quant_config.json").get("quantization")
     if isinstance(section, dict):
         return {"quant_method": "modelopt", **section}, directory / "hf_quant_config.json"
     return {}, directory / "config.json"
@@ -74,7 +74,8 @@ def why_not_quantize(directory, quant_config: dict) -> str | None:
             "quantize its BF16 / FP16 original instead")
 
 
-def _json_object(path: Path) -> dict:
+def json_object(path: Path) -> dict:
+    """The JSON object in ``path``, or {} where the file is missing, not JSON or not an object."""
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError):  # missing or not JSON: it says nothing

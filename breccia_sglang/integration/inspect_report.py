@@ -17,7 +17,6 @@ over a whole number of ranks each; SGLang's own assert carries no message.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from .. import names
 from ..errors import BrecciaConfigError
 from ..format import BrecciaCheckpoint
 from ..format.experts import expert_weights, moe_prefixes
+from ..format.sources import json_object
 from .gemm import LinearSpec, Target, choose_kernel
 from .gemm.batch_routes import describe_routes
 from .gemm.registry import kernel_report
@@ -103,11 +103,9 @@ def attention_split_refusals(directory: Path, parallel: Parallel) -> list[str]:
     config.json (its ``text_config`` for a multimodal model), as they assert when the model is
     built (e.g. ``LlamaAttention``): the query heads divide by tp, and the key / value heads do,
     or tp divides by them (each kv head then replicated on tp / heads ranks)."""
-    try:
-        config = json.loads((Path(directory) / "config.json").read_text())
-    except (OSError, ValueError):
-        return []  # loading reads it and says what is wrong with it; nothing to check here
-    config = config.get("text_config", config)
+    config = json_object(Path(directory) / "config.json")  # {} if unreadable: loading says what is wrong with it
+    text_config = config.get("text_config")
+    config = text_config if isinstance(text_config, dict) else config
     heads, kv_heads = config.get("num_attention_heads"), config.get("num_key_value_heads")
     tp, reasons = parallel.tp, []
     if isinstance(heads, int) and heads % tp:
