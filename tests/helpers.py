@@ -196,3 +196,28 @@ def view_spy_counts(out_dir: Path) -> dict:
         for key, value in json.loads(path.read_text()).items():
             total[key] = total.get(key, 0) + value
     return total
+
+
+def scheduler_pids(server_pid: int) -> list[int]:
+    """SGLang names its scheduler processes ``sglang::scheduler``; find the server's children."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == server_pid and cmdline.startswith("sglang::scheduler"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used so far, from /proc."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime

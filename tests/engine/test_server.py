@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from breccia_sglang.harness.server import CPU_ARGS, SGLangServer
 
-from ..helpers import CHAT, MAX_NEW_TOKENS
+from ..helpers import CHAT, MAX_NEW_TOKENS, cpu_seconds, scheduler_pids
 
 pytestmark = pytest.mark.engine
 
@@ -40,6 +42,20 @@ def test_repeated_chat_reports_cached_tokens(server):
 def test_server_reports_breccia_quantization(server):
     info = server.get("/server_info")
     assert info["quantization"] == "breccia"
+
+
+def test_an_idle_server_leaves_the_cpu_alone(server):
+    # The CPU platform turns on SGLang's --sleep-on-idle: a polling scheduler holds a whole core.
+    assert server.get("/server_info")["sleep_on_idle"] is True
+    assert "the scheduler sleeps while idle" in server.log_path.read_text(errors="replace")
+    server.chat([{"role": "user", "content": "Hi"}], max_tokens=2)  # busy, then idle again
+    (scheduler,) = scheduler_pids(server.proc.pid)
+    used, started = cpu_seconds(scheduler), time.monotonic()
+    time.sleep(3)
+    share = (cpu_seconds(scheduler) - used) / (time.monotonic() - started)
+    # A polling scheduler uses ~100% of a core here, a sleeping one ~2% (measured): the bound
+    # sits far from both, so machine noise cannot flip it.
+    assert share < 0.5, f"the idle scheduler used {share:.0%} of a core"
 
 
 def test_breccia_format_on_a_checkpoint_without_breccia_tensors_fails_clearly(demo_model, tmp_path):

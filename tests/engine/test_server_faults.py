@@ -14,32 +14,16 @@ import signal
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from breccia_sglang.harness.server import CPU_ARGS, SGLangServer
 
+from ..helpers import scheduler_pids
+
 pytestmark = pytest.mark.engine
 
 QUESTION = [{"role": "user", "content": "Name a primary colour."}]
-
-
-def scheduler_pids(server_pid: int) -> list[int]:
-    """SGLang names its scheduler processes ``sglang::scheduler``; find the server's children."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == server_pid and cmdline.startswith("sglang::scheduler"):
-            pids.append(int(entry.name))
-    return pids
 
 
 class LongStream(threading.Thread):
