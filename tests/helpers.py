@@ -200,24 +200,21 @@ def view_spy_counts(out_dir: Path) -> dict:
 
 def scheduler_pids(server_pid: int) -> list[int]:
     """SGLang names its scheduler processes ``sglang::scheduler``; find the server's children."""
+    import psutil
+
     pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for child in psutil.Process(server_pid).children():
         try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == server_pid and cmdline.startswith("sglang::scheduler"):
-            pids.append(int(entry.name))
+            if " ".join(child.cmdline()).startswith("sglang::scheduler"):
+                pids.append(child.pid)
+        except psutil.NoSuchProcess:
+            pass
     return pids
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) process ``pid`` has used so far, from /proc."""
-    import os
+    """CPU time (user + system) process ``pid`` has used so far."""
+    import psutil
 
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
